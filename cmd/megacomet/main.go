@@ -1,0 +1,130 @@
+// Command megacomet is the comet server: the manager by default, a worker
+// when the manager re-executes it, and the stats client.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/manager"
+	"github.com/megacomet/megacomet/worker"
+)
+
+const usage = `usage:
+  megacomet [run] [-config FILE]        start the manager and its workers
+  megacomet -t -config FILE             check a config file and exit (0 = valid)
+  megacomet stats [-json] [-socket PATH] [-config FILE]
+                                        show the running manager's stats
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = runManager(args, stdout)
+	case "stats":
+		err = runStats(args, stdout)
+	case "worker":
+		return worker.Main()
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		err = fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+	if err == flag.ErrHelp {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "megacomet:", err)
+		return 1
+	}
+	return 0
+}
+
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			fmt.Print(usage)
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func runManager(args []string, stdout io.Writer) error {
+	fs := newFlags("run")
+	path := fs.String("config", "", "config file (TOML); built-in defaults without it")
+	check := fs.Bool("t", false, "check the config file and exit")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	opts, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	if *check {
+		name := *path
+		if name == "" {
+			name = "built-in defaults"
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", name)
+		return nil
+	}
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(opts.Manager.LogLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", "manager")
+	return manager.Run(opts, log)
+}
+
+func runStats(args []string, stdout io.Writer) error {
+	fs := newFlags("stats")
+	asJSON := fs.Bool("json", false, "print the raw stats JSON")
+	socket := fs.String("socket", "", "stats socket (default: the one the config names)")
+	path := fs.String("config", "", "config file naming the socket")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *socket == "" {
+		opts, err := config.Load(*path)
+		if err != nil {
+			return err
+		}
+		*socket = opts.Manager.Socket
+	}
+	raw, err := manager.FetchStats(*socket, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_, err = stdout.Write(raw)
+		return err
+	}
+	if err := manager.PrintStats(stdout, raw); err != nil {
+		return errors.New(err.Error())
+	}
+	return nil
+}

@@ -1,0 +1,270 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ErrInvalid marks every configuration error, so callers can tell a bad
+// config from an I/O failure.
+var ErrInvalid = errors.New("config")
+
+// Options is the whole configuration. The TOML keys are the public contract
+// (../shared/CONTRACT.md); etc/megacomet.toml documents each with its default.
+type Options struct {
+	Server  Server  `toml:"server" json:"server"`
+	API     API     `toml:"api" json:"api"`
+	Manager Manager `toml:"manager" json:"manager"`
+	Comet   Comet   `toml:"comet" json:"comet"`
+}
+
+// Server configures the client port and the worker processes behind it.
+type Server struct {
+	Listen         string   `toml:"listen" json:"listen"`
+	Workers        int      `toml:"workers" json:"workers"`
+	PinCPUs        bool     `toml:"pin_cpus" json:"pin_cpus"`
+	Drain          Duration `toml:"drain" json:"drain"`
+	MaxConns       int      `toml:"max_conns" json:"max_conns"`
+	AllowedOrigins []string `toml:"allowed_origins" json:"allowed_origins"`
+}
+
+// API configures the manager's publish and admin HTTP endpoint.
+type API struct {
+	Listen string `toml:"listen" json:"listen"`
+	Token  string `toml:"token" json:"token"`
+}
+
+// Manager configures the manager process itself.
+type Manager struct {
+	Socket   string `toml:"socket" json:"socket"`
+	PidFile  string `toml:"pid_file" json:"pid_file"`
+	LogLevel string `toml:"log_level" json:"log_level"`
+}
+
+// Comet configures message delivery.
+type Comet struct {
+	Heartbeat   Duration `toml:"heartbeat" json:"heartbeat"`
+	PollTimeout Duration `toml:"poll_timeout" json:"poll_timeout"`
+	HistoryTTL  Duration `toml:"history_ttl" json:"history_ttl"`
+	HistorySize int      `toml:"history_size" json:"history_size"`
+	MaxPending  int      `toml:"max_pending" json:"max_pending"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML and JSON.
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string such as "15s" or "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration in Go's notation.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the standard library duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns every option at its built-in value: the developer defaults
+// `make run` uses. Nothing else in the code base may invent a default.
+func Default() Options {
+	dir := RuntimeDir()
+	return Options{
+		Server: Server{
+			Listen:         "0.0.0.0:8000",
+			Workers:        0,
+			PinCPUs:        true,
+			Drain:          Duration(30 * time.Second),
+			MaxConns:       0,
+			AllowedOrigins: []string{"*"},
+		},
+		API: API{
+			Listen: "127.0.0.1:9000",
+		},
+		Manager: Manager{
+			Socket:   filepath.Join(dir, "megacomet.sock"),
+			PidFile:  filepath.Join(dir, "megacomet.pid"),
+			LogLevel: "info",
+		},
+		Comet: Comet{
+			Heartbeat:   Duration(15 * time.Second),
+			PollTimeout: Duration(30 * time.Second),
+			HistoryTTL:  Duration(60 * time.Second),
+			HistorySize: 100,
+			MaxPending:  1 << 20,
+		},
+	}
+}
+
+// RuntimeDir is where the default stats socket and pid file live:
+// $XDG_RUNTIME_DIR/megacomet when set, else a per-user directory in the
+// temp dir, so two users on one box never share a socket.
+func RuntimeDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "megacomet")
+	}
+	return filepath.Join(os.TempDir(), "megacomet-"+strconv.Itoa(os.Getuid()))
+}
+
+// Load returns Default overlaid with the TOML file at path ("" = defaults
+// only), validated. Every error is one line that names the file and the key.
+func Load(path string) (Options, error) {
+	o := Default()
+	if path == "" {
+		return o, o.Validate()
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return o, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := o.decode(b); err != nil {
+		return o, fmt.Errorf("%w %s: %v", ErrInvalid, path, err)
+	}
+	if err := o.check(); err != nil {
+		return o, fmt.Errorf("%w %s: %v", ErrInvalid, path, err)
+	}
+	return o, nil
+}
+
+func (o *Options) decode(b []byte) error {
+	// Lists replace the default rather than merging into it.
+	o.Server.AllowedOrigins = nil
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(o)
+	if err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "toml: "))
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		return fmt.Errorf("unknown key %s", u[0])
+	}
+	if !md.IsDefined("server", "allowed_origins") {
+		o.Server.AllowedOrigins = Default().Server.AllowedOrigins
+	}
+	return nil
+}
+
+// Validate checks every value and names the first bad key.
+func (o *Options) Validate() error {
+	if err := o.check(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+func (o *Options) check() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if err := checkHostPort(o.Server.Listen); err != nil {
+		return bad("server.listen", "%v", err)
+	}
+	if o.Server.Workers < 0 || o.Server.Workers > 4096 {
+		return bad("server.workers", "must be 0 (one per CPU) to 4096, got %d", o.Server.Workers)
+	}
+	if o.Server.Drain <= 0 {
+		return bad("server.drain", "must be positive, got %s", o.Server.Drain.D())
+	}
+	if o.Server.MaxConns < 0 {
+		return bad("server.max_conns", "must be >= 0, got %d", o.Server.MaxConns)
+	}
+	for _, origin := range o.Server.AllowedOrigins {
+		if origin == "*" {
+			continue
+		}
+		u, err := url.Parse(origin)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return bad("server.allowed_origins", "%q is not \"*\" or an origin like https://example.com", origin)
+		}
+	}
+	if err := checkHostPort(o.API.Listen); err != nil {
+		return bad("api.listen", "%v", err)
+	}
+	if o.API.Token == "" && !isLoopback(o.API.Listen) {
+		return bad("api.token", "required when api.listen (%s) is not a loopback address", o.API.Listen)
+	}
+	if err := checkSocketPath(o.Manager.Socket); err != nil {
+		return bad("manager.socket", "%v", err)
+	}
+	if o.Manager.PidFile == "" {
+		return bad("manager.pid_file", "must not be empty")
+	}
+	switch o.Manager.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("manager.log_level", "must be debug, info, warn or error, got %q", o.Manager.LogLevel)
+	}
+	if o.Comet.Heartbeat < Duration(100*time.Millisecond) {
+		return bad("comet.heartbeat", "must be at least 100ms, got %s", o.Comet.Heartbeat.D())
+	}
+	if o.Comet.PollTimeout <= 0 {
+		return bad("comet.poll_timeout", "must be positive, got %s", o.Comet.PollTimeout.D())
+	}
+	if o.Comet.HistoryTTL < 0 {
+		return bad("comet.history_ttl", "must be >= 0, got %s", o.Comet.HistoryTTL.D())
+	}
+	if o.Comet.HistorySize < 0 {
+		return bad("comet.history_size", "must be >= 0, got %d", o.Comet.HistorySize)
+	}
+	if o.Comet.MaxPending < 4096 {
+		return bad("comet.max_pending", "must be at least 4096 bytes, got %d", o.Comet.MaxPending)
+	}
+	return nil
+}
+
+// WorkerCount resolves server.workers = 0 to one worker per usable CPU.
+func (o *Options) WorkerCount() int {
+	if o.Server.Workers > 0 {
+		return o.Server.Workers
+	}
+	return runtime.NumCPU()
+}
+
+func checkHostPort(hp string) error {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", hp)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q has no valid port (0-65535)", hp)
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return fmt.Errorf("%q: host must be an IP address or localhost", hp)
+	}
+	return nil
+}
+
+func isLoopback(hp string) bool {
+	host, _, _ := net.SplitHostPort(hp)
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// maxSocketPath is the size of sockaddr_un.sun_path minus its NUL.
+const maxSocketPath = 107
+
+func checkSocketPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("must not be empty")
+	case len(p) > maxSocketPath:
+		return fmt.Errorf("%d bytes is longer than a Unix socket path may be (%d)", len(p), maxSocketPath)
+	}
+	return nil
+}

@@ -1,0 +1,17 @@
+// Package ipc is the wire format between the manager and its workers: one
+// Unix stream socket per worker carrying length-prefixed binary frames.
+//
+//	+----------------+--------+-----------------+
+//	| length (4, LE) | type 1 | payload (len-1) |
+//	+----------------+--------+-----------------+
+//
+// Parse is incremental (it returns ErrNeedMore until a whole frame is
+// buffered) so either end can feed it whatever a read returned. Encoders
+// append to a caller's buffer (Begin/End patch the length in place), and
+// Reader decodes payloads without copying, so a worker's event loop can speak
+// IPC without allocating. Frames are batches: one Presence frame carries many
+// subscribe/unsubscribe operations and one Deliver frame many messages.
+//
+// This package knows the bytes, not the processes: who sends which frame and
+// when is written down in manager/ and worker/.
+package ipc

@@ -1,0 +1,101 @@
+package ipc
+
+// Hello is the first frame a worker sends, once its listener is bound.
+type Hello struct {
+	PID        uint64
+	Slot       uint64
+	Generation uint64
+	MaxConns   uint64 // connections it accepts before refusing
+	FDLimit    uint64 // its RLIMIT_NOFILE soft limit
+	Listen     string // the address it serves
+}
+
+// AppendHello appends a Hello frame.
+func AppendHello(dst []byte, h *Hello) []byte {
+	dst, start := Begin(dst, TypeHello)
+	for _, v := range [...]uint64{h.PID, h.Slot, h.Generation, h.MaxConns, h.FDLimit} {
+		dst = AppendUvarint(dst, v)
+	}
+	return End(AppendString(dst, h.Listen), start)
+}
+
+// DecodeHello decodes a Hello payload.
+func DecodeHello(p []byte) (Hello, error) {
+	r := NewReader(p)
+	h := Hello{PID: r.Uvarint(), Slot: r.Uvarint(), Generation: r.Uvarint(), MaxConns: r.Uvarint(), FDLimit: r.Uvarint()}
+	h.Listen = string(r.Bytes())
+	return h, r.Err()
+}
+
+// Counts is a worker's counters. Totals only grow; the manager turns them
+// into rates. Fields are varints in this order, and a decoder takes what is
+// there, so an older worker talking to a newer manager (during an upgrade)
+// still decodes.
+type Counts struct {
+	Conns         uint64 // open client connections now
+	Accepted      uint64 // total accepted
+	Refused       uint64 // total refused because the worker was full
+	MessagesOut   uint64 // total messages written to clients
+	SlowConsumers uint64 // total clients dropped for exceeding comet.max_pending
+	Heartbeats    uint64 // total heartbeats written
+	Requests      uint64 // total HTTP requests parsed
+	BadRequests   uint64 // total requests answered with a 4xx
+}
+
+func (c *Counts) fields() [8]*uint64 {
+	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests}
+}
+
+// AppendCounts appends a Counts frame.
+func AppendCounts(dst []byte, c *Counts) []byte {
+	dst, start := Begin(dst, TypeCounts)
+	for _, f := range c.fields() {
+		dst = AppendUvarint(dst, *f)
+	}
+	return End(dst, start)
+}
+
+// DecodeCounts decodes a Counts payload; missing trailing fields are zero.
+func DecodeCounts(p []byte) (Counts, error) {
+	var c Counts
+	r := NewReader(p)
+	for _, f := range c.fields() {
+		if r.Len() == 0 {
+			break
+		}
+		*f = r.Uvarint()
+	}
+	return c, r.Err()
+}
+
+// Op is one presence operation.
+type Op uint8
+
+// Presence operations. A worker sends Join when its first client with an id
+// connects and Leave when its last one goes; Sub and Unsub likewise per
+// channel. The manager routes by these.
+const (
+	OpJoin Op = 1 + iota
+	OpLeave
+	OpSub
+	OpUnsub
+)
+
+// AppendOp appends one operation to a Presence payload under construction.
+func AppendOp(dst []byte, op Op, name string) []byte {
+	return AppendString(append(dst, byte(op)), name)
+}
+
+// EachOp calls fn for every operation in a Presence payload. name aliases p.
+func EachOp(p []byte, fn func(op Op, name []byte)) error {
+	r := NewReader(p)
+	for r.Len() > 0 {
+		op := Op(r.Byte())
+		name := r.Bytes()
+		if r.Err() != nil {
+			return r.Err()
+		}
+		fn(op, name)
+	}
+	return nil
+}

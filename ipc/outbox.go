@@ -1,0 +1,102 @@
+package ipc
+
+import (
+	"errors"
+	"io"
+	"sync"
+)
+
+// ErrOutboxFull means the peer stopped reading: more than the outbox's limit
+// is waiting to be written to it.
+var ErrOutboxFull = errors.New("ipc: peer is not reading (outbox full)")
+
+// Outbox batches frames for one peer: any goroutine appends, one writer
+// goroutine (Run) flushes everything queued in a single write. Appending
+// never blocks on the socket.
+type Outbox struct {
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte
+	limit   int
+	err     error
+	closed  bool
+	pending chan struct{}
+}
+
+// NewOutbox returns an outbox that fails once more than limit bytes wait.
+func NewOutbox(limit int) *Outbox {
+	return &Outbox{limit: limit, pending: make(chan struct{}, 1)}
+}
+
+// Append lets fn append frames to the queued bytes. fn runs under the
+// outbox's lock, so a batch built in it is written contiguously.
+func (o *Outbox) Append(fn func(dst []byte) []byte) error {
+	o.mu.Lock()
+	if o.err != nil || o.closed {
+		err := o.err
+		o.mu.Unlock()
+		if err == nil {
+			err = io.ErrClosedPipe
+		}
+		return err
+	}
+	o.buf = fn(o.buf)
+	if len(o.buf) > o.limit {
+		o.err = ErrOutboxFull
+	}
+	err := o.err
+	o.mu.Unlock()
+	select {
+	case o.pending <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// Close makes Run return once everything queued has been written.
+func (o *Outbox) Close() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	select {
+	case o.pending <- struct{}{}:
+	default:
+	}
+}
+
+// Run writes queued bytes to w until Close, a write error or overflow.
+func (o *Outbox) Run(w io.Writer) error {
+	for range o.pending {
+		o.mu.Lock()
+		buf, closed, err := o.buf, o.closed, o.err
+		o.buf, o.spare = o.spare[:0], nil
+		o.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if len(buf) > 0 {
+			if _, err := w.Write(buf); err != nil {
+				o.mu.Lock()
+				o.err = err
+				o.mu.Unlock()
+				return err
+			}
+		}
+		o.mu.Lock()
+		if o.spare == nil && cap(buf) <= 1<<20 {
+			o.spare = buf[:0] // keep one buffer warm; drop huge ones
+		}
+		more := len(o.buf) > 0
+		o.mu.Unlock()
+		if closed && !more {
+			return nil
+		}
+		if more {
+			select {
+			case o.pending <- struct{}{}:
+			default:
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+package manager
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/megacomet/megacomet/ipc"
+)
+
+func stopFrame(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeStop, nil) }
+
+// apiHandler serves the publish and admin API on api.listen.
+func (m *Manager) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.Snapshot())
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint")
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

@@ -1,0 +1,251 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/megacomet/megacomet/config"
+)
+
+// Manager owns the worker processes, the client port reservation, the stats
+// socket and the API. Fields below mu are guarded by it.
+type Manager struct {
+	opts    config.Options
+	log     *slog.Logger
+	upg     *tableflip.Upgrader
+	gen     uint64
+	listen  string // client address the workers bind, port resolved
+	apiAddr string
+	cpus    []int
+	started time.Time
+	sampler *sampler
+
+	mu       sync.Mutex
+	slots    []*slot
+	retiring []*proc // processes of an older generation, still draining
+	stopping bool
+}
+
+// Run starts a manager with opts and blocks until it stops or hands over to
+// an upgraded one. Every start-up error is one line naming what failed.
+func Run(opts config.Options, log *slog.Logger) error {
+	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
+	raiseFileLimit()
+	if w := checkMigrateReq(); w != "" {
+		log.Warn(w)
+	}
+	if err := os.MkdirAll(config.RuntimeDir(), 0o700); err != nil && usesRuntimeDir(&opts) {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	upg, err := tableflip.New(tableflip.Options{PIDFile: opts.Manager.PidFile})
+	if err != nil {
+		return fmt.Errorf("tableflip: %w", err)
+	}
+	m.upg = upg
+	defer upg.Stop()
+
+	portFile, err := m.clientPort()
+	if err != nil {
+		return fmt.Errorf("server.listen %s: %w", opts.Server.Listen, err)
+	}
+	defer portFile.Close()
+
+	statsLn, err := m.statsListener()
+	if err != nil {
+		return fmt.Errorf("manager.socket %s: %w", opts.Manager.Socket, err)
+	}
+	apiLn, err := upg.Fds.Listen("tcp", opts.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api.listen %s: %w", opts.API.Listen, cleanListenErr(err))
+	}
+	m.apiAddr = apiLn.Addr().String()
+
+	stop := make(chan struct{})
+	defer close(stop)
+	go m.runSampler(stop)
+	go m.serveStats(statsLn)
+	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go api.Serve(apiLn)
+
+	if err := m.startWorkers(); err != nil {
+		m.stopWorkers()
+		return err
+	}
+	if err := upg.Ready(); err != nil {
+		m.stopWorkers()
+		return fmt.Errorf("manager.pid_file %s: %w", opts.Manager.PidFile, err)
+	}
+	m.log.Info("megacomet ready",
+		"listen", m.listen, "api", m.apiAddr, "socket", opts.Manager.Socket,
+		"workers", len(m.slots), "capacity", m.Snapshot().Capacity)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				m.log.Warn("SIGHUP: reload is not supported yet; ignoring")
+				continue
+			}
+			m.log.Info("stopping", "signal", sig.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			api.Shutdown(ctx)
+			cancel()
+			m.stopWorkers()
+			os.Remove(opts.Manager.PidFile)
+			m.log.Info("stopped")
+			return nil
+		case <-upg.Exit():
+			return nil
+		}
+	}
+}
+
+func usesRuntimeDir(o *config.Options) bool {
+	dir := config.RuntimeDir()
+	return filepath.Dir(o.Manager.Socket) == dir || filepath.Dir(o.Manager.PidFile) == dir
+}
+
+// clientPort reserves the client port (see holdPort), or takes over the
+// reservation from the manager this one upgrades.
+func (m *Manager) clientPort() (*os.File, error) {
+	const name = "client-port"
+	f, err := m.upg.Fds.File(name)
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		if f, m.listen, err = holdPort(m.opts.Server.Listen); err != nil {
+			return nil, err
+		}
+		if err := m.upg.Fds.AddFile(name, f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	}
+	m.listen, err = boundAddr(f)
+	return f, err
+}
+
+// statsListener listens on manager.socket. A socket file left by a manager
+// that died is removed; one a live manager answers on is an error.
+func (m *Manager) statsListener() (net.Listener, error) {
+	path := m.opts.Manager.Socket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, cleanPathErr(err)
+	}
+	if !m.upg.HasParent() {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, errors.New("another megacomet manager is serving this socket")
+		}
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(path)
+		}
+	}
+	ln, err := m.upg.Fds.Listen("unix", path)
+	if err != nil {
+		return nil, cleanListenErr(err)
+	}
+	return ln, nil
+}
+
+func cleanPathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s %s: %w", pe.Op, pe.Path, pe.Err)
+	}
+	return err
+}
+
+// startWorkers starts every slot and waits until each serves.
+func (m *Manager) startWorkers() error {
+	n := m.opts.WorkerCount()
+	m.cpus = usableCPUs()
+	m.mu.Lock()
+	for i := 0; i < n; i++ {
+		cpu := -1
+		if m.opts.Server.PinCPUs && len(m.cpus) > 0 {
+			cpu = m.cpus[i%len(m.cpus)]
+		}
+		m.slots = append(m.slots, &slot{idx: i, cpu: cpu})
+	}
+	var procs []*proc
+	for _, s := range m.slots {
+		p, err := m.spawn(s)
+		if err != nil {
+			m.mu.Unlock()
+			return err
+		}
+		procs = append(procs, p)
+	}
+	m.mu.Unlock()
+	deadline := time.After(startTimeout)
+	for _, p := range procs {
+		select {
+		case <-p.readyc:
+		case <-p.exited:
+			m.mu.Lock()
+			why := p.fatal
+			m.mu.Unlock()
+			if why == "" {
+				why = "exited during start-up"
+			}
+			return fmt.Errorf("worker %d: %s", p.slot.idx, why)
+		case <-deadline:
+			return fmt.Errorf("worker %d: not serving after %s", p.slot.idx, startTimeout)
+		}
+	}
+	return nil
+}
+
+// stopWorkers tells every worker to close its clients and exit, and kills
+// those that have not after stopTimeout.
+func (m *Manager) stopWorkers() {
+	m.mu.Lock()
+	m.stopping = true
+	procs := m.allProcs()
+	for _, p := range procs {
+		p.state = stateStopping
+		m.tell(p, stopFrame)
+	}
+	m.mu.Unlock()
+	deadline := time.After(stopTimeout)
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+		case <-deadline:
+			m.log.Warn("worker did not stop; killing it", "slot", p.slot.idx, "pid", p.pid)
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	}
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit explicitly.
+// Go raises its own soft limit at start-up but restores the original for
+// processes it starts; an explicit Setrlimit makes workers inherit the
+// raised one.
+func raiseFileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Cur
+}

@@ -1,0 +1,246 @@
+package manager
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shirou/gopsutil/v3/load"
+	"github.com/shirou/gopsutil/v3/mem"
+	"github.com/shirou/gopsutil/v3/process"
+)
+
+// Stats is the stats JSON of the contract (stats socket and GET /stats).
+// Fields beyond the contract's are additions; the contract's keep their
+// names and meaning.
+type Stats struct {
+	Connections uint64        `json:"connections"`
+	Workers     []WorkerStats `json:"workers"`
+	Manager     ManagerStats  `json:"manager"`
+	Host        HostStats     `json:"host"`
+
+	Listen     string `json:"listen"`   // the client address workers serve
+	API        string `json:"api"`      // the publish/admin HTTP address
+	Capacity   uint64 `json:"capacity"` // connections all ready workers accept
+	Refused    uint64 `json:"refused"`  // connections refused because workers were full
+	Generation uint64 `json:"generation"`
+}
+
+// WorkerStats describes one worker process.
+type WorkerStats struct {
+	Slot        int     `json:"slot"`
+	PID         int     `json:"pid"`
+	CPU         int     `json:"cpu"` // the CPU it is pinned to; -1 = not pinned
+	Connections uint64  `json:"connections"`
+	RSSBytes    uint64  `json:"rss_bytes"`
+	CPUPercent  float64 `json:"cpu_percent"`
+	Restarts    int     `json:"restarts"`
+	MessagesOut uint64  `json:"messages_out"`
+
+	// PSSBytes is the proportional set size: RSS with pages shared between
+	// processes (the binary's text) divided among them. Summed over all
+	// processes it is what the server really costs in memory.
+	PSSBytes      uint64 `json:"pss_bytes"`
+	State         string `json:"state"`
+	Generation    uint64 `json:"generation"`
+	MaxConns      uint64 `json:"max_conns"`
+	Accepted      uint64 `json:"accepted"`
+	Refused       uint64 `json:"refused"`
+	SlowConsumers uint64 `json:"slow_consumers"`
+	Heartbeats    uint64 `json:"heartbeats"`
+	BadRequests   uint64 `json:"bad_requests"`
+}
+
+// ManagerStats describes the manager process.
+type ManagerStats struct {
+	PID        int     `json:"pid"`
+	RSSBytes   uint64  `json:"rss_bytes"`
+	PSSBytes   uint64  `json:"pss_bytes"`
+	CPUPercent float64 `json:"cpu_percent"`
+	Published  uint64  `json:"published"`
+	Retained   uint64  `json:"retained"`
+	UptimeS    float64 `json:"uptime_s"`
+}
+
+// HostStats describes the machine.
+type HostStats struct {
+	Load1         float64 `json:"load1"`
+	MemTotalBytes uint64  `json:"mem_total_bytes"`
+	MemUsedBytes  uint64  `json:"mem_used_bytes"`
+}
+
+// sampleEvery is how often process and host figures are read from /proc.
+// Stats requests never read /proc themselves, so they answer in
+// microseconds however many connections the workers hold.
+const sampleEvery = time.Second
+
+// sampler keeps the latest process and host figures.
+type sampler struct {
+	mu   sync.Mutex
+	host HostStats
+	self *process.Process
+	rss  uint64
+	pss  uint64
+	cpu  float64
+}
+
+func newSampler() *sampler {
+	s := &sampler{}
+	s.self, _ = process.NewProcess(int32(os.Getpid()))
+	return s
+}
+
+// run samples every worker, the manager and the host until stop closes.
+func (m *Manager) runSampler(stop <-chan struct{}) {
+	t := time.NewTicker(sampleEvery)
+	defer t.Stop()
+	for {
+		m.sampleOnce()
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Manager) sampleOnce() {
+	m.mu.Lock()
+	procs := m.allProcs()
+	m.mu.Unlock()
+	type fig struct {
+		rss, pss uint64
+		cpu      float64
+	}
+	figs := make([]fig, len(procs))
+	for i, p := range procs {
+		if p.ps == nil {
+			continue
+		}
+		if mi, err := p.ps.MemoryInfo(); err == nil {
+			figs[i].rss = mi.RSS
+		}
+		figs[i].cpu, _ = p.ps.Percent(0)
+		figs[i].pss = readPSS(p.pid)
+	}
+	m.mu.Lock()
+	for i, p := range procs {
+		p.rss, p.pss, p.cpuPct = figs[i].rss, figs[i].pss, figs[i].cpu
+	}
+	m.mu.Unlock()
+
+	var h HostStats
+	if avg, err := load.Avg(); err == nil {
+		h.Load1 = avg.Load1
+	}
+	if vm, err := mem.VirtualMemory(); err == nil {
+		h.MemTotalBytes, h.MemUsedBytes = vm.Total, vm.Used
+	}
+	s := m.sampler
+	var rss uint64
+	var cpu float64
+	if s.self != nil {
+		if mi, err := s.self.MemoryInfo(); err == nil {
+			rss = mi.RSS
+		}
+		cpu, _ = s.self.Percent(0)
+	}
+	pss := readPSS(os.Getpid())
+	s.mu.Lock()
+	s.host, s.rss, s.pss, s.cpu = h, rss, pss, cpu
+	s.mu.Unlock()
+}
+
+// allProcs lists the live processes: each slot's current one, then any
+// older ones still draining. The caller holds m.mu.
+func (m *Manager) allProcs() []*proc {
+	var ps []*proc
+	for _, s := range m.slots {
+		if s.proc != nil && s.proc.state != stateExited {
+			ps = append(ps, s.proc)
+		}
+	}
+	return append(ps, m.retiring...)
+}
+
+// Snapshot assembles the stats JSON from the latest counters and samples.
+func (m *Manager) Snapshot() Stats {
+	s := m.sampler
+	s.mu.Lock()
+	st := Stats{
+		Host:    s.host,
+		Manager: ManagerStats{PID: os.Getpid(), RSSBytes: s.rss, PSSBytes: s.pss, CPUPercent: s.cpu},
+	}
+	s.mu.Unlock()
+	st.Manager.UptimeS = time.Since(m.started).Seconds()
+	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st.Workers = make([]WorkerStats, 0, len(m.slots)+len(m.retiring))
+	add := func(s *slot, p *proc) {
+		ws := WorkerStats{Slot: s.idx, CPU: s.cpu, Restarts: s.restarts, State: "down"}
+		if p != nil {
+			ws.PID, ws.State, ws.Generation = p.pid, p.state.String(), p.gen
+			ws.RSSBytes, ws.PSSBytes, ws.CPUPercent = p.rss, p.pss, p.cpuPct
+			c := p.counts
+			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
+			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
+			ws.MaxConns = p.hello.MaxConns
+			if p.state == stateReady {
+				st.Capacity += p.hello.MaxConns
+			}
+		}
+		st.Connections += ws.Connections
+		st.Refused += ws.Refused
+		st.Workers = append(st.Workers, ws)
+	}
+	for _, s := range m.slots {
+		p := s.proc
+		if p != nil && p.state == stateExited {
+			p = nil
+		}
+		add(s, p)
+	}
+	for _, p := range m.retiring {
+		add(p.slot, p)
+	}
+	return st
+}
+
+// readPSS returns a process's proportional set size from smaps_rollup
+// (0 if unavailable).
+func readPSS(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// serveStats answers every connection on the stats socket with the stats
+// JSON and closes it.
+func (m *Manager) serveStats(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			b, _ := json.Marshal(m.Snapshot())
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			c.Write(append(b, '\n'))
+		}()
+	}
+}

@@ -1,0 +1,409 @@
+package worker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/ipc"
+	"github.com/tidwall/evio"
+)
+
+// Config is the first IPC frame a worker receives: who it is and the
+// manager's validated options.
+type Config struct {
+	Slot       int            `json:"slot"`
+	Generation uint64         `json:"generation"`
+	CPU        int            `json:"cpu"`    // -1 = not pinned
+	Listen     string         `json:"listen"` // host:port, port already resolved
+	Options    config.Options `json:"options"`
+}
+
+// IPCFD is the descriptor the manager hands the worker its IPC socket on.
+const IPCFD = 3
+
+// fdReserve is how many descriptors a worker keeps for itself (listeners,
+// epoll, eventfd, IPC, stdio, /proc reads) below RLIMIT_NOFILE. evio stops
+// its loop on an accept error, so a worker must refuse connections before
+// the kernel refuses the accept.
+const fdReserve = 64
+
+// tickEvery is the loop's housekeeping period: IPC flushes, retries of
+// backlogged clients, lingering closes and the drain schedule.
+const tickEvery = 10 * time.Millisecond
+
+// countsEvery is how often a worker reports its counters.
+const countsEvery = time.Second
+
+// lingerFor bounds how long a rejected client may keep sending before its
+// socket is closed (we read and discard meanwhile, so the answer is not
+// destroyed by a reset).
+const lingerFor = 2 * time.Second
+
+// Indices of the listeners handed to evio.Serve.
+const (
+	clientListener = 0
+	ctlListener    = 1
+)
+
+// Worker is one worker process: a single evio loop. Every field is owned by
+// the loop goroutine unless marked otherwise.
+//
+// Ways in from other goroutines - the only ones:
+//   - the control connection: bridge.go copies IPC frames from the manager
+//     (and frames it makes on signals) into a Unix socket the loop serves;
+//   - evio's Tick, which runs on the loop itself.
+//
+// No other goroutine touches loop state or calls Wake.
+type Worker struct {
+	cfg      Config
+	opts     *config.Options
+	log      *slog.Logger
+	ipcFD    int    // the manager socket; the loop writes frames to it
+	ipcOut   []byte // frames the socket has not taken yet
+	bridge   *bridge
+	ctl      *conn  // the authenticated control connection
+	ctlIn    []byte // an incomplete IPC frame from ctl
+	nonce    [16]byte
+	maxConns int
+	fdLimit  int
+
+	clients []*conn // live clients; conn.idx is the position here
+	open    int     // connections evio has open (clients and killed ones)
+	counts  ipc.Counts
+	req     request // scratch for the parser
+
+	start      time.Time
+	now        time.Duration // since start, refreshed every tick
+	nextCounts time.Duration
+	backlogged []*conn // clients whose pending output evio must take later
+	lingering  []*conn
+
+	drainStart, drainEnd time.Duration
+	drainTotal, drained  int
+	draining, stopping   bool
+	exitAt               time.Duration // hard deadline once stopping or draining
+}
+
+// Main runs the worker role and returns the process exit code. The manager
+// starts `megacomet worker` with the IPC socket on fd 3.
+func Main() int {
+	w, err := newWorker()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "megacomet worker:", err)
+		return 1
+	}
+	if err := w.serve(); err != nil {
+		w.log.Error("worker failed", "err", err)
+		w.sendFatal(err)
+		return 1
+	}
+	w.log.Debug("worker exiting")
+	return 0
+}
+
+func newWorker() (*Worker, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(IPCFD, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return nil, errors.New("fd 3 is not the manager's IPC socket: workers are started by the manager")
+	}
+	// Non-blocking before os.NewFile, so the bridge's reads park in the
+	// runtime poller and the loop's writes never block.
+	if err := syscall.SetNonblock(IPCFD, true); err != nil {
+		return nil, fmt.Errorf("ipc socket: %w", err)
+	}
+	f := os.NewFile(IPCFD, "ipc")
+	cfg, rest, err := readConfig(f)
+	if err != nil {
+		return nil, fmt.Errorf("read config from manager: %w", err)
+	}
+	w := &Worker{cfg: cfg, opts: &cfg.Options, ipcFD: IPCFD, start: time.Now()}
+	w.log = newLogger(&cfg.Options).With("role", "worker", "slot", cfg.Slot, "pid", os.Getpid())
+	if _, err := rand.Read(w.nonce[:]); err != nil {
+		return nil, err
+	}
+	w.fdLimit = raiseFileLimit()
+	w.maxConns = w.fdLimit - fdReserve
+	if m := cfg.Options.Server.MaxConns; m > 0 && m < w.maxConns {
+		w.maxConns = m
+	}
+	if w.maxConns < 1 {
+		return nil, fmt.Errorf("open-file limit %d leaves no room for connections", w.fdLimit)
+	}
+	w.bridge = &bridge{src: f, pending: rest, log: w.log}
+	return w, nil
+}
+
+// readConfig reads the Config frame the manager sends first. Bytes after it
+// belong to later frames and go to the loop.
+func readConfig(f *os.File) (Config, []byte, error) {
+	var cfg Config
+	buf := make([]byte, 0, 16<<10)
+	f.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer f.SetReadDeadline(time.Time{})
+	for {
+		t, p, n, err := ipc.Parse(buf)
+		if err == nil {
+			if t != ipc.TypeConfig {
+				return cfg, nil, fmt.Errorf("first frame is %v, want config", t)
+			}
+			if err := json.Unmarshal(p, &cfg); err != nil {
+				return cfg, nil, err
+			}
+			return cfg, buf[n:], nil
+		}
+		if err != ipc.ErrNeedMore {
+			return cfg, nil, err
+		}
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		m, err := f.Read(buf[len(buf):cap(buf)])
+		if err != nil {
+			return cfg, nil, err
+		}
+		buf = buf[:len(buf)+m]
+	}
+}
+
+func newLogger(o *config.Options) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(o.Manager.LogLevel))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func (w *Worker) serve() error {
+	go w.signals()
+	ctlAddr := fmt.Sprintf("@megacomet-worker-%d-%s", os.Getpid(), hex.EncodeToString(w.nonce[:4]))
+	ev := evio.Events{
+		NumLoops: 1,
+		Serving:  func(s evio.Server) evio.Action { return w.serving(s, ctlAddr) },
+		Opened:   w.opened,
+		Closed:   w.closed,
+		Data:     w.data,
+		Tick:     w.tick,
+	}
+	err := evio.Serve(ev, "tcp://"+w.cfg.Listen+"?reuseport=true", "unix://"+ctlAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", w.cfg.Listen, err)
+	}
+	w.flushIPC()
+	return nil
+}
+
+// signals turns SIGTERM into a Stop frame on the loop's control connection.
+// The worker runs in its own process group, so a terminal's Ctrl-C reaches
+// only the manager, which tells its workers what to do.
+func (w *Worker) signals() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM)
+	for range ch {
+		w.log.Info("SIGTERM: stopping")
+		w.bridge.inject(ipc.AppendFrame(nil, ipc.TypeStop, nil))
+	}
+}
+
+// serving runs once the listeners are bound, before the loop starts.
+func (w *Worker) serving(s evio.Server, ctlAddr string) evio.Action {
+	w.log.Info("worker serving", "listen", s.Addrs[clientListener].String(), "max_conns", w.maxConns, "cpu", w.cfg.CPU)
+	w.ipcOut = ipc.AppendHello(w.ipcOut, &ipc.Hello{
+		PID:        uint64(os.Getpid()),
+		Slot:       uint64(w.cfg.Slot),
+		Generation: w.cfg.Generation,
+		MaxConns:   uint64(w.maxConns),
+		FDLimit:    uint64(w.fdLimit),
+		Listen:     s.Addrs[clientListener].String(),
+	})
+	w.flushIPC()
+	go w.bridge.run(ctlAddr, w.nonce[:])
+	return evio.None
+}
+
+func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
+	opts := evio.Options{ReuseInputBuffer: true}
+	if c.AddrIndex() == ctlListener {
+		if w.ctl != nil {
+			return nil, opts, evio.Close // one control connection only
+		}
+		c.SetContext(&conn{ec: c, kind: kindCtlPending})
+		return nil, opts, evio.None
+	}
+	if err := learnLayout(c); err != nil {
+		w.log.Error("cannot serve", "err", err)
+		w.sendFatal(err)
+		return nil, opts, evio.Shutdown
+	}
+	w.open++
+	if len(w.clients) >= w.maxConns || w.draining || w.stopping {
+		w.counts.Refused++
+		return nil, opts, evio.Close
+	}
+	w.counts.Accepted++
+	cc := &conn{ec: c, fd: int32(evioFD(c)), idx: int32(len(w.clients))}
+	w.clients = append(w.clients, cc)
+	c.SetContext(cc)
+	return nil, opts, evio.None
+}
+
+func (w *Worker) closed(c evio.Conn, err error) evio.Action {
+	cc, _ := c.Context().(*conn)
+	if cc == nil { // refused at open
+		w.open--
+		return evio.None
+	}
+	switch cc.kind {
+	case kindCtl:
+		w.ctl = nil
+		if !w.stopping {
+			w.log.Warn("manager is gone: draining", "clients", len(w.clients))
+			w.startDrain(w.opts.Server.Drain.D())
+		}
+		return evio.None
+	case kindCtlPending:
+		return evio.None
+	}
+	w.open--
+	w.forget(cc)
+	return evio.None
+}
+
+func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
+	cc, _ := c.Context().(*conn)
+	if cc == nil {
+		return nil, evio.Close
+	}
+	switch cc.kind {
+	case kindCtl, kindCtlPending:
+		return nil, w.ctlData(cc, in)
+	}
+	if in == nil {
+		return w.woken(cc)
+	}
+	return nil, w.clientData(cc, in)
+}
+
+// tick is the loop's housekeeping; evio runs it on the loop goroutine.
+func (w *Worker) tick() (time.Duration, evio.Action) {
+	w.now = time.Since(w.start)
+	w.retryBacklogged()
+	w.expireLingering()
+	if w.draining {
+		w.drainStep()
+	}
+	if w.now >= w.nextCounts {
+		w.nextCounts = w.now + countsEvery
+		w.queueCounts()
+	}
+	w.flushIPC()
+	if (w.draining || w.stopping) && (w.open == 0 || w.now >= w.exitAt) {
+		w.queueCounts()
+		w.flushIPC()
+		return 0, evio.Shutdown
+	}
+	return tickEvery, evio.None
+}
+
+func (w *Worker) queueCounts() {
+	w.counts.Conns = uint64(w.open)
+	w.ipcOut = ipc.AppendCounts(w.ipcOut, &w.counts)
+}
+
+// flushIPC writes queued frames to the manager without blocking; what the
+// socket does not take waits for the next tick.
+func (w *Worker) flushIPC() {
+	for len(w.ipcOut) > 0 {
+		n, err := syscall.Write(w.ipcFD, w.ipcOut)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			if err != syscall.EAGAIN {
+				w.ipcOut = w.ipcOut[:0] // the manager is gone; ctl closing tells the loop
+			}
+			return
+		}
+		w.ipcOut = w.ipcOut[:copy(w.ipcOut, w.ipcOut[n:])]
+	}
+	if cap(w.ipcOut) > 1<<20 {
+		w.ipcOut = nil
+	}
+}
+
+// sendFatal tells the manager why this worker is about to exit.
+func (w *Worker) sendFatal(err error) {
+	f := ipc.AppendFrame(nil, ipc.TypeFatal, []byte(err.Error()))
+	w.ipcOut = append(w.ipcOut, f...)
+	syscall.SetNonblock(w.ipcFD, false)
+	w.flushIPC()
+}
+
+// handleFrame acts on one frame from the manager.
+func (w *Worker) handleFrame(t ipc.Type, p []byte) {
+	switch t {
+	case ipc.TypeStop:
+		w.stop()
+	case ipc.TypeDrain:
+		r := ipc.NewReader(p)
+		ms := r.Uvarint()
+		if r.Err() != nil {
+			ms = uint64(w.opts.Server.Drain.D() / time.Millisecond)
+		}
+		w.startDrain(time.Duration(ms) * time.Millisecond)
+	default:
+		w.log.Warn("ignoring IPC frame", "type", t.String())
+	}
+}
+
+// stop closes every client now and exits once evio has closed them.
+func (w *Worker) stop() {
+	if w.stopping {
+		return
+	}
+	w.stopping = true
+	w.exitAt = w.now + 5*time.Second
+	w.log.Info("stopping", "clients", len(w.clients))
+	for len(w.clients) > 0 {
+		w.kill(w.clients[len(w.clients)-1])
+	}
+}
+
+// startDrain leaves the port's SO_REUSEPORT group, so new connections go to
+// the other workers, and closes the clients evenly over d so they do not all
+// reconnect at once.
+func (w *Worker) startDrain(d time.Duration) {
+	if w.draining || w.stopping {
+		return
+	}
+	w.draining = true
+	if err := leaveReusePortGroup(); err != nil {
+		w.log.Error("cannot stop accepting; draining anyway", "err", err)
+	}
+	w.drainStart, w.drainEnd = w.now, w.now+d
+	w.drainTotal, w.drained = len(w.clients), 0
+	w.exitAt = w.drainEnd + 5*time.Second
+	w.log.Info("draining", "clients", w.drainTotal, "over", d)
+}
+
+func (w *Worker) drainStep() {
+	due := w.drainTotal
+	if span := w.drainEnd - w.drainStart; w.now < w.drainEnd && span > 0 {
+		due = int(int64(w.drainTotal) * int64(w.now-w.drainStart) / int64(span))
+	}
+	for w.drained < due && len(w.clients) > 0 {
+		w.kill(w.clients[len(w.clients)-1])
+		w.drained++
+	}
+	if w.now >= w.drainEnd {
+		for len(w.clients) > 0 {
+			w.kill(w.clients[len(w.clients)-1])
+		}
+	}
+}
