@@ -41,6 +41,10 @@ type Manager struct {
 // an upgraded one. Every start-up error is one line naming what failed.
 func Run(opts config.Options, log *slog.Logger) error {
 	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
+	// First, so a signal during start-up is handled, not fatal.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	raiseFileLimit()
 	if w := checkMigrateReq(); w != "" {
 		log.Warn(w)
@@ -90,9 +94,6 @@ func Run(opts config.Options, log *slog.Logger) error {
 		"listen", m.listen, "api", m.apiAddr, "socket", opts.Manager.Socket,
 		"workers", len(m.slots), "capacity", m.Snapshot().Capacity)
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	for {
 		select {
 		case sig := <-sigs:

@@ -155,14 +155,8 @@ func (m *Manager) reap(p *proc) {
 		m.log.Debug("worker exited", "slot", s.idx, "pid", p.pid, "status", exitStatus(err))
 		return
 	}
-	s.crashes = append(s.crashes, time.Now())
-	for len(s.crashes) > 0 && time.Since(s.crashes[0]) > crashWindow {
-		s.crashes = s.crashes[1:]
-	}
-	delay := time.Duration(0)
-	if over := len(s.crashes) - crashBudget; over > 0 {
-		delay = min(maxRestartDelay, time.Second<<min(over-1, 10))
-	}
+	var delay time.Duration
+	s.crashes, delay = restartDelay(s.crashes, time.Now())
 	attrs := []any{"slot", s.idx, "pid", p.pid, "status", exitStatus(err), "restart_in", delay}
 	if p.fatal != "" {
 		attrs = append(attrs, "error", p.fatal)
@@ -174,6 +168,21 @@ func (m *Manager) reap(p *proc) {
 	}
 	s.pendingRestart = true
 	time.AfterFunc(delay, func() { m.restart(s, p) })
+}
+
+// restartDelay records a crash at now in the slot's recent crashes and
+// returns them with how long to wait before the restart: nothing within the
+// budget, then 1s, 2s, 4s ... up to maxRestartDelay.
+func restartDelay(crashes []time.Time, now time.Time) ([]time.Time, time.Duration) {
+	crashes = append(crashes, now)
+	for len(crashes) > 0 && now.Sub(crashes[0]) > crashWindow {
+		crashes = crashes[1:]
+	}
+	over := len(crashes) - crashBudget
+	if over <= 0 {
+		return crashes, 0
+	}
+	return crashes, min(maxRestartDelay, time.Second<<min(over-1, 10))
 }
 
 func (m *Manager) restart(s *slot, dead *proc) {

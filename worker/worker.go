@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -96,11 +95,12 @@ type Worker struct {
 // Main runs the worker role and returns the process exit code. The manager
 // starts `megacomet worker` with the IPC socket on fd 3.
 func Main() int {
-	w, err := newWorker()
+	w, err := newWorker(IPCFD)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "megacomet worker:", err)
 		return 1
 	}
+	go w.signals()
 	if err := w.serve(); err != nil {
 		w.log.Error("worker failed", "err", err)
 		w.sendFatal(err)
@@ -110,22 +110,24 @@ func Main() int {
 	return 0
 }
 
-func newWorker() (*Worker, error) {
+// newWorker sets up a worker whose manager is at the other end of the Unix
+// socket ipcFD, reading its Config frame.
+func newWorker(ipcFD int) (*Worker, error) {
 	var st syscall.Stat_t
-	if err := syscall.Fstat(IPCFD, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
-		return nil, errors.New("fd 3 is not the manager's IPC socket: workers are started by the manager")
+	if err := syscall.Fstat(ipcFD, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return nil, fmt.Errorf("fd %d is not the manager's IPC socket: workers are started by the manager", ipcFD)
 	}
 	// Non-blocking before os.NewFile, so the bridge's reads park in the
 	// runtime poller and the loop's writes never block.
-	if err := syscall.SetNonblock(IPCFD, true); err != nil {
+	if err := syscall.SetNonblock(ipcFD, true); err != nil {
 		return nil, fmt.Errorf("ipc socket: %w", err)
 	}
-	f := os.NewFile(IPCFD, "ipc")
+	f := os.NewFile(uintptr(ipcFD), "ipc")
 	cfg, rest, err := readConfig(f)
 	if err != nil {
 		return nil, fmt.Errorf("read config from manager: %w", err)
 	}
-	w := &Worker{cfg: cfg, opts: &cfg.Options, ipcFD: IPCFD, start: time.Now()}
+	w := &Worker{cfg: cfg, opts: &cfg.Options, ipcFD: ipcFD, start: time.Now()}
 	w.log = newLogger(&cfg.Options).With("role", "worker", "slot", cfg.Slot, "pid", os.Getpid())
 	if _, err := rand.Read(w.nonce[:]); err != nil {
 		return nil, err
@@ -181,7 +183,6 @@ func newLogger(o *config.Options) *slog.Logger {
 }
 
 func (w *Worker) serve() error {
-	go w.signals()
 	ctlAddr := fmt.Sprintf("@megacomet-worker-%d-%s", os.Getpid(), hex.EncodeToString(w.nonce[:4]))
 	ev := evio.Events{
 		NumLoops: 1,

@@ -1,0 +1,53 @@
+# megacomet — the two commands that matter on a fresh machine:
+#   make run    build and start the server on built-in defaults
+#   make test   run every test (installs what the tests need)
+
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BIN     := bin
+# Static binaries: no cgo, nothing to install on a load box but the file.
+export CGO_ENABLED = 0
+LDFLAGS := -s -w
+
+.PHONY: all build megacomet megatest run test test-short fuzz bench vet clean
+
+all: build
+
+build: megacomet megatest
+
+megacomet:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/megacomet ./cmd/megacomet
+
+megatest:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/megatest ./cmd/megatest
+
+# The manager in the foreground with the developer defaults: clients on
+# :8000, API on 127.0.0.1:9000, stats socket in the temp dir. Ctrl-C stops it.
+run: megacomet
+	./$(BIN)/megacomet
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+# Every test, with the race detector (the server binaries the integration
+# tests start are race-built too).
+test: vet
+	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 12m ./...
+
+# The fast part only: unit tests, no integration.
+test-short:
+	$(GO) test -short -count=1 ./config/ ./ipc/ ./worker/ ./manager/
+
+# Short runs of every fuzz target (each parser, input split anywhere).
+fuzz:
+	$(GO) test ./ipc -run '^$$' -fuzz FuzzParseSplit -fuzztime 30s
+	$(GO) test ./worker -run '^$$' -fuzz FuzzParseRequest -fuzztime 30s
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN) dist

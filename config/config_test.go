@@ -1,0 +1,103 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShippedConfigIsTheDefaults(t *testing.T) {
+	o, err := Load("../etc/megacomet.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Default(); !reflect.DeepEqual(o, d) {
+		t.Errorf("etc/megacomet.toml differs from Default():\n file    %+v\n default %+v", o, d)
+	}
+}
+
+// Every key of Options must be documented in etc/megacomet.toml.
+func TestShippedConfigDocumentsEveryKey(t *testing.T) {
+	b, err := os.ReadFile("../etc/megacomet.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	ot := reflect.TypeOf(Options{})
+	for i := 0; i < ot.NumField(); i++ {
+		sec := ot.Field(i)
+		table := sec.Tag.Get("toml")
+		if !strings.Contains(text, "["+table+"]") {
+			t.Errorf("table [%s] not documented", table)
+		}
+		for j := 0; j < sec.Type.NumField(); j++ {
+			key := sec.Type.Field(j).Tag.Get("toml")
+			if !strings.Contains(text, "\n"+key+" = ") && !strings.Contains(text, "\n# "+key+" = ") {
+				t.Errorf("key %s.%s not documented", table, key)
+			}
+		}
+	}
+}
+
+func TestLoadOverlaysDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(path, []byte("[server]\nworkers = 53\nallowed_origins = [\"https://a.example\"]\n[comet]\nheartbeat = \"2s\"\n"), 0o644)
+	o, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Server.Workers != 53 || o.Comet.Heartbeat.D() != 2*time.Second {
+		t.Errorf("values not applied: %+v", o)
+	}
+	if !reflect.DeepEqual(o.Server.AllowedOrigins, []string{"https://a.example"}) {
+		t.Errorf("allowed_origins = %v: a list replaces the default", o.Server.AllowedOrigins)
+	}
+	if o.Server.Listen != Default().Server.Listen || o.Comet.HistorySize != 100 {
+		t.Errorf("unset keys lost their defaults: %+v", o)
+	}
+}
+
+func TestLoadErrorsNameTheKey(t *testing.T) {
+	cases := map[string]string{
+		"[server]\nworkers = \"x\"\n":                                 "server.workers",
+		"[server]\nfoo = 1\n":                                         "unknown key server.foo",
+		"[server]\nlisten = \"nope\"\n":                               "server.listen",
+		"[server]\nlisten = \"example.com:80\"\n":                     "server.listen",
+		"[server]\ndrain = \"0s\"\n":                                  "server.drain",
+		"[server]\nallowed_origins = [\"ftp://x\"]\n":                 "server.allowed_origins",
+		"[api]\nlisten = \"10.0.0.1:9000\"\n":                         "api.token",
+		"[manager]\nlog_level = \"loud\"\n":                           "manager.log_level",
+		"[manager]\nsocket = \"/" + strings.Repeat("s", 200) + "\"\n": "manager.socket",
+		"[comet]\nheartbeat = \"1ms\"\n":                              "comet.heartbeat",
+		"[comet]\nhistory_size = -1\n":                                "comet.history_size",
+		"[comet]\nmax_pending = 10\n":                                 "comet.max_pending",
+		"[comet]\npoll_timeout = \"-1s\"\n":                           "comet.poll_timeout",
+	}
+	for in, want := range cases {
+		path := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(path, []byte(in), 0o644)
+		_, err := Load(path)
+		if err == nil {
+			t.Errorf("%q: accepted", in)
+			continue
+		}
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%q: error %v is not ErrInvalid", in, err)
+		}
+		if msg := err.Error(); !strings.Contains(msg, want) || strings.Contains(msg, "\n") || !strings.Contains(msg, path) {
+			t.Errorf("%q: error %q should be one line naming %q and the file", in, msg, want)
+		}
+	}
+}
+
+func TestTokenAllowsPublicAPI(t *testing.T) {
+	o := Default()
+	o.API.Listen, o.API.Token = "0.0.0.0:9000", "s3cret"
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,283 @@
+// Package testutil starts the real megacomet binaries for tests: it builds
+// them once per test binary, runs a manager on loopback with port 0, and
+// polls instead of sleeping.
+package testutil
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/manager"
+)
+
+func init() {
+	// Race-built binaries sleep 1 s at exit by default (atexit_sleep_ms),
+	// which would make every CLI call in a polling loop take a second; a
+	// race in a server process must fail the test, not scroll by.
+	os.Setenv("GORACE", "halt_on_error=1 atexit_sleep_ms=0")
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds bin/megacomet and bin/megatest from this checkout into a
+// temporary directory (once per test process) and returns their paths.
+func Binaries(t testing.TB) (megacomet, megatest string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "megacomet-test-bin-")
+		if buildErr != nil {
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		args := []string{"build", "-o", buildDir + "/"}
+		if Race {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/megacomet", "./cmd/megatest")...)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, "megacomet"), filepath.Join(buildDir, "megatest")
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// CheckFor polls fn until it returns nil or wait passes, then fails the
+// test with fn's last error.
+func CheckFor(t testing.TB, wait time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", wait, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Server is a running manager with its workers.
+type Server struct {
+	t       testing.TB
+	Bin     string // the megacomet binary
+	Dir     string // its temp dir: config, socket, pid file
+	Config  string // config file path
+	Socket  string
+	PidFile string
+	Cmd     *exec.Cmd
+	Log     *SyncBuffer // manager and worker stderr
+	Listen  string      // client address, port resolved
+	API     string      // API address, port resolved
+	exited  chan struct{}
+}
+
+// BaseConfig is the part of every test config that keeps tests apart:
+// loopback, port 0, files in the test's temp dir. %s is that dir.
+const BaseConfig = `
+[server]
+listen = "127.0.0.1:0"
+pin_cpus = true
+drain = "2s"
+[api]
+listen = "127.0.0.1:0"
+[manager]
+socket = "%[1]s/stats.sock"
+pid_file = "%[1]s/megacomet.pid"
+log_level = "debug"
+`
+
+// Start writes a config (BaseConfig, with extra TOML merged table by table)
+// and starts a manager, returning once every worker serves.
+func Start(t testing.TB, extra map[string]string) *Server {
+	t.Helper()
+	s := StartNoWait(t, extra)
+	CheckFor(t, 15*time.Second, func() error {
+		select {
+		case <-s.exited:
+			return fmt.Errorf("manager exited: %s", s.Log.String())
+		default:
+		}
+		st, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		for _, w := range st.Workers {
+			if w.State != "ready" {
+				return fmt.Errorf("worker %d is %s", w.Slot, w.State)
+			}
+		}
+		if len(st.Workers) == 0 {
+			return fmt.Errorf("no workers yet")
+		}
+		s.Listen, s.API = st.Listen, st.API
+		return nil
+	})
+	return s
+}
+
+// StartNoWait starts a manager without waiting for it to serve.
+func StartNoWait(t testing.TB, extra map[string]string) *Server {
+	t.Helper()
+	bin, _ := Binaries(t)
+	dir := ShortTempDir(t)
+	cfg := WriteConfig(t, dir, extra)
+	s := &Server{
+		t: t, Bin: bin, Dir: dir, Config: cfg,
+		Socket: filepath.Join(dir, "stats.sock"), PidFile: filepath.Join(dir, "megacomet.pid"),
+		Log: &SyncBuffer{}, exited: make(chan struct{}),
+	}
+	s.Cmd = exec.Command(bin, "-config", cfg)
+	s.Cmd.Stdout, s.Cmd.Stderr = s.Log, s.Log
+	if err := s.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.Cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.Log.String())
+		}
+		if strings.Contains(s.Log.String(), "WARNING: DATA RACE") {
+			t.Errorf("data race in the server:\n%s", s.Log.String())
+		}
+	})
+	return s
+}
+
+// WriteConfig writes BaseConfig plus extra into dir and returns its path.
+// extra maps a table name ("server", "comet", ...) to lines for it.
+func WriteConfig(t testing.TB, dir string, extra map[string]string) string {
+	t.Helper()
+	base := fmt.Sprintf(BaseConfig, dir)
+	var b strings.Builder
+	for _, line := range strings.Split(base, "\n") {
+		b.WriteString(line + "\n")
+		if strings.HasPrefix(line, "[") {
+			b.WriteString(extra[strings.Trim(line, "[]")] + "\n")
+		}
+	}
+	if c, ok := extra["comet"]; ok {
+		b.WriteString("[comet]\n" + c + "\n")
+	}
+	path := filepath.Join(dir, "megacomet.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// ShortTempDir is a temp dir whose path fits in a Unix socket address
+// (t.TempDir's can be too long).
+func ShortTempDir(t testing.TB) string {
+	dir, err := os.MkdirTemp("", "mc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Stats reads the stats socket.
+func (s *Server) Stats() (manager.Stats, error) {
+	var st manager.Stats
+	raw, err := manager.FetchStats(s.Socket, 2*time.Second)
+	if err != nil {
+		return st, err
+	}
+	err = json.Unmarshal(raw, &st)
+	return st, err
+}
+
+// MustStats reads the stats socket or fails the test.
+func (s *Server) MustStats() manager.Stats {
+	s.t.Helper()
+	st, err := s.Stats()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return st
+}
+
+// Exited is closed when the manager process has exited.
+func (s *Server) Exited() <-chan struct{} { return s.exited }
+
+// Signal sends sig to the manager.
+func (s *Server) Signal(sig syscall.Signal) { s.Cmd.Process.Signal(sig) }
+
+// Stop stops the manager gracefully (SIGTERM), killing it after 15 s, and
+// waits until its workers are gone too.
+func (s *Server) Stop() {
+	select {
+	case <-s.exited:
+	default:
+		s.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(15 * time.Second):
+			s.t.Errorf("manager did not stop after SIGTERM")
+			s.Cmd.Process.Kill()
+			<-s.exited
+		}
+	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// PIDAlive reports whether a process exists (and is not a zombie).
+func PIDAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// state is the field after the ")" that closes the command name
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
