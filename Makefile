@@ -51,3 +51,6 @@ bench:
 
 clean:
 	rm -rf $(BIN) dist
+
+# megatest's own targets (dist, c1m) live beside its code.
+-include megatest/megatest.mk
