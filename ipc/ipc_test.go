@@ -3,6 +3,7 @@ package ipc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 )
@@ -37,23 +38,51 @@ func TestCountsFromOlderWorker(t *testing.T) {
 	}
 }
 
-func TestPresenceOps(t *testing.T) {
+func TestPresenceRecords(t *testing.T) {
 	dst, start := Begin(nil, TypePresence)
-	dst = AppendOp(dst, OpJoin, "a1")
-	dst = AppendOp(dst, OpSub, "news")
-	dst = AppendOp(dst, OpLeave, "a1")
+	dst = AppendJoin(dst, 7, 99, []byte("a1"), [][]byte{[]byte("news"), []byte("sport")})
+	dst = AppendName(dst, OpUnsub, []byte("news"))
+	dst = AppendName(dst, OpLeave, []byte("a1"))
 	dst = End(dst, start)
 	_, p, _, err := Parse(dst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	err = EachOp(p, func(op Op, name []byte) { got = append(got, string(rune('0'+op))+string(name)) })
-	if err != nil || len(got) != 3 || got[0] != "1a1" || got[1] != "3news" || got[2] != "2a1" {
-		t.Errorf("%v %v", got, err)
+	got, err := presenceAll(p)
+	want := []string{"join 7 99 a1 news sport", "3 news", "2 a1"}
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %q, %v; want %q", got, err, want)
 	}
-	if err := EachOp([]byte{byte(OpJoin), 5, 'a'}, func(Op, []byte) {}); !errors.Is(err, ErrFrame) {
-		t.Errorf("truncated op: %v", err)
+	if _, err := presenceAll([]byte{byte(OpLeave), 5, 'a'}); !errors.Is(err, ErrFrame) {
+		t.Errorf("truncated record: %v", err)
+	}
+	if _, err := presenceAll([]byte{99}); !errors.Is(err, ErrFrame) {
+		t.Errorf("unknown record: %v", err)
+	}
+}
+
+func TestDeliverRecords(t *testing.T) {
+	var b []byte
+	b = AppendMsgHead(b, 10, KindIDs, "")
+	b = AppendUvarint(b, 2)
+	b = AppendString(AppendString(b, "a1"), "b2")
+	b = AppendBytes(b, []byte(`{"id":10,"data":1}`))
+	b = AppendReplayHead(b, 42, 2)
+	b = AppendBytes(AppendUvarint(b, 3), []byte("three"))
+	b = AppendBytes(AppendUvarint(b, 4), []byte("four"))
+	b = AppendBytes(AppendMsgHead(b, 11, KindChannel, "news"), []byte("chan"))
+	b = AppendBytes(AppendMsgHead(b, 12, KindBroadcast, ""), []byte("all"))
+	b = AppendReplayHead(b, 43, 0)
+	got, err := deliverAll(b)
+	want := []string{`msg 10 k0  {"id":10,"data":1} ->a1 ->b2`, "replay 42: 3=three 4=four", "msg 11 k1 news chan", "msg 12 k2  all", "replay 43:"}
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %q, %v\nwant %q", got, err, want)
+	}
+	// Every truncation decodes to an error or a shorter valid payload.
+	for cut := 1; cut < len(b); cut++ {
+		if _, err := deliverAll(b[:cut]); err != nil && !errors.Is(err, ErrFrame) {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
 	}
 }
 
@@ -65,16 +94,26 @@ func TestParseRejectsCorruptLength(t *testing.T) {
 	}
 }
 
+var deliverSample = AppendBytes(AppendString(AppendUvarint(AppendMsgHead(nil, 1, KindIDs, ""), 1), "a"), []byte("{}"))
+
 func TestEncodersAllocateNothing(t *testing.T) {
 	buf := make([]byte, 0, 1024)
 	c := Counts{Conns: 19000, MessagesOut: 1 << 33}
 	n := testing.AllocsPerRun(1000, func() {
 		b := AppendCounts(buf[:0], &c)
 		b, start := Begin(b, TypePresence)
-		b = AppendOp(b, OpJoin, "someone")
+		b = AppendJoin(b, 1, 2, []byte("someone"), nil)
 		b = End(b, start)
 		_, p, _, _ := Parse(b)
 		DecodeCounts(p)
+		pr := NewPresenceReader(b[start+HeaderLen:])
+		for pr.Next() != 0 {
+		}
+		d := NewDeliverReader(deliverSample)
+		for d.Next() != 0 {
+			for _, ok := d.Msg.NextID(); ok; _, ok = d.Msg.NextID() {
+			}
+		}
 	})
 	if n != 0 {
 		t.Errorf("%.1f allocations", n)
@@ -163,4 +202,62 @@ func TestOutboxFailsWhenPeerStopsReading(t *testing.T) {
 	if err := o.Append(func(dst []byte) []byte { return dst }); !errors.Is(err, ErrOutboxFull) {
 		t.Fatalf("later append: %v", err)
 	}
+}
+
+func deliverAll(p []byte) ([]string, error) {
+	var got []string
+	d := NewDeliverReader(p)
+	for {
+		switch d.Next() {
+		case RecMsg:
+			m := &d.Msg
+			s := fmt.Sprintf("msg %d k%d %s %s", m.ID, m.Kind, m.Channel, m.Body)
+			for id, ok := m.NextID(); ok; id, ok = m.NextID() {
+				s += " ->" + string(id)
+			}
+			got = append(got, s)
+		case RecReplay:
+			rp := &d.Replay
+			s := fmt.Sprintf("replay %d:", rp.Token)
+			for i := 0; i < rp.N; i++ {
+				id, body := rp.Next()
+				s += fmt.Sprintf(" %d=%s", id, body)
+			}
+			got = append(got, s)
+		default:
+			return got, d.Err()
+		}
+	}
+}
+
+func presenceAll(p []byte) ([]string, error) {
+	var got []string
+	pr := NewPresenceReader(p)
+	for {
+		switch op := pr.Next(); op {
+		case OpJoin:
+			j := &pr.Join
+			s := fmt.Sprintf("join %d %d %s", j.Token, j.Since, j.ID)
+			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
+				s += " " + string(ch)
+			}
+			got = append(got, s)
+		case 0:
+			return got, pr.Err()
+		default:
+			got = append(got, fmt.Sprintf("%d %s", op, pr.Name))
+		}
+	}
+}
+
+// FuzzDecoders: no payload makes a decoder panic or loop.
+func FuzzDecoders(f *testing.F) {
+	f.Add(AppendBytes(AppendMsgHead(nil, 1, KindChannel, "c"), []byte("x")))
+	f.Add(AppendJoin(nil, 1, 2, []byte("id"), [][]byte{[]byte("c")}))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		deliverAll(p)
+		presenceAll(p)
+		DecodeCounts(p)
+		DecodeHello(p)
+	})
 }

@@ -67,35 +67,3 @@ func DecodeCounts(p []byte) (Counts, error) {
 	}
 	return c, r.Err()
 }
-
-// Op is one presence operation.
-type Op uint8
-
-// Presence operations. A worker sends Join when its first client with an id
-// connects and Leave when its last one goes; Sub and Unsub likewise per
-// channel. The manager routes by these.
-const (
-	OpJoin Op = 1 + iota
-	OpLeave
-	OpSub
-	OpUnsub
-)
-
-// AppendOp appends one operation to a Presence payload under construction.
-func AppendOp(dst []byte, op Op, name string) []byte {
-	return AppendString(append(dst, byte(op)), name)
-}
-
-// EachOp calls fn for every operation in a Presence payload. name aliases p.
-func EachOp(p []byte, fn func(op Op, name []byte)) error {
-	r := NewReader(p)
-	for r.Len() > 0 {
-		op := Op(r.Byte())
-		name := r.Bytes()
-		if r.Err() != nil {
-			return r.Err()
-		}
-		fn(op, name)
-	}
-	return nil
-}

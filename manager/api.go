@@ -12,13 +12,18 @@ func stopFrame(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeStop, ni
 // apiHandler serves the publish and admin API on api.listen.
 func (m *Manager) apiHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /publish", m.handlePublish)
+	mux.HandleFunc("/publish", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, "use POST /publish")
+	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Snapshot())
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	})
-	return mux
+	return m.requireToken(mux)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -30,6 +30,7 @@ type Manager struct {
 	cpus    []int
 	started time.Time
 	sampler *sampler
+	hub     *hub
 
 	mu       sync.Mutex
 	slots    []*slot
@@ -41,6 +42,7 @@ type Manager struct {
 // an upgraded one. Every start-up error is one line naming what failed.
 func Run(opts config.Options, log *slog.Logger) error {
 	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
+	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
 	// First, so a signal during start-up is handled, not fatal.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)

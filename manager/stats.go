@@ -28,6 +28,8 @@ type Stats struct {
 	Capacity   uint64 `json:"capacity"` // connections all ready workers accept
 	Refused    uint64 `json:"refused"`  // connections refused because workers were full
 	Generation uint64 `json:"generation"`
+	IDs        int    `json:"ids"`      // client ids the workers hold
+	Channels   int    `json:"channels"` // channels with a subscriber
 }
 
 // WorkerStats describes one worker process.
@@ -100,6 +102,7 @@ func (m *Manager) runSampler(stop <-chan struct{}) {
 	defer t.Stop()
 	for {
 		m.sampleOnce()
+		m.hub.expire()
 		select {
 		case <-stop:
 			return
@@ -177,6 +180,7 @@ func (m *Manager) Snapshot() Stats {
 	}
 	s.mu.Unlock()
 	st.Manager.UptimeS = time.Since(m.started).Seconds()
+	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = m.hub.counters()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 
 	m.mu.Lock()

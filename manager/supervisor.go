@@ -69,6 +69,7 @@ type proc struct {
 	cmd     *exec.Cmd
 	conn    net.Conn
 	out     *ipc.Outbox
+	link    linkID        // the hub's routing id, while it lives
 	readyc  chan struct{} // closed on Hello
 	exited  chan struct{} // closed when the process has been reaped
 	started time.Time
@@ -121,6 +122,7 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	cfg, _ := json.Marshal(worker.Config{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: m.opts})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p
+	m.hub.addLink(p)
 	go p.out.Run(conn)
 	go m.readLink(p)
 	go m.reap(p)
@@ -145,6 +147,7 @@ func (m *Manager) reap(p *proc) {
 	err := p.cmd.Wait()
 	p.conn.Close()
 	p.out.Close()
+	m.hub.dropLink(p)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	wanted := p.state == stateDraining || p.state == stateStopping || m.stopping
@@ -276,7 +279,9 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 		p.fatal = string(payload)
 		m.mu.Unlock()
 	case ipc.TypePresence:
-		// Routing arrives with message delivery.
+		if err := m.hub.presence(p, payload); err != nil {
+			m.log.Error("bad presence frame from worker", "slot", p.slot.idx, "pid", p.pid, "err", err)
+		}
 	default:
 		m.log.Warn("ignoring IPC frame from worker", "slot", p.slot.idx, "type", t.String())
 	}

@@ -1,10 +1,8 @@
 package worker
 
 import (
-	"bytes"
 	"syscall"
 
-	"github.com/megacomet/megacomet/ipc"
 	"github.com/tidwall/evio"
 )
 
@@ -20,138 +18,96 @@ type connState uint8
 
 const (
 	stReading   connState = iota // waiting for a request head
-	stHeld                       // a request is being held open
+	stStreaming                  // an SSE or chunked stream is open
+	stPolling                    // a long-poll is held
 	stLingering                  // answered and half-closed; input is discarded
 	stDead                       // shut down; evio will report the close
 )
 
-// conn is the loop's state for one connection, kept small: an idle client
-// costs this struct and nothing else (no goroutine, no buffers).
-type conn struct {
-	ec       evio.Conn
-	fd       int32
-	idx      int32 // position in Worker.clients, -1 once killed
-	kind     connKind
-	state    connState
-	woke     bool   // a Wake is outstanding
-	queued   bool   // on Worker.backlogged
-	in       []byte // an incomplete request head (nil almost always)
-	pending  []byte // output the socket did not take, in order after evio's own
-	deadline int64  // lingering: when to give up (ns since worker start)
-}
+type transport uint8
 
-var (
-	respPong     = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nCache-Control: no-store\r\n\r\npong")
-	respPongHead = respPong[:len(respPong)-4]
-	strPing      = []byte("/ping")
+const (
+	trNone transport = iota
+	trLP
+	trStream
+	trSSE
 )
 
-// clientData handles bytes read from a client.
-func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
-	if cc.state != stReading {
-		return evio.None // held, lingering or dead: input is discarded
-	}
-	buf := in
-	if len(cc.in) > 0 {
-		cc.in = append(cc.in, in...)
-		buf = cc.in
-	}
-	for len(buf) > 0 && cc.state == stReading {
-		n, err := parseRequest(buf, &w.req)
-		if err == errNeedMore {
-			break
-		}
-		if err != nil {
-			w.reject(cc, err.(*httpError))
-			break
-		}
-		w.counts.Requests++
-		buf = buf[n:]
-		w.route(cc, &w.req)
-	}
-	switch {
-	case cc.state != stReading || len(buf) == 0:
-		cc.in = nil
-	case len(cc.in) > 0:
-		cc.in = append(cc.in[:0], buf...)
-	default:
-		cc.in = append([]byte(nil), buf...) // a head split across reads: rare
-	}
-	return evio.None
+// conn flags
+const (
+	fWoke     uint8 = 1 << iota // a Wake is outstanding
+	fQueued                     // on Worker.backlogged
+	fAwaiting                   // subscribed, replay not yet in: live messages are dropped
+	fClose                      // close after the current answer
+	fRaw                        // stream without chunked framing (HTTP/1.0)
+	fWheel                      // linked into the timing wheel
+)
+
+// conn is the loop's state for one connection. It is kept small - an idle
+// client costs this struct, its id string and a map entry, and nothing else
+// (no goroutine, no buffers) - and what only some connections need lives in
+// connExtra.
+type conn struct {
+	ec     evio.Conn
+	id     string // the subscribed client id, "" when not subscribed
+	cursor uint64 // the last message id written to this connection
+	wnext  *conn  // timing wheel slot list
+	wprev  *conn
+	inext  *conn      // next connection subscribed to the same id
+	x      *connExtra // nil almost always
+	fd     int32
+	idx    int32  // position in Worker.clients, -1 once killed
+	due    uint32 // tick at which its timer fires
+	token  uint32 // the pending replay's token
+	lastTx uint32 // tick of the last message or heartbeat written
+	kind   connKind
+	state  connState
+	tr     transport
+	flags  uint8
 }
 
-// route answers one parsed request.
-func (w *Worker) route(cc *conn, r *request) {
-	head := bytes.Equal(r.method, strHEAD)
-	if !head && !bytes.Equal(r.method, strGET) {
-		w.reject(cc, errMethod)
-		return
-	}
-	if bytes.Equal(r.path, strPing) {
-		resp := respPong
-		if head {
-			resp = respPongHead
-		}
-		w.send(cc, resp)
-		if r.close {
-			w.linger(cc)
-		}
-		return
-	}
-	// Any other request is held open: an idle comet connection.
-	cc.state = stHeld
+// connExtra holds what only some connections need, allocated on demand.
+type connExtra struct {
+	in       []byte   // an incomplete request head
+	pending  []byte   // output the socket did not take, in order after evio's own
+	channels []string // channels it is subscribed to
+	callback []byte   // long-poll JSONP callback
+	origin   []byte   // long-poll: the Access-Control-Allow-Origin to answer with
 }
 
-// reject answers with a prebuilt error and closes gracefully.
-func (w *Worker) reject(cc *conn, e *httpError) {
-	w.counts.BadRequests++
-	w.send(cc, e.resp)
-	w.linger(cc)
+func (cc *conn) extra() *connExtra {
+	if cc.x == nil {
+		cc.x = &connExtra{}
+	}
+	return cc.x
 }
 
-// linger half-closes after the answer and discards input until the client
-// closes or lingerFor passes: closing with unread input would reset the
-// connection and could destroy the answer before the client reads it.
-func (w *Worker) linger(cc *conn) {
-	if cc.state == stDead || cc.state == stLingering {
-		return
+// tidy drops connExtra once nothing in it is in use.
+func (cc *conn) tidy() {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil {
+		cc.x = nil
 	}
-	cc.state = stLingering
-	cc.in = nil
-	if len(cc.pending) == 0 && evioUnsent(cc.ec) == 0 {
-		syscall.Shutdown(int(cc.fd), syscall.SHUT_WR)
-	}
-	cc.deadline = int64(w.now + lingerFor)
-	w.lingering = append(w.lingering, cc)
 }
 
-func (w *Worker) expireLingering() {
-	keep := w.lingering[:0]
-	for _, cc := range w.lingering {
-		switch {
-		case cc.state != stLingering:
-		case int64(w.now) >= cc.deadline:
-			w.kill(cc)
-		default:
-			if len(cc.pending) == 0 && evioUnsent(cc.ec) == 0 {
-				syscall.Shutdown(int(cc.fd), syscall.SHUT_WR) // the answer is out now
-			}
-			keep = append(keep, cc)
-		}
+func (cc *conn) pendingLen() int {
+	if cc.x == nil {
+		return 0
 	}
-	clear(w.lingering[len(keep):])
-	w.lingering = keep
+	return len(cc.x.pending)
 }
+
+// idle reports whether nothing of ours or evio's waits to be written.
+func (cc *conn) idle() bool { return cc.pendingLen() == 0 && evioUnsent(cc.ec) == 0 }
 
 // send writes b to a client: straight to the socket when nothing is queued
 // ahead of it, else behind what is queued. Bytes the socket does not take
-// wait in cc.pending, bounded by comet.max_pending; a client over the bound
-// is a slow consumer and is dropped.
+// wait in connExtra.pending, bounded by comet.max_pending; a client over the
+// bound is a slow consumer and is dropped.
 func (w *Worker) send(cc *conn, b []byte) {
 	if cc.state == stDead {
 		return
 	}
-	if len(cc.pending) == 0 && evioUnsent(cc.ec) == 0 {
+	if cc.idle() {
 		for len(b) > 0 {
 			n, err := syscall.Write(int(cc.fd), b)
 			if err == syscall.EINTR {
@@ -170,48 +126,52 @@ func (w *Worker) send(cc *conn, b []byte) {
 			return
 		}
 	}
-	if len(cc.pending)+len(b) > w.opts.Comet.MaxPending {
+	if cc.pendingLen()+len(b) > w.opts.Comet.MaxPending {
 		w.counts.SlowConsumers++
+		w.log.Debug("slow consumer dropped", "pending", cc.pendingLen()+len(b))
 		w.kill(cc)
 		return
 	}
-	cc.pending = append(cc.pending, b...)
+	x := cc.extra()
+	x.pending = append(x.pending, b...)
 	w.handOver(cc)
 }
 
-// handOver gets cc.pending written. evio's own output buffer is replaced
-// (not appended to) when a woken Data callback returns bytes - upstream
-// issue #72 - so the hand-over happens only while that buffer is empty;
-// otherwise the connection waits on Worker.backlogged and the tick retries.
+// handOver gets pending output written. evio's own output buffer is
+// replaced (not appended to) when a woken Data callback returns bytes -
+// upstream issue #72 - so the hand-over happens only while that buffer is
+// empty; otherwise the connection waits on Worker.backlogged and the tick
+// retries.
 func (w *Worker) handOver(cc *conn) {
 	if evioUnsent(cc.ec) == 0 {
-		if !cc.woke {
-			cc.woke = true
+		if cc.flags&fWoke == 0 {
+			cc.flags |= fWoke
 			cc.ec.Wake()
 		}
 		return
 	}
-	if !cc.queued {
-		cc.queued = true
+	if cc.flags&fQueued == 0 {
+		cc.flags |= fQueued
 		w.backlogged = append(w.backlogged, cc)
 	}
 }
 
 // woken is Data(c, nil): evio's answer to our Wake.
 func (w *Worker) woken(cc *conn) ([]byte, evio.Action) {
-	cc.woke = false
+	cc.flags &^= fWoke
 	if cc.state == stDead {
 		return nil, evio.Close
 	}
-	if len(cc.pending) == 0 {
+	if cc.pendingLen() == 0 {
 		return nil, evio.None
 	}
 	if evioUnsent(cc.ec) > 0 {
 		w.handOver(cc) // evio got more output since the Wake: wait for it
 		return nil, evio.None
 	}
-	out := cc.pending // evio copies it
-	cc.pending = nil
+	out := cc.x.pending // evio copies it
+	cc.x.pending = nil
+	cc.tidy()
 	return out, evio.None
 }
 
@@ -219,12 +179,12 @@ func (w *Worker) retryBacklogged() {
 	keep := w.backlogged[:0]
 	for _, cc := range w.backlogged {
 		switch {
-		case cc.state == stDead || len(cc.pending) == 0:
-			cc.queued = false
+		case cc.state == stDead || cc.pendingLen() == 0:
+			cc.flags &^= fQueued
 		case evioUnsent(cc.ec) == 0:
-			cc.queued = false
-			pending := cc.pending
-			cc.pending = nil
+			cc.flags &^= fQueued
+			pending := cc.x.pending
+			cc.x.pending = nil
 			w.send(cc, pending) // straight to the socket if it takes it now
 		default:
 			keep = append(keep, cc)
@@ -234,14 +194,36 @@ func (w *Worker) retryBacklogged() {
 	w.backlogged = keep
 }
 
+// linger half-closes after the answer and discards input until the client
+// closes or lingerFor passes: closing with unread input would reset the
+// connection and could destroy the answer before the client reads it.
+func (w *Worker) linger(cc *conn) {
+	if cc.state == stDead || cc.state == stLingering {
+		return
+	}
+	w.unsubscribe(cc)
+	w.unlist(cc)
+	cc.state = stLingering
+	if cc.x != nil {
+		cc.x.in = nil
+		cc.tidy()
+	}
+	if cc.idle() {
+		syscall.Shutdown(int(cc.fd), syscall.SHUT_WR)
+	}
+	w.schedule(cc, w.tick+lingerTicks)
+}
+
 // kill closes a client from inside the loop: shutdown makes evio's next
 // read (or write) fail, and evio then closes the socket and calls Closed.
 func (w *Worker) kill(cc *conn) {
 	if cc.state == stDead {
 		return
 	}
+	w.unsubscribe(cc)
+	w.unschedule(cc)
 	cc.state = stDead
-	cc.pending, cc.in = nil, nil
+	cc.x = nil
 	syscall.Shutdown(int(cc.fd), syscall.SHUT_RDWR)
 	w.unlist(cc)
 }
@@ -262,46 +244,9 @@ func (w *Worker) unlist(cc *conn) {
 
 // forget drops every reference to a closed client.
 func (w *Worker) forget(cc *conn) {
+	w.unsubscribe(cc)
+	w.unschedule(cc)
 	w.unlist(cc)
 	cc.state = stDead
-	cc.pending, cc.in = nil, nil
-}
-
-// ctlData reads IPC frames from the control connection.
-func (w *Worker) ctlData(cc *conn, in []byte) evio.Action {
-	if cc.kind == kindCtlPending {
-		cc.in = append(cc.in, in...)
-		if len(cc.in) < len(w.nonce) {
-			return evio.None
-		}
-		if !bytes.Equal(cc.in[:len(w.nonce)], w.nonce[:]) {
-			return evio.Close
-		}
-		in = cc.in[len(w.nonce):]
-		cc.in = nil
-		cc.kind = kindCtl
-		w.ctl = cc
-	}
-	buf := in
-	if len(w.ctlIn) > 0 {
-		w.ctlIn = append(w.ctlIn, in...)
-		buf = w.ctlIn
-	}
-	for {
-		t, p, n, err := ipc.Parse(buf)
-		if err == ipc.ErrNeedMore {
-			break
-		}
-		if err != nil {
-			w.log.Error("corrupt IPC stream from the manager", "err", err)
-			return evio.Close
-		}
-		w.handleFrame(t, p)
-		buf = buf[n:]
-	}
-	w.ctlIn = append(w.ctlIn[:0], buf...)
-	if len(w.ctlIn) == 0 && cap(w.ctlIn) > 1<<20 {
-		w.ctlIn = nil
-	}
-	return evio.None
+	cc.x = nil
 }

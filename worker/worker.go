@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -75,16 +76,41 @@ type Worker struct {
 	maxConns int
 	fdLimit  int
 
-	clients []*conn // live clients; conn.idx is the position here
-	open    int     // connections evio has open (clients and killed ones)
+	clients []*conn // live clients (not lingering or dead); conn.idx is the position here
+	open    int     // connections evio has open, whatever their state
 	counts  ipc.Counts
-	req     request // scratch for the parser
+
+	byID        map[string]*conn              // subscribed connections by client id (subs.go)
+	byChan      map[string]map[*conn]struct{} // subscribed connections by channel
+	awaiting    map[uint32]*conn              // subscriptions whose replay is on its way
+	nextToken   uint32
+	presOut     []byte // presence records not yet framed
+	presFlushed time.Duration
+
+	wheel     [wheelSize]*conn // timers (wheel.go)
+	wheelAt   uint32           // last tick the wheel has fired
+	tick      uint32           // now, in ticks
+	hbTicks   uint32
+	pollTicks uint32
+	rng       uint32
+
+	// Scratch buffers reused by every request and message.
+	req     request
+	q       query
+	scratch []byte
+	body    []byte
+	renders [renders]rendered
+
+	pong, pongHead []byte // /ping's answers, with this config's CORS header
+	corsAny        bool
+	origins        map[string]struct{}
+	dropEvery      uint64 // test fault: drop every Nth delivery (0 = never)
+	dropped        uint64
 
 	start      time.Time
 	now        time.Duration // since start, refreshed every tick
 	nextCounts time.Duration
 	backlogged []*conn // clients whose pending output evio must take later
-	lingering  []*conn
 
 	drainStart, drainEnd time.Duration
 	drainTotal, drained  int
@@ -141,7 +167,34 @@ func newWorker(ipcFD int) (*Worker, error) {
 		return nil, fmt.Errorf("open-file limit %d leaves no room for connections", w.fdLimit)
 	}
 	w.bridge = &bridge{src: f, pending: rest, log: w.log}
+	w.initComet()
 	return w, nil
+}
+
+// initComet prepares delivery state from the options.
+func (w *Worker) initComet() {
+	o := w.opts
+	w.byID = make(map[string]*conn)
+	w.byChan = make(map[string]map[*conn]struct{})
+	w.awaiting = make(map[uint32]*conn)
+	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
+	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
+	w.rng = uint32(time.Now().UnixNano()) | 1
+	w.origins = make(map[string]struct{})
+	for _, origin := range o.Server.AllowedOrigins {
+		if origin == "*" {
+			w.corsAny = true
+		}
+		w.origins[origin] = struct{}{}
+	}
+	head := w.appendCORS([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nCache-Control: no-store\r\n"), nil)
+	head = append(head, "\r\n"...)
+	w.pongHead = head
+	w.pong = append(head[:len(head):len(head)], "pong"...)
+	if n, err := strconv.ParseUint(os.Getenv("MEGACOMET_FAULT_DROP_EVERY"), 10, 64); err == nil && n > 0 {
+		w.dropEvery = n
+		w.log.Warn("fault injection: dropping deliveries", "every", n)
+	}
 }
 
 // readConfig reads the Config frame the manager sends first. Bytes after it
@@ -190,7 +243,7 @@ func (w *Worker) serve() error {
 		Opened:   w.opened,
 		Closed:   w.closed,
 		Data:     w.data,
-		Tick:     w.tick,
+		Tick:     w.onTick,
 	}
 	err := evio.Serve(ev, "tcp://"+w.cfg.Listen+"?reuseport=true", "unix://"+ctlAddr)
 	if err != nil {
@@ -251,6 +304,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 	cc := &conn{ec: c, fd: int32(evioFD(c)), idx: int32(len(w.clients))}
 	w.clients = append(w.clients, cc)
 	c.SetContext(cc)
+	w.schedule(cc, w.tick+requestTicks)
 	return nil, opts, evio.None
 }
 
@@ -291,14 +345,16 @@ func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
 	return nil, w.clientData(cc, in)
 }
 
-// tick is the loop's housekeeping; evio runs it on the loop goroutine.
-func (w *Worker) tick() (time.Duration, evio.Action) {
+// onTick is the loop's housekeeping; evio runs it on the loop goroutine.
+func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.now = time.Since(w.start)
+	w.tick = uint32(w.now / tickEvery)
 	w.retryBacklogged()
-	w.expireLingering()
+	w.advance(w.tick)
 	if w.draining {
 		w.drainStep()
 	}
+	w.flushPresence()
 	if w.now >= w.nextCounts {
 		w.nextCounts = w.now + countsEvery
 		w.queueCounts()
@@ -349,6 +405,8 @@ func (w *Worker) sendFatal(err error) {
 // handleFrame acts on one frame from the manager.
 func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 	switch t {
+	case ipc.TypeDeliver:
+		w.deliverFrame(p)
 	case ipc.TypeStop:
 		w.stop()
 	case ipc.TypeDrain:
@@ -372,7 +430,7 @@ func (w *Worker) stop() {
 	w.exitAt = w.now + 5*time.Second
 	w.log.Info("stopping", "clients", len(w.clients))
 	for len(w.clients) > 0 {
-		w.kill(w.clients[len(w.clients)-1])
+		w.handOff(w.clients[len(w.clients)-1])
 	}
 }
 
@@ -399,12 +457,12 @@ func (w *Worker) drainStep() {
 		due = int(int64(w.drainTotal) * int64(w.now-w.drainStart) / int64(span))
 	}
 	for w.drained < due && len(w.clients) > 0 {
-		w.kill(w.clients[len(w.clients)-1])
+		w.handOff(w.clients[len(w.clients)-1])
 		w.drained++
 	}
 	if w.now >= w.drainEnd {
 		for len(w.clients) > 0 {
-			w.kill(w.clients[len(w.clients)-1])
+			w.handOff(w.clients[len(w.clients)-1])
 		}
 	}
 }

@@ -15,12 +15,12 @@ func TestPingKeepAliveAndPipelining(t *testing.T) {
 	h := startWorker(t, nil)
 	c := h.dialRaw()
 	c.write(pingReq)
-	if got := c.readN(len(respPong)); !bytes.Equal(got, respPong) {
+	if got := c.readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
 		t.Fatalf("got %q", got)
 	}
 	// three pipelined requests in one write, the last one closing
 	c.write([]byte(string(pingReq) + string(pingReq) + "HEAD /ping HTTP/1.1\r\nConnection: close\r\n\r\n"))
-	want := string(respPong) + string(respPong) + string(respPongHead)
+	want := string(h.w.pong) + string(h.w.pong) + string(h.w.pongHead)
 	if got := string(c.readAll()); got != want {
 		t.Fatalf("pipelined: got %q want %q", got, want)
 	}
@@ -32,7 +32,7 @@ func TestRequestSplitIntoSingleBytes(t *testing.T) {
 	for _, b := range []byte("GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n") {
 		c.write([]byte{b})
 	}
-	if got := c.readAll(); !bytes.Equal(got, respPong) {
+	if got := c.readAll(); !bytes.Equal(got, h.w.pong) {
 		t.Fatalf("got %q", got)
 	}
 }
@@ -61,8 +61,8 @@ func TestRejectionsAreAnsweredAndCounted(t *testing.T) {
 func TestFullWorkerRefusesAtAccept(t *testing.T) {
 	h := startWorker(t, func(o *config.Options) { o.Server.MaxConns = 2 })
 	a, b := h.dialRaw(), h.dialRaw()
-	a.write([]byte("GET /held HTTP/1.1\r\n\r\n"))
-	b.write([]byte("GET /held HTTP/1.1\r\n\r\n"))
+	a.write([]byte("GET /sse/a HTTP/1.1\r\n\r\n"))
+	b.write([]byte("GET /sse/b HTTP/1.1\r\n\r\n"))
 	h.countsWhere(func(c ipc.Counts) bool { return c.Conns == 2 })
 	over := h.dialRaw()
 	if got := over.readAll(); len(got) != 0 {
@@ -79,7 +79,7 @@ func TestPingRoundTripAllocatesNothing(t *testing.T) {
 	c := h.dialRaw()
 	ping := func() {
 		c.write(pingReq)
-		c.readN(len(respPong))
+		c.readN(len(h.w.pong))
 	}
 	ping() // first request learns evio's layout
 	if n := testing.AllocsPerRun(2000, ping); n != 0 {

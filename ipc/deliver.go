@@ -1,0 +1,150 @@
+package ipc
+
+// Deliver frames (manager → worker) carry records:
+//
+//	RecMsg     id uvarint, kind byte, [channel string | n uvarint, n × id string], body bytes
+//	RecReplay  token uvarint, n uvarint, n × (id uvarint, body bytes)
+//
+// A RecMsg for ids lists only the ids the receiving worker holds; a broadcast
+// or channel message is one record per worker however many clients it
+// reaches. Body is the message's JSON, rendered once by the manager.
+// RecReplay answers one OpJoin: the retained messages after its cursor, in
+// id order (n may be 0: the connection then goes live).
+
+// Record kinds in a Deliver frame.
+const (
+	RecMsg    byte = 1
+	RecReplay byte = 2
+)
+
+// Message kinds in a RecMsg.
+const (
+	KindIDs       byte = 0
+	KindChannel   byte = 1
+	KindBroadcast byte = 2
+)
+
+// AppendMsgHead appends a RecMsg up to its targets. For KindIDs append
+// AppendUvarint(n) and n AppendString ids; then AppendBytes(body).
+func AppendMsgHead(dst []byte, id uint64, kind byte, channel string) []byte {
+	dst = append(dst, RecMsg)
+	dst = AppendUvarint(dst, id)
+	dst = append(dst, kind)
+	if kind == KindChannel {
+		dst = AppendString(dst, channel)
+	}
+	return dst
+}
+
+// AppendReplayHead appends a RecReplay header; then append n (id, body)
+// pairs with AppendUvarint and AppendBytes.
+func AppendReplayHead(dst []byte, token uint32, n int) []byte {
+	dst = append(dst, RecReplay)
+	dst = AppendUvarint(dst, uint64(token))
+	return AppendUvarint(dst, uint64(n))
+}
+
+// Msg is one decoded RecMsg; its slices alias the payload.
+type Msg struct {
+	ID      uint64
+	Kind    byte
+	Channel []byte
+	Body    []byte
+	ids     Reader
+	n       uint64
+}
+
+// NextID returns a KindIDs message's target ids one by one.
+func (m *Msg) NextID() ([]byte, bool) {
+	if m.n == 0 {
+		return nil, false
+	}
+	m.n--
+	b := m.ids.Bytes()
+	return b, m.ids.Err() == nil
+}
+
+// Replay is one decoded RecReplay; Next yields its N messages.
+type Replay struct {
+	Token uint32
+	N     int
+	r     Reader
+}
+
+// Next returns the next replayed message.
+func (rp *Replay) Next() (id uint64, body []byte) {
+	return rp.r.Uvarint(), rp.r.Bytes()
+}
+
+// DeliverReader walks a Deliver payload without copying or allocating.
+type DeliverReader struct {
+	r      Reader
+	Msg    Msg    // valid after Next returns RecMsg
+	Replay Replay // valid after Next returns RecReplay
+}
+
+// NewDeliverReader reads payload p.
+func NewDeliverReader(p []byte) DeliverReader { return DeliverReader{r: NewReader(p)} }
+
+// Next decodes the next record and returns its kind, or 0 at the end or on
+// a corrupt payload (see Err).
+func (d *DeliverReader) Next() byte {
+	r := &d.r
+	if r.Len() == 0 || r.err != nil {
+		return 0
+	}
+	switch rec := r.Byte(); rec {
+	case RecMsg:
+		m := &d.Msg
+		m.ID = r.Uvarint()
+		m.Kind = r.Byte()
+		m.Channel, m.n = nil, 0
+		switch m.Kind {
+		case KindChannel:
+			m.Channel = r.Bytes()
+		case KindIDs:
+			m.n = r.Uvarint()
+			start := r.b
+			for i := uint64(0); i < m.n && r.err == nil; i++ {
+				r.Bytes()
+			}
+			if r.err == nil {
+				m.ids = NewReader(start[:len(start)-len(r.b)])
+			}
+		case KindBroadcast:
+		default:
+			r.fail("message kind")
+		}
+		m.Body = r.Bytes()
+		if r.err != nil {
+			return 0
+		}
+		return rec
+	case RecReplay:
+		rp := &d.Replay
+		rp.Token = uint32(r.Uvarint())
+		n := r.Uvarint()
+		// Each message takes at least two bytes (id, body length): a
+		// larger count is corrupt and would make the consumer spin.
+		if r.err != nil || n > uint64(r.Len()/2) {
+			r.fail("replay count")
+			return 0
+		}
+		start := r.b
+		for i := uint64(0); i < n && r.err == nil; i++ {
+			r.Uvarint()
+			r.Bytes()
+		}
+		if r.err != nil {
+			return 0
+		}
+		rp.N, rp.r = int(n), NewReader(start[:len(start)-len(r.b)])
+		return rec
+	default:
+		r.fail("deliver record")
+		return 0
+	}
+}
+
+// Err reports a corrupt payload once Next has returned 0.
+func (d *DeliverReader) Err() error { return d.r.err }

@@ -1,0 +1,109 @@
+package ipc
+
+// Presence frames (worker → manager) carry records that keep the manager's
+// routing table and answer each new subscription with its replay:
+//
+//	OpJoin   token uvarint, since uvarint, id string, n uvarint, n × channel string
+//	OpLeave  id string       (no connection on this worker has the id any more)
+//	OpUnsub  channel string  (no connection on this worker is on the channel)
+//
+// Every subscribing connection sends a Join, with the cursor it resumes
+// from; the manager registers the worker for the id and channels and answers
+// with a Replay record carrying the same token, so live and replayed
+// messages never race.
+
+// Op is the kind of a presence record.
+type Op uint8
+
+// Presence record kinds.
+const (
+	OpJoin Op = 1 + iota
+	OpLeave
+	OpUnsub
+)
+
+// AppendJoin appends an OpJoin record.
+func AppendJoin(dst []byte, token uint32, since uint64, id []byte, channels [][]byte) []byte {
+	dst = append(dst, byte(OpJoin))
+	dst = AppendUvarint(dst, uint64(token))
+	dst = AppendUvarint(dst, since)
+	dst = AppendBytes(dst, id)
+	dst = AppendUvarint(dst, uint64(len(channels)))
+	for _, c := range channels {
+		dst = AppendBytes(dst, c)
+	}
+	return dst
+}
+
+// AppendName appends an OpLeave or OpUnsub record.
+func AppendName[T string | []byte](dst []byte, op Op, name T) []byte {
+	dst = AppendUvarint(append(dst, byte(op)), uint64(len(name)))
+	return append(dst, name...)
+}
+
+// Join is one decoded OpJoin record; its slices alias the payload.
+type Join struct {
+	Token uint32
+	Since uint64
+	ID    []byte
+	chans Reader
+	n     uint64
+}
+
+// NextChannel returns the Join's channels one by one.
+func (j *Join) NextChannel() ([]byte, bool) {
+	if j.n == 0 {
+		return nil, false
+	}
+	j.n--
+	b := j.chans.Bytes()
+	return b, j.chans.Err() == nil
+}
+
+// PresenceReader walks a Presence payload without copying or allocating.
+type PresenceReader struct {
+	r    Reader
+	Join Join   // valid after Next returns OpJoin
+	Name []byte // valid after Next returns OpLeave or OpUnsub
+}
+
+// NewPresenceReader reads payload p.
+func NewPresenceReader(p []byte) PresenceReader { return PresenceReader{r: NewReader(p)} }
+
+// Next decodes the next record and returns its kind, or 0 at the end or on
+// a corrupt payload (see Err).
+func (pr *PresenceReader) Next() Op {
+	r := &pr.r
+	if r.Len() == 0 || r.err != nil {
+		return 0
+	}
+	switch op := Op(r.Byte()); op {
+	case OpJoin:
+		j := &pr.Join
+		j.Token = uint32(r.Uvarint())
+		j.Since = r.Uvarint()
+		j.ID = r.Bytes()
+		j.n = r.Uvarint()
+		start := r.b
+		for i := uint64(0); i < j.n && r.err == nil; i++ {
+			r.Bytes()
+		}
+		if r.err != nil {
+			return 0
+		}
+		j.chans = NewReader(start[:len(start)-len(r.b)])
+		return op
+	case OpLeave, OpUnsub:
+		pr.Name = r.Bytes()
+		if r.err != nil {
+			return 0
+		}
+		return op
+	default:
+		r.fail("presence record")
+		return 0
+	}
+}
+
+// Err reports a corrupt payload once Next has returned 0.
+func (pr *PresenceReader) Err() error { return pr.r.err }

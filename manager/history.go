@@ -1,0 +1,199 @@
+package manager
+
+import (
+	"slices"
+	"time"
+)
+
+// message is one published message as the manager keeps it for replay.
+type message struct {
+	id      uint64
+	body    []byte // the rendered JSON clients receive
+	kind    byte   // ipc.KindIDs, KindChannel or KindBroadcast
+	channel string
+	to      []string
+	expires time.Time
+	rings   int // how many rings still hold it
+}
+
+// ring is the replayable tail of one client id, one channel, or the
+// broadcasts: at most history_size messages, oldest first.
+type ring struct {
+	buf  []*message
+	head int
+	n    int
+}
+
+func (r *ring) push(m *message, limit int) (evicted *message) {
+	if limit <= 0 {
+		return nil
+	}
+	if r.n == limit {
+		evicted = r.buf[r.head]
+		r.buf[r.head] = m
+		r.head = (r.head + 1) % len(r.buf)
+		return evicted
+	}
+	if r.n == len(r.buf) {
+		// grow: unroll into a bigger buffer, capped at the limit
+		nb := make([]*message, min(limit, max(4, 2*len(r.buf))))
+		for i := 0; i < r.n; i++ {
+			nb[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = nb, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = m
+	r.n++
+	return nil
+}
+
+func (r *ring) front() *message {
+	if r.n == 0 {
+		return nil
+	}
+	return r.buf[r.head]
+}
+
+func (r *ring) popFront() {
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+}
+
+// after appends the ring's messages with id > since, in order.
+func (r *ring) after(dst []*message, since uint64) []*message {
+	for i := 0; i < r.n; i++ {
+		if m := r.buf[(r.head+i)%len(r.buf)]; m.id > since {
+			dst = append(dst, m)
+		}
+	}
+	return dst
+}
+
+// history keeps recent messages per client id, per channel and for
+// broadcasts, bounded by comet.history_size per ring and comet.history_ttl
+// overall. Not safe for concurrent use: the hub's lock guards it.
+type history struct {
+	size    int
+	ttl     time.Duration
+	byID    map[string]*ring
+	byChan  map[string]*ring
+	bcast   ring
+	fifo    []*message // every retained message, oldest first, for expiry
+	fifoOff int
+}
+
+func newHistory(size int, ttl time.Duration) *history {
+	return &history{size: size, ttl: ttl, byID: make(map[string]*ring), byChan: make(map[string]*ring)}
+}
+
+// retained is how many messages are still replayable.
+func (h *history) retained() int { return len(h.fifo) - h.fifoOff }
+
+func (h *history) add(m *message, now time.Time) {
+	if h.size <= 0 || h.ttl <= 0 {
+		return
+	}
+	m.expires = now.Add(h.ttl)
+	switch m.kind {
+	case kindIDs:
+		for _, id := range m.to {
+			h.pushTo(h.byID, id, m)
+		}
+	case kindChannel:
+		h.pushTo(h.byChan, m.channel, m)
+	default:
+		m.rings++
+		h.dropped(h.bcast.push(m, h.size))
+	}
+	h.fifo = append(h.fifo, m)
+}
+
+func (h *history) pushTo(rings map[string]*ring, key string, m *message) {
+	r := rings[key]
+	if r == nil {
+		r = &ring{}
+		rings[key] = r
+	}
+	m.rings++
+	h.dropped(r.push(m, h.size))
+}
+
+// dropped notes that a ring let go of m; once no ring holds it, its body is
+// released even before it expires.
+func (h *history) dropped(m *message) {
+	if m == nil {
+		return
+	}
+	if m.rings--; m.rings == 0 {
+		m.body = nil
+	}
+}
+
+// expire removes messages older than the TTL.
+func (h *history) expire(now time.Time) {
+	for h.fifoOff < len(h.fifo) {
+		m := h.fifo[h.fifoOff]
+		if now.Before(m.expires) {
+			break
+		}
+		h.fifo[h.fifoOff] = nil
+		h.fifoOff++
+		switch m.kind {
+		case kindIDs:
+			for _, id := range m.to {
+				h.popIf(h.byID, id, m)
+			}
+		case kindChannel:
+			h.popIf(h.byChan, m.channel, m)
+		default:
+			if h.bcast.front() == m {
+				h.bcast.popFront()
+			}
+		}
+		m.body = nil
+	}
+	// Reclaim the consumed front of the queue now and then.
+	if h.fifoOff > 1024 && h.fifoOff*2 > len(h.fifo) {
+		h.fifo = append(h.fifo[:0:0], h.fifo[h.fifoOff:]...)
+		h.fifoOff = 0
+	}
+}
+
+func (h *history) popIf(rings map[string]*ring, key string, m *message) {
+	r := rings[key]
+	if r == nil || r.front() != m {
+		return // the ring already evicted it for size
+	}
+	r.popFront()
+	if r.n == 0 {
+		delete(rings, key)
+	}
+}
+
+// replay returns the retained messages a connection with id, channels and
+// cursor since should receive, in id order.
+func (h *history) replay(id string, channels []string, since uint64) []*message {
+	var out []*message
+	if r := h.byID[id]; r != nil {
+		out = r.after(out, since)
+	}
+	for _, ch := range channels {
+		if r := h.byChan[ch]; r != nil {
+			out = r.after(out, since)
+		}
+	}
+	out = h.bcast.after(out, since)
+	slices.SortFunc(out, func(a, b *message) int {
+		switch {
+		case a.id < b.id:
+			return -1
+		case a.id > b.id:
+			return 1
+		}
+		return 0
+	})
+	// A message to several ids the client holds, or on two of its
+	// channels, appears once.
+	return slices.CompactFunc(out, func(a, b *message) bool { return a.id == b.id })
+}

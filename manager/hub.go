@@ -1,0 +1,255 @@
+package manager
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/megacomet/megacomet/ipc"
+)
+
+const (
+	kindIDs       = ipc.KindIDs
+	kindChannel   = ipc.KindChannel
+	kindBroadcast = ipc.KindBroadcast
+)
+
+// hub assigns message ids, keeps history and routes messages to the worker
+// links that need them. One lock serialises publishing and subscribing, so:
+//   - ids are strictly increasing in the order messages reach every link;
+//   - a subscription's replay is computed and queued to its link in the same
+//     critical section that makes the link receive live messages for it, so
+//     a message is either in the replay or after it on the link, never lost
+//     in between and never both (the worker drops live messages for a
+//     connection until its replay arrives).
+//
+// Lock order: hub.mu, then an Outbox's lock (appending frames).
+type hub struct {
+	mu        sync.Mutex
+	lastID    uint64
+	links     []*proc // by linkID; nil = free
+	ids       presence
+	chans     presence
+	hist      *history
+	published uint64
+	frames    [][]byte // per link: the Deliver frame being built
+	starts    []int
+	dirty     []linkID
+	targets   map[linkID][]string // scratch: per link, a message's ids there
+	tell      func(*proc, func([]byte) []byte)
+	now       func() time.Time
+}
+
+func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {
+	return &hub{
+		ids: newPresence(), chans: newPresence(),
+		hist:    newHistory(historySize, historyTTL),
+		targets: make(map[linkID][]string),
+		tell:    tell, now: time.Now,
+	}
+}
+
+// addLink gives p a link id and starts routing to it.
+func (h *hub) addLink(p *proc) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, l := range h.links {
+		if l == nil {
+			h.links[i], p.link = p, linkID(i)
+			return
+		}
+	}
+	h.links = append(h.links, p)
+	h.frames = append(h.frames, nil)
+	h.starts = append(h.starts, 0)
+	p.link = linkID(len(h.links) - 1)
+}
+
+// dropLink forgets a link whose process is gone, with everything it held.
+func (h *hub) dropLink(p *proc) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if int(p.link) >= len(h.links) || h.links[p.link] != p {
+		return
+	}
+	h.ids.dropLink(p.link)
+	h.chans.dropLink(p.link)
+	h.links[p.link] = nil
+	h.frames[p.link] = h.frames[p.link][:0]
+}
+
+// nextID is time-based (microseconds since the epoch: exact in JavaScript
+// until the year 2255) and strictly increasing even when publishing
+// outruns the clock or the clock steps back.
+func (h *hub) nextID(now time.Time) uint64 {
+	id := uint64(now.UnixMicro())
+	if id <= h.lastID {
+		id = h.lastID + 1
+	}
+	h.lastID = id
+	return id
+}
+
+// pubItem is one validated message to publish.
+type pubItem struct {
+	to        []string
+	channel   string
+	broadcast bool
+	data      []byte // compact JSON
+}
+
+// publish assigns ids, records history and queues the messages to the links
+// that hold their targets: one Deliver frame per link for the whole batch.
+func (h *hub) publish(items []pubItem) []uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	h.hist.expire(now)
+	ids := make([]uint64, len(items))
+	for i := range items {
+		it := &items[i]
+		m := &message{id: h.nextID(now), to: it.to, channel: it.channel}
+		switch {
+		case it.broadcast:
+			m.kind = kindBroadcast
+		case it.channel != "":
+			m.kind = kindChannel
+		default:
+			m.kind = kindIDs
+		}
+		m.body = renderMessage(m.id, it.channel, it.data)
+		h.hist.add(m, now)
+		h.route(m)
+		ids[i] = m.id
+		h.published++
+	}
+	h.flush()
+	return ids
+}
+
+// renderMessage is the JSON a client receives.
+func renderMessage(id uint64, channel string, data []byte) []byte {
+	b := make([]byte, 0, len(data)+len(channel)+48)
+	b = append(b, `{"id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	if channel != "" {
+		b = append(b, `,"channel":"`...)
+		b = append(b, channel...) // channel names need no escaping
+		b = append(b, '"')
+	}
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	return append(b, '}')
+}
+
+func (h *hub) route(m *message) {
+	switch m.kind {
+	case kindBroadcast:
+		for l, p := range h.links {
+			if p != nil {
+				h.msgTo(linkID(l), m, nil)
+			}
+		}
+	case kindChannel:
+		h.chans.each(m.channel, func(l linkID) { h.msgTo(l, m, nil) })
+	default:
+		for _, id := range m.to {
+			h.ids.each(id, func(l linkID) { h.targets[l] = append(h.targets[l], id) })
+		}
+		for l, ids := range h.targets {
+			h.msgTo(l, m, ids)
+		}
+		clear(h.targets)
+	}
+}
+
+func (h *hub) msgTo(l linkID, m *message, ids []string) {
+	f := h.frame(l)
+	f = ipc.AppendMsgHead(f, m.id, m.kind, m.channel)
+	if m.kind == kindIDs {
+		f = ipc.AppendUvarint(f, uint64(len(ids)))
+		for _, id := range ids {
+			f = ipc.AppendString(f, id)
+		}
+	}
+	h.frames[l] = ipc.AppendBytes(f, m.body)
+}
+
+// frame returns link l's Deliver frame under construction, starting it.
+func (h *hub) frame(l linkID) []byte {
+	f := h.frames[l]
+	if len(f) == 0 {
+		f, h.starts[l] = ipc.Begin(f[:0], ipc.TypeDeliver)
+		h.dirty = append(h.dirty, l)
+	}
+	return f
+}
+
+// flush hands every frame built under this lock hold to its link.
+func (h *hub) flush() {
+	for _, l := range h.dirty {
+		f := ipc.End(h.frames[l], h.starts[l])
+		if p := h.links[l]; p != nil {
+			h.tell(p, func(dst []byte) []byte { return append(dst, f...) })
+		}
+		if cap(f) > 1<<20 {
+			f = nil // do not keep a huge batch's buffer
+		}
+		h.frames[l] = f[:0]
+	}
+	h.dirty = h.dirty[:0]
+}
+
+// presence applies a worker's Presence frame and answers its joins with
+// replays, in one lock hold.
+func (h *hub) presence(p *proc, payload []byte) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if int(p.link) >= len(h.links) || h.links[p.link] != p {
+		return nil // the link is gone
+	}
+	now := h.now()
+	h.hist.expire(now)
+	var chans []string
+	pr := ipc.NewPresenceReader(payload)
+	for {
+		switch pr.Next() {
+		case ipc.OpJoin:
+			j := &pr.Join
+			h.ids.add(j.ID, p.link)
+			chans = chans[:0]
+			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
+				h.chans.add(ch, p.link)
+				chans = append(chans, string(ch))
+			}
+			msgs := h.hist.replay(string(j.ID), chans, j.Since)
+			f := ipc.AppendReplayHead(h.frame(p.link), j.Token, len(msgs))
+			for _, m := range msgs {
+				f = ipc.AppendBytes(ipc.AppendUvarint(f, m.id), m.body)
+			}
+			h.frames[p.link] = f
+		case ipc.OpLeave:
+			h.ids.remove(pr.Name, p.link)
+		case ipc.OpUnsub:
+			h.chans.remove(pr.Name, p.link)
+		default:
+			h.flush()
+			return pr.Err()
+		}
+	}
+}
+
+// expire drops messages past their TTL; the manager calls it every second
+// so history shrinks even when nobody publishes.
+func (h *hub) expire() {
+	h.mu.Lock()
+	h.hist.expire(h.now())
+	h.mu.Unlock()
+}
+
+// counters for stats.
+func (h *hub) counters() (published, retained uint64, ids, channels int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.published, uint64(h.hist.retained()), h.ids.len(), h.chans.len()
+}

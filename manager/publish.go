@@ -1,0 +1,223 @@
+package manager
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+const (
+	// maxPublishBody bounds one POST /publish request.
+	maxPublishBody = 16 << 20
+	// maxMessageData bounds one message's data: it is written to every
+	// client it reaches and kept for replay.
+	maxMessageData = 256 << 10
+	// maxTargets bounds the ids of one message.
+	maxTargets = 10000
+)
+
+// publishReq is one message as the API accepts it.
+type publishReq struct {
+	To        json.RawMessage `json:"to"`
+	Channel   *string         `json:"channel"`
+	Broadcast *bool           `json:"broadcast"`
+	Data      json.RawMessage `json:"data"`
+}
+
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) *apiError {
+	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+// parsePublish decodes and validates a publish body: one message or a
+// batch. Nothing is published unless every message is valid.
+func parsePublish(body []byte) (items []pubItem, batch bool, err error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, false, badRequest("empty body: send a JSON message or an array of them")
+	}
+	var raws []json.RawMessage
+	if body[0] == '[' {
+		batch = true
+		if err := json.Unmarshal(body, &raws); err != nil {
+			return nil, true, badRequest("body is not JSON: %v", jsonErr(err))
+		}
+		if len(raws) == 0 {
+			return nil, true, badRequest("empty batch")
+		}
+	} else {
+		raws = []json.RawMessage{body}
+	}
+	items = make([]pubItem, len(raws))
+	for i, raw := range raws {
+		it, err := parseItem(raw)
+		if err != nil {
+			if batch {
+				return nil, true, badRequest("item %d: %s", i, err.Error())
+			}
+			return nil, false, badRequest("%s", err.Error())
+		}
+		items[i] = it
+	}
+	return items, batch, nil
+}
+
+func parseItem(raw json.RawMessage) (pubItem, error) {
+	var it pubItem
+	var r publishReq
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return it, fmt.Errorf("body is not a message object: %v", jsonErr(err))
+	}
+	targets := 0
+	if r.To != nil {
+		targets++
+		var one string
+		if err := json.Unmarshal(r.To, &one); err == nil {
+			it.to = []string{one}
+		} else if err := json.Unmarshal(r.To, &it.to); err != nil {
+			return it, errors.New(`"to" must be an id or an array of ids`)
+		}
+		if len(it.to) == 0 || len(it.to) > maxTargets {
+			return it, fmt.Errorf(`"to" must name 1 to %d ids`, maxTargets)
+		}
+		for _, id := range it.to {
+			if !validName(id) {
+				return it, fmt.Errorf("bad id %q: use 1 to 64 of A-Z a-z 0-9 _ -", truncate(id))
+			}
+		}
+	}
+	if r.Channel != nil {
+		targets++
+		if !validName(*r.Channel) {
+			return it, fmt.Errorf("bad channel %q: use 1 to 64 of A-Z a-z 0-9 _ -", truncate(*r.Channel))
+		}
+		it.channel = *r.Channel
+	}
+	if r.Broadcast != nil {
+		targets++
+		if !*r.Broadcast {
+			return it, errors.New(`"broadcast" must be true when given`)
+		}
+		it.broadcast = true
+	}
+	if targets != 1 {
+		return it, errors.New(`give exactly one of "to", "channel" or "broadcast"`)
+	}
+	if r.Data == nil {
+		return it, errors.New(`"data" is required`)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, r.Data); err != nil {
+		return it, fmt.Errorf(`"data" is not JSON: %v`, err)
+	}
+	if buf.Len() > maxMessageData {
+		return it, fmt.Errorf(`"data" is %d bytes; the limit is %d`, buf.Len(), maxMessageData)
+	}
+	it.data = buf.Bytes()
+	return it, nil
+}
+
+// validName is the id and channel rule: 1 to 64 of [A-Za-z0-9_-].
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string) string {
+	if len(s) > 70 {
+		return s[:70] + "…"
+	}
+	return s
+}
+
+// jsonErr keeps encoding/json's message but drops its Go type names.
+func jsonErr(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%s (at byte %d)", se.Error(), se.Offset)
+	}
+	var ue *json.UnmarshalTypeError
+	if errors.As(err, &ue) {
+		if ue.Field != "" {
+			return fmt.Sprintf("field %q has the wrong type (%s)", ue.Field, ue.Value)
+		}
+		return fmt.Sprintf("wrong type (%s)", ue.Value)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", maxPublishBody))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		return
+	}
+	items, batch, err := parsePublish(body)
+	if err != nil {
+		ae := err.(*apiError)
+		writeError(w, ae.status, ae.msg)
+		return
+	}
+	ids := m.hub.publish(items)
+	type answer struct {
+		ID uint64 `json:"id"`
+	}
+	if !batch {
+		writeJSON(w, http.StatusOK, answer{ids[0]})
+		return
+	}
+	out := make([]answer, len(ids))
+	for i, id := range ids {
+		out[i].ID = id
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// requireToken guards the API with api.token when one is set: the
+// Authorization: Bearer header, or access_token in the query (RFC 6750 §2.3,
+// for the status page in a browser).
+func (m *Manager) requireToken(next http.Handler) http.Handler {
+	token := m.opts.API.Token
+	if token == "" {
+		return next
+	}
+	want := []byte(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.URL.Query().Get("access_token")
+		if h := r.Header.Get("Authorization"); h != "" {
+			got, _ = strings.CutPrefix(h, "Bearer ")
+		}
+		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="megacomet"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

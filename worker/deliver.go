@@ -1,0 +1,207 @@
+package worker
+
+import (
+	"strconv"
+
+	"github.com/megacomet/megacomet/ipc"
+)
+
+// Rendered forms of one message, cached while a frame fans it out, so a
+// broadcast to every client costs one render per transport, not one per
+// client.
+const (
+	renderSSE = iota
+	renderChunk
+	renderRaw
+	renders
+)
+
+type rendered struct {
+	id  uint64
+	buf []byte
+}
+
+// deliverFrame hands a Deliver frame's messages to the clients it names.
+func (w *Worker) deliverFrame(p []byte) {
+	d := ipc.NewDeliverReader(p)
+	for {
+		switch d.Next() {
+		case ipc.RecMsg:
+			w.fanOut(&d.Msg)
+		case ipc.RecReplay:
+			w.replay(&d.Replay)
+		default:
+			if err := d.Err(); err != nil {
+				w.log.Error("corrupt deliver frame from the manager", "err", err)
+			}
+			return
+		}
+	}
+}
+
+func (w *Worker) fanOut(m *ipc.Msg) {
+	switch m.Kind {
+	case ipc.KindIDs:
+		for id, ok := m.NextID(); ok; id, ok = m.NextID() {
+			for cc := w.byID[string(id)]; cc != nil; {
+				next := cc.inext // push may unsubscribe cc
+				w.push(cc, m.ID, m.Body)
+				cc = next
+			}
+		}
+	case ipc.KindChannel:
+		for cc := range w.byChan[string(m.Channel)] {
+			w.push(cc, m.ID, m.Body)
+		}
+	case ipc.KindBroadcast:
+		// Backwards: a client dropped on the way is swapped with the last
+		// one, which has already had the message.
+		for i := len(w.clients) - 1; i >= 0; i-- {
+			if i < len(w.clients) {
+				if cc := w.clients[i]; cc.id != "" {
+					w.push(cc, m.ID, m.Body)
+				}
+			}
+		}
+	}
+}
+
+// push writes one live or replayed message to cc, once and in order.
+func (w *Worker) push(cc *conn, id uint64, body []byte) {
+	if cc.flags&fAwaiting != 0 || id <= cc.cursor || cc.state == stDead {
+		return // its replay will carry it, or it already has it
+	}
+	if w.dropEvery > 0 { // test fault: MEGACOMET_FAULT_DROP_EVERY
+		if w.dropped++; w.dropped%w.dropEvery == 0 {
+			cc.cursor = id
+			return
+		}
+	}
+	switch cc.tr {
+	case trSSE:
+		w.send(cc, w.render(renderSSE, id, body))
+	case trStream:
+		if cc.flags&fRaw != 0 {
+			w.send(cc, w.render(renderRaw, id, body))
+		} else {
+			w.send(cc, w.render(renderChunk, id, body))
+		}
+	case trLP:
+		if cc.state == stPolling {
+			w.startPoll(cc)
+			w.addPoll(cc, id, body)
+			w.finishPoll(cc)
+		}
+		return
+	default:
+		return
+	}
+	cc.cursor = id
+	cc.lastTx = w.tick
+	w.counts.MessagesOut++
+}
+
+// render returns a message in one transport's framing, from the cache when
+// this message was rendered that way already.
+func (w *Worker) render(kind int, id uint64, body []byte) []byte {
+	r := &w.renders[kind]
+	if r.id == id {
+		return r.buf
+	}
+	b := r.buf[:0]
+	switch kind {
+	case renderSSE:
+		b = append(b, "id: "...)
+		b = strconv.AppendUint(b, id, 10)
+		b = append(b, "\ndata: "...)
+		b = append(b, body...)
+		b = append(b, "\n\n"...)
+	case renderChunk:
+		b = strconv.AppendInt(b, int64(len(body)+1), 16)
+		b = append(b, "\r\n"...)
+		b = append(b, body...)
+		b = append(b, "\n\r\n"...)
+	case renderRaw:
+		b = append(b, body...)
+		b = append(b, '\n')
+	}
+	r.id, r.buf = id, b
+	return b
+}
+
+// replay answers a connection's subscription with what it missed.
+func (w *Worker) replay(rp *ipc.Replay) {
+	cc := w.awaiting[rp.Token]
+	if cc == nil {
+		return // it went away meanwhile
+	}
+	delete(w.awaiting, rp.Token)
+	cc.flags &^= fAwaiting
+	if cc.tr == trLP {
+		if rp.N == 0 {
+			return // held until a live message or the poll timeout
+		}
+		w.startPoll(cc)
+		for i := 0; i < rp.N; i++ {
+			id, body := rp.Next()
+			w.addPoll(cc, id, body)
+		}
+		w.finishPoll(cc)
+		return
+	}
+	for i := 0; i < rp.N; i++ {
+		id, body := rp.Next()
+		w.push(cc, id, body)
+	}
+}
+
+// Long-poll answers are built in w.body: startPoll, addPoll per message,
+// finishPoll.
+func (w *Worker) startPoll(cc *conn) {
+	w.body = w.body[:0]
+	if cc.x != nil && len(cc.x.callback) > 0 {
+		w.body = append(append(w.body, cc.x.callback...), '(')
+	}
+	w.body = append(w.body, '[')
+}
+
+func (w *Worker) addPoll(cc *conn, id uint64, body []byte) {
+	if id <= cc.cursor {
+		return
+	}
+	if w.dropEvery > 0 {
+		if w.dropped++; w.dropped%w.dropEvery == 0 {
+			cc.cursor = id
+			return
+		}
+	}
+	if last := w.body[len(w.body)-1]; last != '[' {
+		w.body = append(w.body, ',')
+	}
+	w.body = append(w.body, body...)
+	cc.cursor = id
+	w.counts.MessagesOut++
+}
+
+// finishPoll sends the answer and ends the poll.
+func (w *Worker) finishPoll(cc *conn) {
+	w.body = append(w.body, ']')
+	if cc.x != nil && len(cc.x.callback) > 0 {
+		w.body = append(w.body, ");"...)
+	}
+	b := w.appendPollHead(w.scratch[:0], cc, len(w.body))
+	b = append(b, w.body...)
+	w.scratch = b
+	w.unsubscribe(cc)
+	if cc.x != nil {
+		cc.x.callback, cc.x.origin = nil, nil
+		cc.tidy()
+	}
+	w.send(cc, b)
+	if cc.state == stDead {
+		return
+	}
+	cc.lastTx = w.tick
+	w.afterAnswer(cc)
+	w.resume(cc)
+}

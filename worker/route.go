@@ -1,0 +1,386 @@
+package worker
+
+import (
+	"bytes"
+	"strconv"
+
+	"github.com/tidwall/evio"
+)
+
+// maxChannels bounds channels=a,b,... per connection.
+const maxChannels = 16
+
+var (
+	errBadSince    = newHTTPError(400, "Bad Request", "bad since: use a message id (an unsigned integer)")
+	errBadCallback = newHTTPError(400, "Bad Request", "bad callback: use a JavaScript identifier of at most 64 bytes")
+	errBadChannel  = newHTTPError(400, "Bad Request", "bad channels: use up to 16 comma-separated names of 1 to 64 of A-Z a-z 0-9 _ -")
+	errPipelined   = newHTTPError(400, "Bad Request", "too much pipelined input during a long-poll")
+)
+
+var (
+	pathPing     = []byte("/ping")
+	prefixLP     = []byte("/lp/")
+	prefixStream = []byte("/stream/")
+	prefixSSE    = []byte("/sse/")
+	suffixJS     = []byte(".js")
+	keySince     = []byte("since")
+	keyCallback  = []byte("callback")
+	keyChannels  = []byte("channels")
+)
+
+// query is what a comet request's query string may say.
+type query struct {
+	since    uint64
+	hasSince bool
+	callback []byte
+	chans    [maxChannels][]byte
+	nchans   int
+}
+
+func (q *query) channels() [][]byte { return q.chans[:q.nchans] }
+
+// clientData handles bytes read from a client.
+func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
+	switch cc.state {
+	case stReading:
+	case stPolling:
+		// Pipelined input behind a held long-poll waits for its answer.
+		x := cc.extra()
+		if len(x.in)+len(in) > maxHeader {
+			w.reject(cc, errPipelined)
+			return evio.None
+		}
+		x.in = append(x.in, in...)
+		return evio.None
+	default:
+		return evio.None // streaming, lingering or dead: input is discarded
+	}
+	buf := in
+	if cc.x != nil && len(cc.x.in) > 0 {
+		cc.x.in = append(cc.x.in, in...)
+		buf = cc.x.in
+	}
+	for len(buf) > 0 && cc.state == stReading {
+		n, err := parseRequest(buf, &w.req)
+		if err == errNeedMore {
+			break
+		}
+		if err != nil {
+			w.reject(cc, err.(*httpError))
+			return evio.None
+		}
+		w.counts.Requests++
+		buf = buf[n:]
+		w.serve1(cc, &w.req)
+	}
+	switch {
+	case cc.state == stDead || cc.state == stLingering || cc.state == stStreaming || len(buf) == 0:
+		if cc.x != nil {
+			cc.x.in = nil
+			cc.tidy()
+		}
+	case cc.x != nil && len(cc.x.in) > 0:
+		cc.x.in = append(cc.x.in[:0], buf...)
+	default:
+		cc.extra().in = append([]byte(nil), buf...) // a head split across reads, or pipelined behind a poll
+	}
+	return evio.None
+}
+
+// resume parses input that arrived while a long-poll was held.
+func (w *Worker) resume(cc *conn) {
+	if cc.state == stReading && cc.x != nil && len(cc.x.in) > 0 {
+		w.clientData(cc, nil)
+	}
+}
+
+// serve1 answers one parsed request.
+func (w *Worker) serve1(cc *conn, r *request) {
+	head := bytes.Equal(r.method, strHEAD)
+	switch {
+	case bytes.Equal(r.method, strOPTIONS):
+		w.preflight(cc, r)
+		return
+	case !head && !bytes.Equal(r.method, strGET):
+		w.reject(cc, errMethod)
+		return
+	}
+	if r.close {
+		cc.flags |= fClose
+	}
+	path := r.path
+	var id []byte
+	var tr transport
+	switch {
+	case bytes.Equal(path, pathPing):
+		if head {
+			w.send(cc, w.pongHead)
+		} else {
+			w.send(cc, w.pong)
+		}
+		w.afterAnswer(cc)
+		return
+	case bytes.HasPrefix(path, prefixLP):
+		id, tr = path[len(prefixLP):], trLP
+	case bytes.HasPrefix(path, prefixStream):
+		id, tr = path[len(prefixStream):], trStream
+	case bytes.HasPrefix(path, prefixSSE):
+		id, tr = path[len(prefixSSE):], trSSE
+	case bytes.HasSuffix(path, suffixJS) && bytes.IndexByte(path[1:], '/') < 0:
+		id, tr = path[1:len(path)-len(suffixJS)], trLP // the original MegaComet URL
+	default:
+		w.reject(cc, errNotFound)
+		return
+	}
+	if !validID(id) {
+		w.reject(cc, errBadID)
+		return
+	}
+	q := &w.q
+	if e := parseQuery(r.query, q); e != nil {
+		w.reject(cc, e)
+		return
+	}
+	if tr == trSSE && len(r.lastEventID) > 0 {
+		// EventSource resends the last id it saw on every reconnect; it
+		// is fresher than the since= of the URL the page first opened.
+		v, ok := parseUint(r.lastEventID)
+		if !ok {
+			w.reject(cc, errBadSince)
+			return
+		}
+		q.since, q.hasSince = v, true
+	}
+	if head {
+		w.send(cc, w.streamHead(tr, r.origin, false))
+		w.linger(cc)
+		return
+	}
+	since := q.since
+	if !q.hasSince {
+		// Message ids are publish times in microseconds, so "from now"
+		// is a cursor too: a client without one gets every message
+		// published after it connected, including those published
+		// before its subscription reached the manager.
+		since = w.connectCursor()
+	}
+	if tr == trLP {
+		x := cc.extra()
+		x.callback = append(x.callback[:0], q.callback...)
+		if !w.corsAny && w.allowed(r.origin) {
+			x.origin = append(x.origin[:0], r.origin...)
+		}
+		cc.tr, cc.state = trLP, stPolling
+		w.subscribe(cc, id, q.channels(), since)
+		w.schedule(cc, w.tick+w.pollTicks)
+		return
+	}
+	if !r.http11 && tr == trStream {
+		cc.flags |= fRaw // HTTP/1.0 cannot take chunked framing
+	}
+	w.send(cc, w.streamHead(tr, r.origin, cc.flags&fRaw == 0))
+	cc.tr, cc.state = tr, stStreaming
+	w.subscribe(cc, id, q.channels(), since)
+	w.startHeartbeats(cc)
+}
+
+// afterAnswer returns a keep-alive connection to reading, or closes it.
+func (w *Worker) afterAnswer(cc *conn) {
+	cc.tr = trNone
+	if cc.flags&fClose != 0 {
+		w.linger(cc)
+		return
+	}
+	cc.state = stReading
+	w.schedule(cc, w.tick+requestTicks)
+}
+
+// reject answers with a prebuilt error and closes gracefully.
+func (w *Worker) reject(cc *conn, e *httpError) {
+	w.counts.BadRequests++
+	w.send(cc, e.resp)
+	w.linger(cc)
+}
+
+// parseQuery reads since, callback and channels; other keys are ignored
+// (cache busters such as jQuery's _=).
+func parseQuery(q []byte, out *query) *httpError {
+	*out = query{}
+	for len(q) > 0 {
+		var kv []byte
+		if i := bytes.IndexByte(q, '&'); i >= 0 {
+			kv, q = q[:i], q[i+1:]
+		} else {
+			kv, q = q, nil
+		}
+		k, v, _ := bytes.Cut(kv, []byte{'='})
+		switch {
+		case bytes.Equal(k, keySince):
+			n, ok := parseUint(v)
+			if !ok {
+				return errBadSince
+			}
+			out.since, out.hasSince = n, true
+		case bytes.Equal(k, keyCallback):
+			if !validCallback(v) {
+				return errBadCallback
+			}
+			out.callback = v
+		case bytes.Equal(k, keyChannels):
+			for len(v) > 0 {
+				var ch []byte
+				if i := bytes.IndexByte(v, ','); i >= 0 {
+					ch, v = v[:i], v[i+1:]
+				} else {
+					ch, v = v, nil
+				}
+				if !validID(ch) || out.nchans == maxChannels {
+					return errBadChannel
+				}
+				out.chans[out.nchans] = ch
+				out.nchans++
+			}
+		}
+	}
+	return nil
+}
+
+func parseUint(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
+}
+
+// validCallback accepts a JavaScript identifier path such as
+// jQuery3510_1700000000.cb: identifiers of [A-Za-z0-9_$] not starting with
+// a digit, joined by dots, at most 64 bytes.
+func validCallback(b []byte) bool {
+	if len(b) == 0 || len(b) > 64 {
+		return false
+	}
+	start := true
+	for _, c := range b {
+		switch {
+		case c == '.':
+			if start {
+				return false
+			}
+			start = true
+		case 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '_' || c == '$':
+			start = false
+		case '0' <= c && c <= '9':
+			if start {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return !start
+}
+
+// allowed reports whether a browser Origin may use the client endpoints.
+func (w *Worker) allowed(origin []byte) bool {
+	if w.corsAny {
+		return true
+	}
+	_, ok := w.origins[string(origin)]
+	return ok
+}
+
+// appendCORS adds the CORS headers for a request from origin.
+func (w *Worker) appendCORS(b, origin []byte) []byte {
+	switch {
+	case w.corsAny:
+		return append(b, "Access-Control-Allow-Origin: *\r\n"...)
+	case len(origin) > 0 && w.allowed(origin):
+		b = append(b, "Access-Control-Allow-Origin: "...)
+		b = append(b, origin...)
+		return append(b, "\r\nVary: Origin\r\n"...)
+	}
+	return append(b, "Vary: Origin\r\n"...)
+}
+
+// preflight answers a CORS OPTIONS request.
+func (w *Worker) preflight(cc *conn, r *request) {
+	b := append(w.scratch[:0], "HTTP/1.1 204 No Content\r\n"...)
+	b = w.appendCORS(b, r.origin)
+	b = append(b, "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"+
+		"Access-Control-Allow-Headers: Last-Event-ID, Cache-Control, Content-Type, X-Requested-With\r\n"+
+		"Access-Control-Max-Age: 86400\r\n"...)
+	if r.close {
+		b = append(b, "Connection: close\r\n"...)
+		cc.flags |= fClose
+	}
+	b = append(b, "\r\n"...)
+	w.scratch = b
+	w.send(cc, b)
+	w.afterAnswer(cc)
+}
+
+// streamHead is the answer head of an SSE or NDJSON stream (for HEAD, of a
+// long-poll too).
+func (w *Worker) streamHead(tr transport, origin []byte, chunked bool) []byte {
+	b := append(w.scratch[:0], "HTTP/1.1 200 OK\r\n"...)
+	switch tr {
+	case trSSE:
+		b = append(b, "Content-Type: text/event-stream\r\n"...)
+	case trStream:
+		b = append(b, "Content-Type: application/x-ndjson\r\n"...)
+		if chunked {
+			b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		}
+	default:
+		b = append(b, "Content-Type: application/json\r\n"...)
+	}
+	b = append(b, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"...)
+	b = w.appendCORS(b, origin)
+	b = append(b, "\r\n"...)
+	if tr == trSSE {
+		b = append(b, sseRetry...)
+	}
+	w.scratch = b
+	return b
+}
+
+var (
+	sseRetry     = []byte("retry: 2000\n\n")
+	sseHandOff   = []byte("retry: 1000\n: reconnect\n\n")
+	chunkedEnd   = []byte("0\r\n\r\n")
+	contentJSON  = []byte("Content-Type: application/json\r\n")
+	contentJSONP = []byte("Content-Type: application/javascript; charset=utf-8\r\n")
+)
+
+// appendPollHead is a long-poll answer's head for a body of n bytes.
+func (w *Worker) appendPollHead(b []byte, cc *conn, n int) []byte {
+	b = append(b, "HTTP/1.1 200 OK\r\n"...)
+	if cc.x != nil && len(cc.x.callback) > 0 {
+		b = append(b, contentJSONP...)
+	} else {
+		b = append(b, contentJSON...)
+	}
+	b = append(b, "Cache-Control: no-cache, no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, "\r\n"...)
+	var origin []byte
+	if cc.x != nil {
+		origin = cc.x.origin
+	}
+	b = w.appendCORS(b, origin)
+	if cc.flags&fClose != 0 {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}

@@ -1,0 +1,117 @@
+package worker
+
+import (
+	"time"
+
+	"github.com/megacomet/megacomet/ipc"
+)
+
+// Subscriptions. byID lists the connections of each client id (linked
+// through conn.inext, the map holding the head); byChan holds each
+// channel's connections. The manager learns of them through presence
+// records: a Join for every subscribing connection (it answers with that
+// connection's replay, matched by token), a Leave when the last connection
+// of an id goes, an Unsub when a channel's last one goes.
+
+// subscribe registers cc for id and channels, resuming after since. Until
+// its replay arrives the connection takes no live messages: the replay
+// includes them (see manager/hub.go).
+func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
+	if head, ok := w.byID[string(id)]; ok {
+		cc.id, cc.inext = head.id, head // share the key's bytes
+	} else {
+		cc.id, cc.inext = string(id), nil
+	}
+	w.byID[cc.id] = cc
+	if len(chans) > 0 {
+		x := cc.extra()
+		for _, ch := range chans {
+			set := w.byChan[string(ch)]
+			if set == nil {
+				set = make(map[*conn]struct{})
+				w.byChan[string(ch)] = set
+			}
+			if _, dup := set[cc]; !dup {
+				set[cc] = struct{}{}
+				x.channels = append(x.channels, string(ch))
+			}
+		}
+	}
+	w.nextToken++
+	if w.nextToken == 0 {
+		w.nextToken = 1
+	}
+	cc.token = w.nextToken
+	cc.flags |= fAwaiting
+	w.awaiting[cc.token] = cc
+	cc.cursor = since
+	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
+	w.maybeFlushPresence()
+}
+
+// unsubscribe undoes subscribe; it is a no-op for a connection that is not
+// subscribed.
+func (w *Worker) unsubscribe(cc *conn) {
+	if cc.id == "" {
+		return
+	}
+	if cc.flags&fAwaiting != 0 {
+		delete(w.awaiting, cc.token)
+		cc.flags &^= fAwaiting
+	}
+	if head := w.byID[cc.id]; head == cc {
+		if cc.inext == nil {
+			delete(w.byID, cc.id)
+			w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
+		} else {
+			w.byID[cc.id] = cc.inext
+		}
+	} else {
+		for p := head; p != nil; p = p.inext {
+			if p.inext == cc {
+				p.inext = cc.inext
+				break
+			}
+		}
+	}
+	cc.id, cc.inext = "", nil
+	if cc.x != nil && cc.x.channels != nil {
+		for _, ch := range cc.x.channels {
+			set := w.byChan[ch]
+			delete(set, cc)
+			if len(set) == 0 {
+				delete(w.byChan, ch)
+				w.presOut = ipc.AppendName(w.presOut, ipc.OpUnsub, ch)
+			}
+		}
+		cc.x.channels = nil
+		cc.tidy()
+	}
+}
+
+// presenceEvery bounds how often presence records are written from the
+// request path: a burst of connections shares one frame, while a lone
+// subscription still reaches the manager at once.
+const presenceEvery = time.Millisecond
+
+func (w *Worker) maybeFlushPresence() {
+	if now := time.Since(w.start); now-w.presFlushed >= presenceEvery {
+		w.presFlushed = now
+		w.flushPresence()
+		w.flushIPC()
+	}
+}
+
+// flushPresence frames the pending presence records into the IPC output.
+func (w *Worker) flushPresence() {
+	if len(w.presOut) == 0 {
+		return
+	}
+	out, start := ipc.Begin(w.ipcOut, ipc.TypePresence)
+	w.ipcOut = ipc.End(append(out, w.presOut...), start)
+	w.presOut = w.presOut[:0]
+}
+
+// connectCursor is the cursor of a connection that did not send one: the
+// newest id that can have been published before it connected.
+func (w *Worker) connectCursor() uint64 { return uint64(time.Now().UnixMicro()) - 1 }

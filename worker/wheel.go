@@ -1,0 +1,136 @@
+package worker
+
+import "time"
+
+// The timing wheel: every connection has one timer - the request timeout
+// while reading, the next heartbeat while streaming, the poll timeout while
+// polling, the linger deadline while lingering. A timer is a tick number;
+// a connection is linked into slot due mod wheelSize, and each tick visits
+// one slot, so a tick costs what is due then, never a scan of every client.
+// Heartbeats start at a random phase, so a million streams cost an even
+// ~1M/heartbeat writes per second rather than a burst per interval.
+const (
+	wheelBits = 12
+	wheelSize = 1 << wheelBits // 4096 ticks of 10 ms: 41 s round
+	wheelMask = wheelSize - 1
+
+	requestTimeout = 30 * time.Second // to send a (next) request head
+	requestTicks   = uint32(requestTimeout / tickEvery)
+	lingerTicks    = uint32(lingerFor / tickEvery)
+)
+
+func ticksOf(d time.Duration) uint32 { return max(1, uint32(d/tickEvery)) }
+
+// schedule (re)sets cc's timer to fire at tick due.
+func (w *Worker) schedule(cc *conn, due uint32) {
+	w.unschedule(cc)
+	cc.due = due
+	slot := &w.wheel[due&wheelMask]
+	cc.wnext, cc.wprev = *slot, nil
+	if *slot != nil {
+		(*slot).wprev = cc
+	}
+	*slot = cc
+	cc.flags |= fWheel
+}
+
+func (w *Worker) unschedule(cc *conn) {
+	if cc.flags&fWheel == 0 {
+		return
+	}
+	if cc.wprev != nil {
+		cc.wprev.wnext = cc.wnext
+	} else {
+		w.wheel[cc.due&wheelMask] = cc.wnext
+	}
+	if cc.wnext != nil {
+		cc.wnext.wprev = cc.wprev
+	}
+	cc.wnext, cc.wprev = nil, nil
+	cc.flags &^= fWheel
+}
+
+// advance fires every timer due up to tick now.
+func (w *Worker) advance(now uint32) {
+	for w.wheelAt != now {
+		w.wheelAt++
+		for cc := w.wheel[w.wheelAt&wheelMask]; cc != nil; {
+			next := cc.wnext
+			if int32(cc.due-w.wheelAt) <= 0 {
+				w.unschedule(cc)
+				w.expire(cc)
+			}
+			cc = next
+		}
+	}
+}
+
+func (w *Worker) expire(cc *conn) {
+	switch cc.state {
+	case stStreaming:
+		w.heartbeat(cc)
+	case stPolling:
+		w.startPoll(cc)
+		w.finishPoll(cc) // nothing came: []
+	default: // reading (idle keep-alive, slow request) or lingering
+		w.kill(cc)
+	}
+}
+
+var (
+	hbSSE   = []byte(":\n\n")
+	hbChunk = []byte("1\r\n\n\r\n")
+	hbRaw   = []byte("\n")
+)
+
+// startHeartbeats schedules a new stream's first heartbeat at a random
+// point of the interval.
+func (w *Worker) startHeartbeats(cc *conn) {
+	w.rng ^= w.rng << 13
+	w.rng ^= w.rng >> 17
+	w.rng ^= w.rng << 5
+	cc.lastTx = w.tick - w.rng%w.hbTicks
+	w.schedule(cc, cc.lastTx+w.hbTicks)
+}
+
+// heartbeat writes one unless a message went out within the interval.
+func (w *Worker) heartbeat(cc *conn) {
+	if quiet := w.tick - cc.lastTx; quiet < w.hbTicks {
+		w.schedule(cc, cc.lastTx+w.hbTicks)
+		return
+	}
+	switch {
+	case cc.tr == trSSE:
+		w.send(cc, hbSSE)
+	case cc.flags&fRaw != 0:
+		w.send(cc, hbRaw)
+	default:
+		w.send(cc, hbChunk)
+	}
+	if cc.state == stDead {
+		return
+	}
+	w.counts.Heartbeats++
+	cc.lastTx = w.tick
+	w.schedule(cc, w.tick+w.hbTicks)
+}
+
+// handOff ends a client's connection with its transport's reconnect hint
+// (reload, stop, manager gone): it resumes elsewhere with its cursor.
+func (w *Worker) handOff(cc *conn) {
+	switch cc.state {
+	case stStreaming:
+		switch {
+		case cc.tr == trSSE:
+			w.send(cc, sseHandOff)
+		case cc.flags&fRaw == 0:
+			w.send(cc, chunkedEnd)
+		}
+	case stPolling:
+		cc.flags |= fClose
+		w.startPoll(cc)
+		w.finishPoll(cc) // [] with Connection: close
+		return
+	}
+	w.linger(cc)
+}
