@@ -304,8 +304,7 @@ func TestGracefulStop(t *testing.T) {
 // runBin runs megacomet with args and returns its exit code and stderr.
 func runBin(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	bin, _ := testutil.Binaries(t)
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(testutil.Binary(t, "megacomet"), args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	done := make(chan error, 1)

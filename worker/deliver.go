@@ -136,6 +136,10 @@ func (w *Worker) replay(rp *ipc.Replay) {
 		return // it went away meanwhile
 	}
 	delete(w.awaiting, rp.Token)
+	if len(w.awaiting) == 0 && w.awaitingPeak > 1024 {
+		// Go maps never shrink: after a connection storm, start small.
+		w.awaiting, w.awaitingPeak = make(map[uint32]*conn), 0
+	}
 	cc.flags &^= fAwaiting
 	if cc.tr == trLP {
 		if rp.N == 0 {

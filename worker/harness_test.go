@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,14 +18,15 @@ import (
 // harness runs a real worker loop inside the test process. The test plays
 // the manager on the other end of its IPC socketpair.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	w      *Worker
 	mgr    net.Conn
 	addr   string
 	port   int
 	done   chan error
 	mu     sync.Mutex
-	frames []frame // frames the worker sent
+	frames []frame      // frames the worker sent
+	joins  atomic.Int64 // subscriptions answered
 }
 
 type frame struct {
@@ -32,7 +34,7 @@ type frame struct {
 	p []byte
 }
 
-func startWorker(t *testing.T, mut func(*config.Options)) *harness {
+func startWorker(t testing.TB, mut func(*config.Options)) *harness {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -80,6 +82,11 @@ func (h *harness) readFrames() {
 			if err != nil {
 				break
 			}
+			if t == ipc.TypePresence {
+				h.answerJoins(p)
+				buf = buf[:copy(buf, buf[n:])]
+				continue
+			}
 			h.mu.Lock()
 			h.frames = append(h.frames, frame{t, append([]byte(nil), p...)})
 			h.mu.Unlock()
@@ -94,6 +101,49 @@ func (h *harness) readFrames() {
 		}
 		buf = buf[:len(buf)+n]
 	}
+}
+
+// answerJoins plays the manager's part of a subscription: an empty replay,
+// after which the connection takes live messages.
+func (h *harness) answerJoins(p []byte) {
+	out, start := ipc.Begin(nil, ipc.TypeDeliver)
+	n := 0
+	pr := ipc.NewPresenceReader(p)
+	for op := pr.Next(); op != 0; op = pr.Next() {
+		if op == ipc.OpJoin {
+			out = ipc.AppendReplayHead(out, pr.Join.Token, 0)
+			n++
+		}
+	}
+	if n > 0 {
+		h.mgr.Write(ipc.End(out, start))
+	}
+	h.joins.Add(int64(n))
+}
+
+// waitJoins waits until n subscriptions have been answered: messages sent
+// after that reach them live.
+func (h *harness) waitJoins(n int64) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.joins.Load() < n {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%d of %d subscriptions seen", h.joins.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// deliverTo sends one message to a client id.
+func (h *harness) deliverTo(id string, msgID uint64, body []byte) {
+	h.send(appendDeliver(nil, id, msgID, body))
+}
+
+func appendDeliver(dst []byte, id string, msgID uint64, body []byte) []byte {
+	dst, start := ipc.Begin(dst, ipc.TypeDeliver)
+	dst = ipc.AppendMsgHead(dst, msgID, ipc.KindIDs, "")
+	dst = ipc.AppendString(ipc.AppendUvarint(dst, 1), id)
+	return ipc.End(ipc.AppendBytes(dst, body), start)
 }
 
 // waitFrame returns the payload of the first frame of type t not yet taken.

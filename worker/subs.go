@@ -44,6 +44,7 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
 	cc.token = w.nextToken
 	cc.flags |= fAwaiting
 	w.awaiting[cc.token] = cc
+	w.awaitingPeak = max(w.awaitingPeak, len(w.awaiting))
 	cc.cursor = since
 	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
 	w.maybeFlushPresence()

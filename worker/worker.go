@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -39,6 +40,9 @@ const fdReserve = 64
 // tickEvery is the loop's housekeeping period: IPC flushes, retries of
 // backlogged clients, lingering closes and the drain schedule.
 const tickEvery = 10 * time.Millisecond
+
+// workerGCPercent is the GC target of worker processes (GOGC overrides it).
+const workerGCPercent = 25
 
 // countsEvery is how often a worker reports its counters.
 const countsEvery = time.Second
@@ -80,12 +84,13 @@ type Worker struct {
 	open    int     // connections evio has open, whatever their state
 	counts  ipc.Counts
 
-	byID        map[string]*conn              // subscribed connections by client id (subs.go)
-	byChan      map[string]map[*conn]struct{} // subscribed connections by channel
-	awaiting    map[uint32]*conn              // subscriptions whose replay is on its way
-	nextToken   uint32
-	presOut     []byte // presence records not yet framed
-	presFlushed time.Duration
+	byID         map[string]*conn              // subscribed connections by client id (subs.go)
+	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
+	awaiting     map[uint32]*conn              // subscriptions whose replay is on its way
+	awaitingPeak int
+	nextToken    uint32
+	presOut      []byte // presence records not yet framed
+	presFlushed  time.Duration
 
 	wheel     [wheelSize]*conn // timers (wheel.go)
 	wheelAt   uint32           // last tick the wheel has fired
@@ -121,6 +126,11 @@ type Worker struct {
 // Main runs the worker role and returns the process exit code. The manager
 // starts `megacomet worker` with the IPC socket on fd 3.
 func Main() int {
+	if os.Getenv("GOGC") == "" {
+		// An idle worker allocates next to nothing, so headroom above the
+		// live heap would only be resident memory per connection.
+		debug.SetGCPercent(workerGCPercent)
+	}
 	w, err := newWorker(IPCFD)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "megacomet worker:", err)

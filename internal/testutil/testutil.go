@@ -27,39 +27,55 @@ func init() {
 }
 
 var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
+	builds   sync.Map // package path → *build
+	buildDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "megacomet-test-bin-") })
 )
 
-// Binaries builds bin/megacomet and bin/megatest from this checkout into a
-// temporary directory (once per test process) and returns their paths.
-func Binaries(t testing.TB) (megacomet, megatest string) {
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Binary builds ./cmd/NAME of this checkout into a temporary directory
+// (once per test process, with -race when the tests have it) and returns
+// its path.
+func Binary(t testing.TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "megacomet-test-bin-")
-		if buildErr != nil {
+	v, _ := builds.LoadOrStore(name, &build{})
+	b := v.(*build)
+	b.once.Do(func() {
+		dir, err := buildDir()
+		if err != nil {
+			b.err = err
 			return
 		}
 		root, err := moduleRoot()
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		args := []string{"build", "-o", buildDir + "/"}
+		b.path = filepath.Join(dir, name)
+		args := []string{"build", "-o", b.path}
 		if Race {
 			args = append(args, "-race")
 		}
-		cmd := exec.Command("go", append(args, "./cmd/megacomet", "./cmd/megatest")...)
+		cmd := exec.Command("go", append(args, "./cmd/"+name)...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return filepath.Join(buildDir, "megacomet"), filepath.Join(buildDir, "megatest")
+	return b.path
+}
+
+// Binaries builds bin/megacomet and bin/megatest and returns their paths.
+func Binaries(t testing.TB) (megacomet, megatest string) {
+	t.Helper()
+	return Binary(t, "megacomet"), Binary(t, "megatest")
 }
 
 func moduleRoot() (string, error) {
@@ -149,7 +165,7 @@ func Start(t testing.TB, extra map[string]string) *Server {
 // StartNoWait starts a manager without waiting for it to serve.
 func StartNoWait(t testing.TB, extra map[string]string) *Server {
 	t.Helper()
-	bin, _ := Binaries(t)
+	bin := Binary(t, "megacomet")
 	dir := ShortTempDir(t)
 	cfg := WriteConfig(t, dir, extra)
 	s := &Server{
