@@ -10,7 +10,7 @@ BIN     := bin
 export CGO_ENABLED = 0
 LDFLAGS := -s -w
 
-.PHONY: all build megacomet megatest run test test-short fuzz bench vet clean
+.PHONY: all build megacomet megatest run test test-short deps fuzz bench vet clean
 
 all: build
 
@@ -32,9 +32,18 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
+# What the tests need beyond Go, installed when missing: curl and Debian's
+# chromium (clients nobody here wrote).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@command -v curl >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing test dependencies: curl chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium; }
+
 # Every test, with the race detector (the server binaries the integration
 # tests start are race-built too).
-test: vet
+test: vet deps
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 12m ./...
 
 # The fast part only: unit tests, no integration.

@@ -57,7 +57,11 @@ func parsePublish(body []byte) (items []pubItem, batch bool, err error) {
 			return nil, true, badRequest("empty batch")
 		}
 	} else {
-		raws = []json.RawMessage{body}
+		var raw json.RawMessage
+		if err := json.Unmarshal(body, &raw); err != nil {
+			return nil, false, badRequest("body is not JSON: %v", jsonErr(err))
+		}
+		raws = []json.RawMessage{raw}
 	}
 	items = make([]pubItem, len(raws))
 	for i, raw := range raws {
@@ -88,10 +92,10 @@ func parseItem(raw json.RawMessage) (pubItem, error) {
 		if err := json.Unmarshal(r.To, &one); err == nil {
 			it.to = []string{one}
 		} else if err := json.Unmarshal(r.To, &it.to); err != nil {
-			return it, errors.New(`"to" must be an id or an array of ids`)
+			return it, errors.New("to must be an id or an array of ids")
 		}
 		if len(it.to) == 0 || len(it.to) > maxTargets {
-			return it, fmt.Errorf(`"to" must name 1 to %d ids`, maxTargets)
+			return it, fmt.Errorf("to must name 1 to %d ids", maxTargets)
 		}
 		for _, id := range it.to {
 			if !validName(id) {
@@ -109,22 +113,22 @@ func parseItem(raw json.RawMessage) (pubItem, error) {
 	if r.Broadcast != nil {
 		targets++
 		if !*r.Broadcast {
-			return it, errors.New(`"broadcast" must be true when given`)
+			return it, errors.New("broadcast must be true when given")
 		}
 		it.broadcast = true
 	}
 	if targets != 1 {
-		return it, errors.New(`give exactly one of "to", "channel" or "broadcast"`)
+		return it, errors.New("give exactly one of to, channel or broadcast")
 	}
 	if r.Data == nil {
-		return it, errors.New(`"data" is required`)
+		return it, errors.New("data is required")
 	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, r.Data); err != nil {
-		return it, fmt.Errorf(`"data" is not JSON: %v`, err)
+		return it, fmt.Errorf("data is not JSON: %v", err)
 	}
 	if buf.Len() > maxMessageData {
-		return it, fmt.Errorf(`"data" is %d bytes; the limit is %d`, buf.Len(), maxMessageData)
+		return it, fmt.Errorf("data is %d bytes; the limit is %d", buf.Len(), maxMessageData)
 	}
 	it.data = buf.Bytes()
 	return it, nil

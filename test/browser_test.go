@@ -1,0 +1,145 @@
+package test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/internal/testutil"
+)
+
+// chromium starts headless Chromium on url and stops it when the test
+// ends. make test installs Debian's chromium; without it the test fails
+// (MEGACOMET_SKIP_BROWSER=1 skips it on a machine that cannot have one).
+func chromium(t *testing.T, url string) {
+	t.Helper()
+	if os.Getenv("MEGACOMET_SKIP_BROWSER") != "" {
+		t.Skip("MEGACOMET_SKIP_BROWSER is set")
+	}
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is needed (make test installs it: apt-get install chromium)")
+	}
+	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+		"--no-first-run", "--disable-background-networking", "--disable-component-update",
+		"--disable-sync", "--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(), url)
+	var log testutil.SyncBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("chromium output:\n%s", log.String())
+		}
+	})
+}
+
+// page serves html (with WORKER replaced by the worker address) from its
+// own origin and collects what the page reports to /report?m=….
+func page(t *testing.T, html, worker string) (url string, reports chan string) {
+	reports = make(chan string, 100)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/":
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			fmt.Fprint(w, strings.ReplaceAll(html, "WORKER", worker))
+		case "/report":
+			reports <- r.URL.Query().Get("m")
+			w.WriteHeader(204)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/", reports
+}
+
+// waitReport publishes probes until the page reports one, then publishes
+// the real message and returns what the page reports for it.
+func waitReport(t *testing.T, api, id string, reports chan string, data string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		publish(t, api, `{"to":"`+id+`","data":"probe"}`)
+		select {
+		case <-reports:
+			for len(reports) > 0 {
+				<-reports
+			}
+			publish(t, api, `{"to":"`+id+`","data":`+data+`}`)
+			timeout := time.After(10 * time.Second)
+			for {
+				select {
+				case r := <-reports:
+					if !strings.Contains(r, "probe") {
+						return r
+					}
+				case <-timeout:
+					t.Fatal("the page stopped reporting")
+				}
+			}
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	t.Fatal("the page never received a probe")
+	return ""
+}
+
+const jsonpPage = `<!doctype html><html><body><script>
+var since = 0;
+function poll() {
+  var s = document.createElement("script");
+  s.src = "http://WORKER/browser.js?callback=got" + (since ? "&since=" + since : "");
+  s.onerror = function () { setTimeout(poll, 200); };
+  document.body.appendChild(s);
+}
+function got(msgs) {
+  for (var i = 0; i < msgs.length; i++) {
+    since = msgs[i].id;
+    new Image().src = "/report?m=" + encodeURIComponent(JSON.stringify(msgs[i]));
+  }
+  poll();
+}
+poll();
+</script></body></html>`
+
+// A JSONP <script> long-poll in a real browser, from another origin, on
+// the original MegaComet URL /ID.js.
+func TestBrowserJSONPLongPoll(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	url, reports := page(t, jsonpPage, s.Listen)
+	chromium(t, url)
+	got := waitReport(t, s.API, "browser", reports, `{"hello":"browser"}`)
+	if !strings.Contains(got, `"data":{"hello":"browser"}`) {
+		t.Errorf("the page reported %s", got)
+	}
+}
+
+const eventSourcePage = `<!doctype html><html><body><script>
+var es = new EventSource("http://WORKER/sse/browser-es");
+es.onmessage = function (e) {
+  new Image().src = "/report?m=" + encodeURIComponent(e.lastEventId + " " + e.data);
+};
+</script></body></html>`
+
+// EventSource from another origin (CORS) receives published messages, and
+// sees the SSE id as lastEventId.
+func TestBrowserEventSource(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	url, reports := page(t, eventSourcePage, s.Listen)
+	chromium(t, url)
+	got := waitReport(t, s.API, "browser-es", reports, `"from the server"`)
+	var id uint64
+	var data string
+	if _, err := fmt.Sscanf(got, "%d %s", &id, &data); err != nil || !strings.Contains(got, fmt.Sprintf(`{"id":%d,"data":"from the server"}`, id)) {
+		t.Errorf("the page reported %q", got)
+	}
+}
