@@ -1,11 +1,17 @@
 package manager
 
 import (
+	_ "embed"
 	"encoding/json"
 	"net/http"
 
 	"github.com/megacomet/megacomet/ipc"
 )
+
+// statusPage is the live status page: it polls /stats from the browser.
+//
+//go:embed status.html
+var statusPage []byte
 
 func stopFrame(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeStop, nil) }
 
@@ -19,6 +25,12 @@ func (m *Manager) apiHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.Snapshot())
+	})
+	mux.Handle("GET /metrics", m.metricsHandler())
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(statusPage)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")

@@ -1,0 +1,104 @@
+package manager
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics exposes the stats snapshot in Prometheus' text format. It is a
+// collector over Snapshot, so a scrape costs what a stats request costs and
+// the figures are the ones `megacomet stats` shows.
+type metrics struct {
+	m    *Manager
+	desc map[string]*prometheus.Desc
+}
+
+var metricHelp = []struct{ name, help string }{
+	{"connections", "Client connections held by all workers."},
+	{"capacity", "Connections all ready workers accept before refusing."},
+	{"refused_total", "Connections refused because workers were full."},
+	{"published_total", "Messages published."},
+	{"retained_messages", "Messages kept for replay."},
+	{"ids", "Client ids the workers hold."},
+	{"channels", "Channels with a subscriber."},
+	{"manager_rss_bytes", "Resident memory of the manager."},
+	{"manager_pss_bytes", "Proportional set size of the manager."},
+	{"host_load1", "One-minute load average."},
+	{"host_memory_used_bytes", "Memory in use on the host."},
+	{"worker_connections", "Connections held by a worker."},
+	{"worker_rss_bytes", "Resident memory of a worker."},
+	{"worker_pss_bytes", "Proportional set size of a worker."},
+	{"worker_cpu_percent", "CPU use of a worker."},
+	{"worker_restarts_total", "Restarts of a worker slot."},
+	{"worker_messages_out_total", "Messages a worker wrote to clients."},
+	{"worker_heartbeats_total", "Heartbeats a worker wrote."},
+	{"worker_slow_consumers_total", "Clients a worker dropped for not reading."},
+	{"worker_bad_requests_total", "Requests a worker rejected."},
+	{"worker_refused_total", "Connections a worker refused because it was full."},
+}
+
+func newMetrics(m *Manager) *metrics {
+	mt := &metrics{m: m, desc: make(map[string]*prometheus.Desc)}
+	for _, h := range metricHelp {
+		var labels []string
+		if strings.HasPrefix(h.name, "worker_") {
+			labels = []string{"slot", "state"}
+		}
+		mt.desc[h.name] = prometheus.NewDesc("megacomet_"+h.name, h.help, labels, nil)
+	}
+	return mt
+}
+
+func (mt *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range mt.desc {
+		ch <- d
+	}
+}
+
+func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
+	st := mt.m.Snapshot()
+	put := func(name string, v float64, labels ...string) {
+		kind := prometheus.GaugeValue
+		if strings.HasSuffix(name, "_total") {
+			kind = prometheus.CounterValue
+		}
+		ch <- prometheus.MustNewConstMetric(mt.desc[name], kind, v, labels...)
+	}
+	put("connections", float64(st.Connections))
+	put("capacity", float64(st.Capacity))
+	put("refused_total", float64(st.Refused))
+	put("published_total", float64(st.Manager.Published))
+	put("retained_messages", float64(st.Manager.Retained))
+	put("ids", float64(st.IDs))
+	put("channels", float64(st.Channels))
+	put("manager_rss_bytes", float64(st.Manager.RSSBytes))
+	put("manager_pss_bytes", float64(st.Manager.PSSBytes))
+	put("host_load1", st.Host.Load1)
+	put("host_memory_used_bytes", float64(st.Host.MemUsedBytes))
+	for _, w := range st.Workers {
+		l := []string{strconv.Itoa(w.Slot), w.State}
+		put("worker_connections", float64(w.Connections), l...)
+		put("worker_rss_bytes", float64(w.RSSBytes), l...)
+		put("worker_pss_bytes", float64(w.PSSBytes), l...)
+		put("worker_cpu_percent", w.CPUPercent, l...)
+		put("worker_restarts_total", float64(w.Restarts), l...)
+		put("worker_messages_out_total", float64(w.MessagesOut), l...)
+		put("worker_heartbeats_total", float64(w.Heartbeats), l...)
+		put("worker_slow_consumers_total", float64(w.SlowConsumers), l...)
+		put("worker_bad_requests_total", float64(w.BadRequests), l...)
+		put("worker_refused_total", float64(w.Refused), l...)
+	}
+}
+
+// metricsHandler serves /metrics: megacomet's collector plus the manager's
+// own Go runtime and process metrics.
+func (m *Manager) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newMetrics(m), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,94 @@
+package test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/megacomet/megacomet/internal/testutil"
+)
+
+func get(t *testing.T, url string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// The stats JSON has every field of the contract, on the socket and the API.
+func TestStatsJSONHasContractFields(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	hold(t, s.Listen, "counted")
+	_, apiBody, _ := get(t, "http://"+s.API+"/stats")
+	for _, raw := range []string{string(mustCLIStats(t, s)), apiBody} {
+		var st map[string]any
+		if err := json.Unmarshal([]byte(raw), &st); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string][]string{
+			"":        {"connections", "workers", "manager", "host"},
+			"manager": {"pid", "rss_bytes", "published", "retained", "uptime_s"},
+			"host":    {"load1", "mem_total_bytes", "mem_used_bytes"},
+			"workers": {"slot", "pid", "cpu", "connections", "rss_bytes", "cpu_percent", "restarts", "messages_out"},
+		}
+		for section, keys := range want {
+			obj := st
+			switch section {
+			case "":
+			case "workers":
+				ws, _ := st["workers"].([]any)
+				if len(ws) != 2 {
+					t.Fatalf("workers = %v", st["workers"])
+				}
+				obj, _ = ws[1].(map[string]any)
+			default:
+				obj, _ = st[section].(map[string]any)
+			}
+			for _, k := range keys {
+				if _, ok := obj[k]; !ok {
+					t.Errorf("stats %s has no %q: %s", section, k, raw)
+				}
+			}
+		}
+	}
+}
+
+// mustCLIStats is what `megacomet stats -json` prints, byte for byte.
+func mustCLIStats(t *testing.T, s *testutil.Server) []byte {
+	t.Helper()
+	out, err := exec.Command(s.Bin, "stats", "-json", "-socket", s.Socket).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestMetricsAndStatusPage(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2", "api": `token = "t0k"`})
+	base := "http://" + s.API
+	for _, path := range []string{"/metrics", "/status", "/stats"} {
+		if code, _, _ := get(t, base+path); code != 401 {
+			t.Errorf("%s without token: %d", path, code)
+		}
+	}
+	code, body, _ := get(t, base+"/metrics?access_token=t0k")
+	for _, want := range []string{"megacomet_connections ", "megacomet_published_total ", `megacomet_worker_connections{slot="1",state="ready"}`, "go_goroutines"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("/metrics: %d, no %q", code, want)
+		}
+	}
+	code, body, h := get(t, base+"/status?access_token=t0k")
+	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "fetch(url") {
+		t.Errorf("/status: %d %s", code, h.Get("Content-Type"))
+	}
+	if code, body, _ := get(t, base+"/nothing?access_token=t0k"); code != 404 || !strings.Contains(body, `"error"`) {
+		t.Errorf("unknown path: %d %s", code, body)
+	}
+}
