@@ -1,0 +1,76 @@
+//go:build linux
+
+package megatest
+
+import "golang.org/x/sys/unix"
+
+// pubTurn picks this turn's -pub targets among the connections the server
+// knows, round-robin, and hands them to the publisher.
+func (e *engine) pubTurn(now int64) {
+	dt := float64(now-e.lastTurn) / 1e9
+	e.pubAllow = min(e.pubAllow+e.pub.rate*dt, max(e.pub.rate/5, 1))
+	if e.st.ready == 0 {
+		e.pubAllow = 0
+		return
+	}
+	k := int(e.pubAllow)
+	if k <= 0 {
+		return
+	}
+	targets := make([]uint32, 0, k)
+	for steps := 0; len(targets) < k && steps < len(e.conns); steps++ {
+		i := e.pubCursor
+		if e.pubCursor++; e.pubCursor == len(e.conns) {
+			e.pubCursor = 0
+		}
+		if e.conns[i].flags&fReady != 0 {
+			targets = append(targets, uint32(i))
+		}
+	}
+	e.pubAllow -= float64(len(targets))
+	if len(targets) > 0 {
+		e.pub.offer(targets)
+	}
+}
+
+// snapshot reports the loop's state (see Snapshot).
+func (e *engine) snapshot(final bool) {
+	st := &e.st
+	s := &Snapshot{
+		Final: final, N: len(e.conns),
+		Active: st.active, Ready: st.ready, Peak: st.peak,
+		Attempted: st.attempted, FirstOpened: st.firstOpened,
+		Opened: st.opened, Closed: st.closed, Failed: st.failed,
+		Unexpected: st.unexpected, Reconnects: st.recon,
+		Msgs: st.msgs, HB: st.hb, Dups: st.dups,
+		ProtoErrs: st.protoErrs, HTTPErrs: st.httpErrs, WriteErrs: st.writeErrs,
+		RampStart: e.rampStart, RampEnd: e.rampEnd,
+		RSS: rss(),
+	}
+	if e.pub != nil {
+		s.Published, s.PubErrors, s.PubSkipped = e.pub.published.Load(), e.pub.errors.Load(), e.pub.skipped.Load()
+		s.Pending, s.Unacked, _ = e.ledger.counts()
+		if final {
+			s.Lost = s.Pending
+		}
+	}
+	if e.latV != e.sentLatV {
+		s.Lat, e.sentLatV = e.lat.sparse(), e.latV
+	}
+	if e.taggedV != e.sentTagV {
+		s.Tagged, e.sentTagV = e.tagged.sparse(), e.taggedV
+	}
+	if len(e.rounds) > 0 {
+		s.Rounds = make([]RoundSnap, len(e.rounds))
+		for i := range e.rounds {
+			r := &e.rounds[i]
+			s.Rounds[i].Recv = r.recv
+			if r.v != r.sv {
+				s.Rounds[i].Hist, r.sv = r.h.sparse(), r.v
+			}
+		}
+	}
+	e.report(s)
+}
+
+func unixWriteIgnore(fd int32, b []byte) { unix.Write(int(fd), b) }

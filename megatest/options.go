@@ -1,0 +1,179 @@
+package megatest
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Options is every setting of a run, defaults filled in by defaultOptions.
+// The first group is the public contract (../shared/CONTRACT.md); the rest
+// are additions, and the hidden ones are how a parent instructs its
+// children.
+type Options struct {
+	Letter    string        // id prefix: LETTER0, LETTER1, …
+	Host      string        // server host or IP
+	N         int           // -n: connections
+	Port      int           // -port
+	Transport string        // -transport: sse, stream, lp, ws
+	Rate      float64       // -rate: new connections per second (≤ 0: unlimited)
+	Src       string        // -src: source addresses
+	Hold      time.Duration // -hold: how long to hold once all are open (0 = until interrupted)
+	Report    time.Duration // -report: progress line interval
+	API       string        // -api: manager API host:port (default HOST:9000)
+	Pub       float64       // -pub: messages per second to our own ids
+	Broadcast int           // -broadcast: broadcast rounds
+	JSON      string        // -json: summary file
+
+	Token     string        // -token: API bearer token
+	Procs     int           // -procs: processes to split over (0 = as the open-file limit needs)
+	Grace     time.Duration // -grace: at the end, how long to wait for published messages still in flight
+	RoundWait time.Duration // -round-wait: how long one broadcast round may take
+	Quiet     bool          // -q: no progress lines
+
+	// Set by a parent for its children.
+	Child bool   // -child: report snapshots as JSON lines on stdout
+	First int    // -first: index of our first id
+	Run   string // -run: the run tag our messages carry
+}
+
+func defaultOptions() Options {
+	return Options{
+		N:         250000,
+		Port:      8000,
+		Transport: "sse",
+		Rate:      10000,
+		Report:    10 * time.Second,
+		Grace:     5 * time.Second,
+		RoundWait: 10 * time.Second,
+	}
+}
+
+const tokenEnv = "MEGATEST_TOKEN"
+
+var errUsage = errors.New("megatest: usage")
+
+const usage = `usage: megatest LETTER HOST [flags]
+
+Opens -n connections with ids LETTER0, LETTER1, … to HOST and holds them,
+reopening every closed one with its cursor. Give each load box its own
+LETTER. Flags:
+`
+
+// parseArgs reads `LETTER HOST [flags]` (flags may also come first).
+func parseArgs(args []string, stderr io.Writer) (*Options, error) {
+	o := defaultOptions()
+	fs := flag.NewFlagSet("megatest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&o.N, "n", o.N, "connections")
+	fs.IntVar(&o.Port, "port", o.Port, "server port")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "sse, ws, stream or lp")
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "new connections per second, all processes together (0 = as fast as possible)")
+	fs.StringVar(&o.Src, "src", o.Src, "local source addresses: `127.0.1.1-127.0.1.40` or a comma list (on loopback: picked automatically)")
+	fs.DurationVar(&o.Hold, "hold", o.Hold, "how long to hold once all are open (0 = until interrupted)")
+	fs.DurationVar(&o.Report, "report", o.Report, "progress line interval")
+	fs.StringVar(&o.API, "api", o.API, "manager API `host:port`, for -pub and -broadcast (default HOST:9000)")
+	fs.Float64Var(&o.Pub, "pub", o.Pub, "messages per second published to our own ids; delivery latency is measured")
+	fs.IntVar(&o.Broadcast, "broadcast", o.Broadcast, "broadcast rounds; fan-out latency to every held connection is measured")
+	fs.StringVar(&o.JSON, "json", o.JSON, "write the summary JSON to this `file`")
+	fs.StringVar(&o.Token, "token", o.Token, "API bearer token (or environment MEGATEST_TOKEN)")
+	fs.IntVar(&o.Procs, "procs", o.Procs, "processes to split over (0 = as many as the open-file limit needs)")
+	fs.DurationVar(&o.Grace, "grace", o.Grace, "at the end, how long to wait for published messages still in flight")
+	fs.DurationVar(&o.RoundWait, "round-wait", o.RoundWait, "how long one broadcast round may take to reach every connection")
+	fs.BoolVar(&o.Quiet, "q", o.Quiet, "no progress lines")
+	fs.BoolVar(&o.Child, "child", false, "internal: run as a child of a split megatest")
+	fs.IntVar(&o.First, "first", 0, "internal: index of the first id")
+	fs.StringVar(&o.Run, "run", "", "internal: run tag")
+
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != 2 {
+		fs.Usage()
+		return nil, errUsage
+	}
+	o.Letter, o.Host = pos[0], pos[1]
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	if o.Token == "" {
+		o.Token = os.Getenv(tokenEnv)
+	}
+	if o.API == "" {
+		o.API = joinHostPort(o.Host, 9000)
+	}
+	return &o, nil
+}
+
+func (o *Options) check() error {
+	if o.Letter == "" || len(o.Letter) > 40 || strings.IndexFunc(o.Letter, func(r rune) bool { return !isIDChar(r) }) >= 0 {
+		return fmt.Errorf("megatest: LETTER %q: use 1 to 40 of A-Z a-z 0-9 _ -", o.Letter)
+	}
+	switch {
+	case o.N < 1:
+		return fmt.Errorf("megatest: -n %d: need at least one connection", o.N)
+	case o.Port < 1 || o.Port > 65535:
+		return fmt.Errorf("megatest: -port %d: out of range", o.Port)
+	case o.Report <= 0:
+		return fmt.Errorf("megatest: -report %s: must be positive", o.Report)
+	case o.Hold < 0:
+		return fmt.Errorf("megatest: -hold %s: must not be negative", o.Hold)
+	case o.Pub < 0 || o.Broadcast < 0:
+		return fmt.Errorf("megatest: -pub and -broadcast must not be negative")
+	case o.Procs < 0:
+		return fmt.Errorf("megatest: -procs %d: must not be negative", o.Procs)
+	}
+	switch o.Transport {
+	case "sse", "stream", "lp", "ws":
+	default:
+		return fmt.Errorf("megatest: -transport %q: use sse, ws, stream or lp", o.Transport)
+	}
+	return nil
+}
+
+func isIDChar(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+}
+
+func joinHostPort(host string, port int) string {
+	if strings.IndexByte(host, ':') >= 0 {
+		return fmt.Sprintf("[%s]:%d", host, port)
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}
+
+// childArgs is the command line of child k, which takes count ids from
+// first on, with its share of the rates.
+func (o *Options) childArgs(first, count int, rate, pub float64, src string) []string {
+	a := []string{o.Letter, o.Host,
+		"-child", "-q",
+		"-n", fmt.Sprint(count),
+		"-first", fmt.Sprint(first),
+		"-port", fmt.Sprint(o.Port),
+		"-transport", o.Transport,
+		"-rate", fmt.Sprint(rate),
+		"-src", src,
+		"-api", o.API,
+		"-pub", fmt.Sprint(pub),
+		"-grace", o.Grace.String(),
+		"-run", o.Run,
+	}
+	return a // the token goes by environment, not where ps shows it
+}

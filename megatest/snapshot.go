@@ -1,0 +1,73 @@
+package megatest
+
+import (
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Snapshot is one process's state, cumulative since its start. Children
+// send one as a JSON line on stdout every half second and a final one
+// when they stop; the parent adds them up. A histogram left out (nil) is
+// unchanged since the previous snapshot, so idle ones cost nothing.
+type Snapshot struct {
+	Proc  int  `json:"proc"`
+	Final bool `json:"final,omitempty"`
+	N     int  `json:"n"` // connections this process holds when all are open
+
+	Active      int64 `json:"active"`
+	Ready       int64 `json:"ready"` // the server has answered them
+	Peak        int64 `json:"peak"`
+	Attempted   int64 `json:"attempted"`    // first opens started
+	FirstOpened int64 `json:"first_opened"` // connections opened at least once
+	Opened      int64 `json:"opened"`
+	Closed      int64 `json:"closed"`
+	Failed      int64 `json:"failed"`
+	Unexpected  int64 `json:"unexpected"`
+	Reconnects  int64 `json:"reconnects"`
+	Msgs        int64 `json:"msgs"`
+	HB          int64 `json:"hb"`
+	Dups        int64 `json:"dups"`
+	ProtoErrs   int64 `json:"proto_errs"`
+	HTTPErrs    int64 `json:"http_errs"`
+	WriteErrs   int64 `json:"write_errs"`
+
+	Published  int64 `json:"published"`
+	PubErrors  int64 `json:"pub_errors"`
+	PubSkipped int64 `json:"pub_skipped"`
+	Pending    int64 `json:"pending"` // published, not delivered yet
+	Unacked    int64 `json:"unacked"` // delivered, but the publish answer failed
+	Lost       int64 `json:"lost"`    // final: pending when the run ended
+
+	RampStart int64 `json:"ramp_start"` // unix ns of the first connect
+	RampEnd   int64 `json:"ramp_end"`   // unix ns when every connection had opened
+	RSS       int64 `json:"rss"`
+
+	Lat    sparse      `json:"lat,omitempty"`    // -pub latency, µs
+	Tagged sparse      `json:"tagged,omitempty"` // every message of ours, µs
+	Rounds []RoundSnap `json:"rounds,omitempty"` // broadcast round r at [r-1]
+}
+
+// RoundSnap is one broadcast round as one process saw it.
+type RoundSnap struct {
+	Recv int64  `json:"recv"`
+	Hist sparse `json:"hist,omitempty"`
+}
+
+// rss is this process's resident set in bytes.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,277 @@
+//go:build linux
+
+package megatest
+
+import (
+	"bytes"
+	"errors"
+)
+
+// consume parses every whole unit at the front of buf for connection idx
+// and returns how many bytes it used. A unit split across reads stays in
+// conn.in until the rest arrives (errNeedMore from the parser).
+func (e *engine) consume(idx int32, c *conn, buf []byte, now int64) (int, error) {
+	off := 0
+	for off < len(buf) {
+		var n int
+		var err error
+		switch {
+		case e.tr == trLP:
+			n, err = e.lpAnswer(idx, c, buf[off:], now)
+		case c.state == stHead:
+			n, err = e.head(c, buf[off:])
+		case e.tr == trSSE:
+			n, err = e.sseEvent(c, buf[off:], now, idx)
+		case e.tr == trStream:
+			n, err = e.chunk(c, buf[off:], now, idx)
+		default:
+			n, err = e.wsFrame(idx, c, buf[off:], now)
+		}
+		switch err {
+		case nil:
+			off += n
+		case errNeedMore:
+			return off, nil
+		default:
+			return off + n, err
+		}
+	}
+	return off, nil
+}
+
+// head checks the response head of a streaming transport.
+func (e *engine) head(c *conn, b []byte) (int, error) {
+	var h respHead
+	n, err := parseHead(b, &h)
+	if err != nil {
+		return 0, err
+	}
+	switch e.tr {
+	case trSSE:
+		if h.status != 200 {
+			return 0, errStatus
+		}
+		if !hasPrefixFold(h.contentType, ctEventStream) {
+			return 0, errType
+		}
+	case trStream:
+		if h.status != 200 {
+			return 0, errStatus
+		}
+		if !h.chunked {
+			return 0, errFraming
+		}
+	case trWS:
+		if h.status != 101 {
+			return 0, errStatus
+		}
+		// RFC 6455 §4.1: the client must fail the connection unless the
+		// answer upgrades to "websocket" with the accept value of our key.
+		if !h.upgrade || !equalFold(h.upgradeTo, tokWebsocket) || !bytes.Equal(h.wsAccept, e.wsAcc) {
+			return 0, errUpgrade
+		}
+	}
+	c.state = stBody
+	e.ready(c)
+	return n, nil
+}
+
+var (
+	ctEventStream = []byte("text/event-stream")
+	tokWebsocket  = []byte("websocket")
+	errUpgrade    = errors.New("megatest: WebSocket upgrade refused")
+)
+
+// ready: the server has answered, so it knows this client and messages
+// published to it from now on are owed to it.
+func (e *engine) ready(c *conn) {
+	if c.flags&fReady == 0 {
+		c.flags |= fReady | fCursor
+		e.st.ready++
+	}
+	c.fails = 0
+}
+
+func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) {
+	var ev sseEvent
+	n, err := parseSSE(b, &ev, &e.scratch)
+	if err != nil {
+		return 0, err
+	}
+	if ev.retry >= 0 {
+		e.retryHint = min(ev.retry, 60_000)
+	}
+	if ev.reconnect {
+		c.flags |= fAnnounced
+	}
+	switch {
+	case ev.dataLines > 0:
+		var m msgInfo
+		if err := scanMessage(ev.data, e.tag, &m); err != nil {
+			return 0, err
+		}
+		if ev.hasID && !uintEquals(ev.id, m.id) {
+			return 0, errSSEID
+		}
+		e.message(idx, c, &m, now)
+	case ev.comments > 0 && ev.fields == 0 && !ev.reconnect:
+		e.st.hb++
+	}
+	return n, nil
+}
+
+func uintEquals(b []byte, v uint64) bool {
+	w, end, ok := scanUint(b, 0)
+	return ok && end == len(b) && w == v
+}
+
+var errLine = errors.New("megatest: stream chunk does not end a line")
+
+// chunk handles one chunk of the NDJSON stream: whole lines, each a
+// message, an empty one a heartbeat; the last chunk is the server's
+// hand-over notice.
+func (e *engine) chunk(c *conn, b []byte, now int64, idx int32) (int, error) {
+	n, payload, last, err := parseChunk(b)
+	if err != nil {
+		return 0, err
+	}
+	if last {
+		return n, errEnd
+	}
+	if payload[len(payload)-1] != '\n' {
+		return 0, errLine
+	}
+	for len(payload) > 0 {
+		i := bytes.IndexByte(payload, '\n')
+		line := payload[:i]
+		payload = payload[i+1:]
+		if k := len(line); k > 0 && line[k-1] == '\r' {
+			line = line[:k-1]
+		}
+		if len(line) == 0 {
+			e.st.hb++
+			continue
+		}
+		var m msgInfo
+		if err := scanMessage(line, e.tag, &m); err != nil {
+			return 0, err
+		}
+		e.message(idx, c, &m, now)
+	}
+	return n, nil
+}
+
+// lpAnswer handles one long-poll answer and sends the next poll with the
+// cursor; an answer with Connection: close is the server's hand-over.
+func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) {
+	var h respHead
+	hn, err := parseHead(b, &h)
+	if err != nil {
+		return 0, err
+	}
+	if h.status != 200 {
+		return 0, errStatus
+	}
+	if h.chunked || h.contentLength < 0 || h.contentLength > maxEvent {
+		return 0, errFraming
+	}
+	end := hn + int(h.contentLength)
+	if len(b) < end {
+		return 0, errNeedMore
+	}
+	count, err := lpBody(b[hn:end], func(body []byte, i int) (int, error) {
+		var m msgInfo
+		j, err := scanMessageAt(body, i, e.tag, &m)
+		if err == nil {
+			e.message(idx, c, &m, now)
+		}
+		return j, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if count == 0 {
+		e.st.hb++ // an empty answer after poll_timeout: the long-poll heartbeat
+	}
+	e.ready(c)
+	if h.close {
+		return end, errEnd
+	}
+	if !e.sendRequest(idx, c) {
+		return end, errClosed
+	}
+	return end, nil
+}
+
+// message accounts one message: cursor, duplicates, and for our own
+// messages the latency and the check-off.
+func (e *engine) message(idx int32, c *conn, m *msgInfo, now int64) {
+	e.st.msgs++
+	if m.id <= c.lastID {
+		e.st.dups++
+		return
+	}
+	c.lastID = m.id
+	if m.kind == kindNone {
+		return
+	}
+	us := uint64(max(now-m.t, 0)) / 1000
+	e.tagged.add(us)
+	e.taggedV++
+	switch m.kind {
+	case kindPub:
+		e.lat.add(us)
+		e.latV++
+		e.ledger.delivered(uint32(idx), m.id)
+	case kindBcast:
+		r := m.seq
+		if r == 0 || r > maxRounds || uint32(r) <= c.round {
+			return
+		}
+		c.round = uint32(r)
+		for uint64(len(e.rounds)) < r {
+			e.rounds = append(e.rounds, round{})
+		}
+		rd := &e.rounds[r-1]
+		if rd.h == nil {
+			rd.h = new(hist)
+		}
+		rd.recv++
+		rd.h.add(us)
+		rd.v++
+	}
+}
+
+// wsFrame handles one WebSocket message or control frame.
+func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
+	n, f, err := parseWSMessage(b, &e.scratch)
+	if err != nil {
+		return 0, err
+	}
+	switch f.op {
+	case wsText:
+		var m msgInfo
+		if err := scanMessage(f.payload, e.tag, &m); err != nil {
+			return 0, err
+		}
+		e.message(idx, c, &m, now)
+	case wsBinary:
+		return 0, errWSBinary
+	case wsPing:
+		e.st.hb++
+		// RFC 6455 §5.5.3: a Pong in response carries the Ping's payload.
+		e.wbuf = appendWSFrame(e.wbuf[:0], wsPong, f.payload, uint32(e.rand()))
+		if !e.write(idx, c, e.wbuf) {
+			return n, errClosed
+		}
+	case wsClose:
+		code := f.closeCode()
+		e.wbuf = appendWSClose(e.wbuf[:0], code, uint32(e.rand()))
+		unixWriteIgnore(c.fd, e.wbuf)
+		if code == wsServiceRestart {
+			return n, errEnd
+		}
+		return n, errWSClosed
+	}
+	return n, nil
+}
