@@ -90,11 +90,14 @@ func newHistory(size int, ttl time.Duration) *history {
 // retained is how many messages are still replayable.
 func (h *history) retained() int { return len(h.fifo) - h.fifoOff }
 
-func (h *history) add(m *message, now time.Time) {
+func (h *history) add(m *message, now time.Time) { h.addUntil(m, now.Add(h.ttl)) }
+
+// addUntil keeps m for replay until expires.
+func (h *history) addUntil(m *message, expires time.Time) {
 	if h.size <= 0 || h.ttl <= 0 {
 		return
 	}
-	m.expires = now.Add(h.ttl)
+	m.expires = expires
 	switch m.kind {
 	case kindIDs:
 		for _, id := range m.to {

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"encoding/json"
 	"strconv"
 	"sync"
 	"time"
@@ -38,6 +39,10 @@ type hub struct {
 	targets   map[linkID][]string // scratch: per link, a message's ids there
 	tell      func(*proc, func([]byte) []byte)
 	now       func() time.Time
+	// primed is closed once the hub holds the state it will serve from:
+	// at once on a fresh start, after the hand-over on an upgrade. Replays
+	// wait for it.
+	primed chan struct{}
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {
@@ -46,6 +51,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 		hist:    newHistory(historySize, historyTTL),
 		targets: make(map[linkID][]string),
 		tell:    tell, now: time.Now,
+		primed: make(chan struct{}),
 	}
 }
 
@@ -252,4 +258,64 @@ func (h *hub) counters() (published, retained uint64, ids, channels int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.published, uint64(h.hist.retained()), h.ids.len(), h.chans.len()
+}
+
+// hubState is what a manager hands the one that upgrades it: the id
+// sequence and every retained message, in id order.
+type hubState struct {
+	LastID    uint64         `json:"last_id"`
+	Published uint64         `json:"published"`
+	Messages  []stateMessage `json:"messages"`
+}
+
+type stateMessage struct {
+	ID      uint64          `json:"id"`
+	Kind    byte            `json:"kind"`
+	Channel string          `json:"channel,omitempty"`
+	To      []string        `json:"to,omitempty"`
+	Body    json.RawMessage `json:"body"`
+	Expires int64           `json:"expires"` // Unix nanoseconds
+}
+
+// snapshot captures the id sequence and the retained history, and each
+// given link's ids and channels.
+func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := hubState{LastID: h.lastID, Published: h.published}
+	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
+		if m.body == nil {
+			continue // evicted from every ring
+		}
+		st.Messages = append(st.Messages, stateMessage{ID: m.id, Kind: m.kind, Channel: m.channel, To: m.to, Body: m.body, Expires: m.expires.UnixNano()})
+	}
+	names := make(map[linkID][2][]string, len(links))
+	for _, l := range links {
+		names[l] = [2][]string{h.ids.names(l), h.chans.names(l)}
+	}
+	return st, names
+}
+
+// restore takes over a predecessor's id sequence and history.
+func (h *hub) restore(st *hubState) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastID = max(h.lastID, st.LastID)
+	h.published += st.Published
+	for _, sm := range st.Messages {
+		m := &message{id: sm.ID, kind: sm.Kind, channel: sm.Channel, to: sm.To, body: sm.Body}
+		h.hist.addUntil(m, time.Unix(0, sm.Expires))
+	}
+}
+
+// setPresence records that link holds these ids and channels.
+func (h *hub) setPresence(l linkID, ids, chans []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, id := range ids {
+		h.ids.add([]byte(id), l)
+	}
+	for _, ch := range chans {
+		h.chans.add([]byte(ch), l)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -32,15 +33,18 @@ type Manager struct {
 	sampler *sampler
 	hub     *hub
 
-	mu       sync.Mutex
-	slots    []*slot
-	retiring []*proc // processes of an older generation, still draining
-	stopping bool
+	mu         sync.Mutex
+	slots      []*slot
+	retiring   []*proc // workers of older generations, draining
+	stopping   bool
+	handedOver bool     // an upgraded manager owns the workers now
+	handover   *os.File // the socket to the new manager, once Upgrade succeeded
 }
 
-// Run starts a manager with opts and blocks until it stops or hands over to
-// an upgraded one. Every start-up error is one line naming what failed.
-func Run(opts config.Options, log *slog.Logger) error {
+// Run starts a manager with opts (read from cfgPath, "" = built-in
+// defaults) and blocks until it stops or hands over to an upgraded one.
+// Every start-up error is one line naming what failed.
+func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
 	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
 	// First, so a signal during start-up is handled, not fatal.
@@ -60,13 +64,25 @@ func Run(opts config.Options, log *slog.Logger) error {
 	}
 	m.upg = upg
 	defer upg.Stop()
+	var handover *os.File
+	if upg.HasParent() {
+		if g, err := strconv.ParseUint(os.Getenv(generationEnv), 10, 64); err == nil && g > 0 {
+			m.gen = g
+		}
+		if handover, err = upg.Fds.File(handoverName); err != nil || handover == nil {
+			return fmt.Errorf("upgrade: no handover socket from the previous manager (%v)", err)
+		}
+		m.log = log.With("generation", m.gen)
+		m.log.Info("upgrading: taking over from the previous manager")
+	} else {
+		close(m.hub.primed)
+	}
 
 	portFile, err := m.clientPort()
 	if err != nil {
 		return fmt.Errorf("server.listen %s: %w", opts.Server.Listen, err)
 	}
 	defer portFile.Close()
-
 	statsLn, err := m.statsListener()
 	if err != nil {
 		return fmt.Errorf("manager.socket %s: %w", opts.Manager.Socket, err)
@@ -80,10 +96,14 @@ func Run(opts config.Options, log *slog.Logger) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go m.runSampler(stop)
-	go m.serveStats(statsLn)
 	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
-	go api.Serve(apiLn)
-
+	serve := func() {
+		go m.serveStats(statsLn)
+		go api.Serve(apiLn)
+	}
+	if handover == nil {
+		serve()
+	}
 	if err := m.startWorkers(); err != nil {
 		m.stopWorkers()
 		return err
@@ -92,29 +112,62 @@ func Run(opts config.Options, log *slog.Logger) error {
 		m.stopWorkers()
 		return fmt.Errorf("manager.pid_file %s: %w", opts.Manager.PidFile, err)
 	}
+	if handover != nil {
+		// The previous manager stops serving once it sees Ready; the
+		// listeners queue connections until we serve them below.
+		if err := m.receiveHandover(handover); err != nil {
+			m.log.Error("no state from the previous manager: serving without its history", "err", err)
+		}
+		close(m.hub.primed)
+		serve()
+	}
 	m.log.Info("megacomet ready",
 		"listen", m.listen, "api", m.apiAddr, "socket", opts.Manager.Socket,
 		"workers", len(m.slots), "capacity", m.Snapshot().Capacity)
 
+	reloadReq := make(chan struct{}, 1)
+	go m.reloads(cfgPath, reloadReq)
 	for {
 		select {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				m.log.Warn("SIGHUP: reload is not supported yet; ignoring")
+				select {
+				case reloadReq <- struct{}{}:
+					m.log.Info("SIGHUP: reload requested")
+				default:
+					m.log.Info("SIGHUP: a reload is already queued")
+				}
 				continue
 			}
 			m.log.Info("stopping", "signal", sig.String())
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			api.Shutdown(ctx)
-			cancel()
+			m.shutdownAPI(api, statsLn)
 			m.stopWorkers()
 			os.Remove(opts.Manager.PidFile)
 			m.log.Info("stopped")
 			return nil
 		case <-upg.Exit():
+			m.shutdownAPI(api, statsLn)
+			m.mu.Lock()
+			sock := m.handover
+			m.mu.Unlock()
+			if sock == nil {
+				return errors.New("upgraded without a handover socket")
+			}
+			if err := m.handOver(sock); err != nil {
+				m.log.Error("hand-over failed: the new manager starts without this one's workers", "err", err)
+			}
 			return nil
 		}
 	}
+}
+
+// shutdownAPI stops accepting on the API and the stats socket and lets
+// requests in progress finish.
+func (m *Manager) shutdownAPI(api *http.Server, statsLn net.Listener) {
+	statsLn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	api.Shutdown(ctx)
+	cancel()
 }
 
 func usesRuntimeDir(o *config.Options) bool {

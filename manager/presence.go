@@ -86,3 +86,19 @@ func (p *presence) dropLink(l linkID) {
 		p.remove([]byte(name), l)
 	}
 }
+
+// names lists what link holds.
+func (p *presence) names(l linkID) []string {
+	var out []string
+	for name, cur := range p.one {
+		if cur == l {
+			out = append(out, name)
+		}
+	}
+	for name, ls := range p.many {
+		if slices.Contains(ls, l) {
+			out = append(out, name)
+		}
+	}
+	return out
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,12 +39,11 @@ const tableflipEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
 // slot is one worker position; its process is replaced when it dies.
 // Guarded by Manager.mu.
 type slot struct {
-	idx            int
-	cpu            int // -1 = not pinned
-	proc           *proc
-	restarts       int
-	crashes        []time.Time
-	pendingRestart bool
+	idx      int
+	cpu      int // -1 = not pinned
+	proc     *proc
+	restarts int
+	crashes  []time.Time
 }
 
 type procState int
@@ -60,19 +60,24 @@ func (s procState) String() string {
 	return [...]string{"starting", "ready", "draining", "stopping", "exited"}[s]
 }
 
-// proc is one worker process. Fields after the first block are guarded by
-// Manager.mu.
+// proc is one worker process: a child this manager started, or one it
+// adopted from the manager it upgraded (cmd == nil; it drains and is never
+// restarted). Fields after the first block are guarded by Manager.mu.
 type proc struct {
-	slot    *slot
-	pid     int
-	gen     uint64
-	cmd     *exec.Cmd
-	conn    net.Conn
-	out     *ipc.Outbox
-	link    linkID        // the hub's routing id, while it lives
-	readyc  chan struct{} // closed on Hello
-	exited  chan struct{} // closed when the process has been reaped
-	started time.Time
+	slot     *slot
+	pid      int
+	gen      uint64
+	cmd      *exec.Cmd // nil for an adopted worker
+	conn     net.Conn
+	out      *ipc.Outbox
+	link     linkID        // the hub's routing id, while it lives
+	readyc   chan struct{} // closed on Hello
+	exited   chan struct{} // closed once the process is gone
+	readDone chan struct{} // closed when readLink returns
+	outDone  chan struct{} // closed when the outbox writer returns
+	handing  atomic.Bool   // reading stops at a frame boundary: hand-over
+	leftover []byte        // bytes read but not parsed when reading stopped
+	started  time.Time
 
 	state  procState
 	hello  ipc.Hello
@@ -82,6 +87,40 @@ type proc struct {
 	rss    uint64
 	pss    uint64
 	cpuPct float64
+}
+
+func newProc(s *slot, pid int, gen uint64, conn net.Conn) *proc {
+	p := &proc{
+		slot: s, pid: pid, gen: gen, conn: conn,
+		out:    ipc.NewOutbox(ipcOutboxLimit),
+		readyc: make(chan struct{}), exited: make(chan struct{}),
+		readDone: make(chan struct{}), outDone: make(chan struct{}),
+		started: time.Now(),
+	}
+	p.ps, _ = process.NewProcess(int32(pid))
+	return p
+}
+
+// kill sends SIGKILL.
+func (p *proc) kill() {
+	if p.cmd != nil {
+		p.cmd.Process.Kill()
+		return
+	}
+	syscall.Kill(p.pid, syscall.SIGKILL)
+}
+
+// startLink starts routing to p and its IPC reader and writer.
+func (m *Manager) startLink(p *proc, leftover []byte) {
+	m.hub.addLink(p)
+	go func() {
+		p.out.Run(p.conn)
+		close(p.outDone)
+	}()
+	go func() {
+		m.readLink(p, leftover)
+		close(p.readDone)
+	}()
 }
 
 // spawn starts a worker for s. The caller holds m.mu.
@@ -112,19 +151,12 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 		conn.Close()
 		return nil, fmt.Errorf("start worker %d: %w", s.idx, err)
 	}
-	p := &proc{
-		slot: s, pid: cmd.Process.Pid, gen: m.gen, cmd: cmd, conn: conn,
-		out:    ipc.NewOutbox(ipcOutboxLimit),
-		readyc: make(chan struct{}), exited: make(chan struct{}),
-		started: time.Now(),
-	}
-	p.ps, _ = process.NewProcess(int32(p.pid))
+	p := newProc(s, cmd.Process.Pid, m.gen, conn)
+	p.cmd = cmd
 	cfg, _ := json.Marshal(worker.Config{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: m.opts})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p
-	m.hub.addLink(p)
-	go p.out.Run(conn)
-	go m.readLink(p)
+	m.startLink(p, nil)
 	go m.reap(p)
 	m.log.Debug("worker started", "slot", s.idx, "pid", p.pid, "cpu", s.cpu)
 	return p, nil
@@ -134,28 +166,24 @@ func workerEnv() []string {
 	env := os.Environ()
 	out := env[:0:0]
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, tableflipEnv+"=") {
+		if !strings.HasPrefix(kv, tableflipEnv+"=") && !strings.HasPrefix(kv, generationEnv+"=") {
 			out = append(out, kv)
 		}
 	}
 	return out
 }
 
-// reap waits for a worker to exit and restarts its slot unless the exit
-// was asked for.
+// reap waits for a child worker to exit and restarts its slot unless the
+// exit was asked for.
 func (m *Manager) reap(p *proc) {
 	err := p.cmd.Wait()
-	p.conn.Close()
-	p.out.Close()
-	m.hub.dropLink(p)
+	if m.finish(p) {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	wanted := p.state == stateDraining || p.state == stateStopping || m.stopping
-	p.state = stateExited
-	close(p.exited)
 	s := p.slot
-	if wanted || s.proc != p {
-		m.log.Debug("worker exited", "slot", s.idx, "pid", p.pid, "status", exitStatus(err))
+	if m.stopping || m.handedOver || s.proc != p {
 		return
 	}
 	var delay time.Duration
@@ -169,8 +197,42 @@ func (m *Manager) reap(p *proc) {
 	} else {
 		m.log.Warn("worker died: restarting", attrs...)
 	}
-	s.pendingRestart = true
 	time.AfterFunc(delay, func() { m.restart(s, p) })
+}
+
+// watchAdopted treats an adopted worker as gone once its IPC socket
+// closes: it is not our child, so it cannot be waited for.
+func (m *Manager) watchAdopted(p *proc) {
+	<-p.readDone
+	if !m.finish(p) {
+		m.log.Info("adopted worker exited", "slot", p.slot.idx, "pid", p.pid, "generation", p.gen)
+	}
+}
+
+// finish records that p is gone. It reports whether p's exit was the
+// expected end of a hand-over (then nothing else is to be done).
+func (m *Manager) finish(p *proc) (handedOver bool) {
+	if p.handing.Load() {
+		return true // another manager owns it now
+	}
+	p.conn.Close()
+	p.out.Close()
+	m.hub.dropLink(p)
+	m.mu.Lock()
+	wanted := p.state == stateDraining || p.state == stateStopping || m.stopping
+	p.state = stateExited
+	close(p.exited)
+	for i, r := range m.retiring {
+		if r == p {
+			m.retiring = append(m.retiring[:i], m.retiring[i+1:]...)
+			break
+		}
+	}
+	m.mu.Unlock()
+	if wanted && p.cmd != nil {
+		m.log.Debug("worker exited", "slot", p.slot.idx, "pid", p.pid)
+	}
+	return false
 }
 
 // restartDelay records a crash at now in the slot's recent crashes and
@@ -191,13 +253,11 @@ func restartDelay(crashes []time.Time, now time.Time) ([]time.Time, time.Duratio
 func (m *Manager) restart(s *slot, dead *proc) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s.pendingRestart = false
-	if m.stopping || s.proc != dead {
+	if m.stopping || m.handedOver || s.proc != dead {
 		return
 	}
 	if _, err := m.spawn(s); err != nil {
 		m.log.Error("cannot restart worker", "slot", s.idx, "err", err)
-		s.pendingRestart = true
 		time.AfterFunc(time.Second, func() { m.restart(s, dead) })
 		return
 	}
@@ -218,9 +278,11 @@ func exitStatus(err error) string {
 	return "exit 0"
 }
 
-// readLink reads a worker's frames until its socket closes.
-func (m *Manager) readLink(p *proc) {
-	buf := make([]byte, 0, 64<<10)
+// readLink reads a worker's frames until its socket closes, or until a
+// hand-over stops it at a frame boundary (p.leftover then holds what was
+// read but not yet parsed, for the next manager).
+func (m *Manager) readLink(p *proc, leftover []byte) {
+	buf := append(make([]byte, 0, 64<<10), leftover...)
 	for {
 		for {
 			t, payload, n, err := ipc.Parse(buf)
@@ -229,7 +291,7 @@ func (m *Manager) readLink(p *proc) {
 			}
 			if err != nil {
 				m.log.Error("corrupt IPC from worker; killing it", "slot", p.slot.idx, "pid", p.pid, "err", err)
-				p.cmd.Process.Kill()
+				p.kill()
 				return
 			}
 			m.handleFrame(p, t, payload)
@@ -239,10 +301,13 @@ func (m *Manager) readLink(p *proc) {
 			buf = append(buf, 0)[:len(buf)]
 		}
 		n, err := p.conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
 		if err != nil {
+			if p.handing.Load() {
+				p.leftover = buf
+			}
 			return
 		}
-		buf = buf[:len(buf)+n]
 	}
 }
 
@@ -279,6 +344,7 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 		p.fatal = string(payload)
 		m.mu.Unlock()
 	case ipc.TypePresence:
+		<-m.hub.primed // replays need the history a hand-over brings
 		if err := m.hub.presence(p, payload); err != nil {
 			m.log.Error("bad presence frame from worker", "slot", p.slot.idx, "pid", p.pid, "err", err)
 		}
@@ -292,6 +358,6 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 func (m *Manager) tell(p *proc, fn func([]byte) []byte) {
 	if err := p.out.Append(fn); errors.Is(err, ipc.ErrOutboxFull) {
 		m.log.Error("worker stopped reading IPC; killing it", "slot", p.slot.idx, "pid", p.pid)
-		p.cmd.Process.Kill()
+		p.kill()
 	}
 }

@@ -83,6 +83,16 @@ type streamClient struct {
 // openStream GETs path ("/sse/a", "/stream/a?since=5") and starts reading.
 func openStream(t testing.TB, addr, path string, header ...string) *streamClient {
 	t.Helper()
+	c, err := dialStream(t, addr, path, header...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+// dialStream is openStream without failing the test; the caller closes.
+func dialStream(t testing.TB, addr, path string, header ...string) (*streamClient, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+path, nil)
 	for i := 0; i+1 < len(header); i += 2 {
@@ -91,18 +101,17 @@ func openStream(t testing.TB, addr, path string, header ...string) *streamClient
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		return nil, err
 	}
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)
 		cancel()
-		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
+		return nil, fmt.Errorf("GET %s: %d %s", path, resp.StatusCode, b)
 	}
 	c := &streamClient{t: t, resp: resp, cancel: cancel, events: make(chan event, 10000), done: make(chan struct{})}
-	t.Cleanup(c.close)
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	go c.read(sse)
-	return c
+	return c, nil
 }
 
 func (c *streamClient) close() { c.cancel(); c.resp.Body.Close() }
@@ -342,3 +351,5 @@ func fmtIDs(ms []msg) string {
 	}
 	return b.String()
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

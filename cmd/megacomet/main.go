@@ -97,7 +97,7 @@ func runManager(args []string, stdout io.Writer) error {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(opts.Manager.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", "manager")
-	return manager.Run(opts, log)
+	return manager.Run(opts, *path, log)
 }
 
 func runStats(args []string, stdout io.Writer) error {

@@ -7,9 +7,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -174,10 +176,19 @@ func StartNoWait(t testing.TB, extra map[string]string) *Server {
 		Log: &SyncBuffer{}, exited: make(chan struct{}),
 	}
 	s.Cmd = exec.Command(bin, "-config", cfg)
-	s.Cmd.Stdout, s.Cmd.Stderr = s.Log, s.Log
+	// An *os.File, not an io.Writer: exec would otherwise make Wait wait
+	// for every process holding the pipe - an upgraded manager and its
+	// workers too - while Exited must mean this process exited.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Cmd.Stdout, s.Cmd.Stderr = pw, pw
 	if err := s.Cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	pw.Close()
+	go io.Copy(s.Log, pr)
 	go func() { s.Cmd.Wait(); close(s.exited) }()
 	t.Cleanup(func() {
 		s.Stop()
@@ -192,19 +203,38 @@ func StartNoWait(t testing.TB, extra map[string]string) *Server {
 }
 
 // WriteConfig writes BaseConfig plus extra into dir and returns its path.
-// extra maps a table name ("server", "comet", ...) to lines for it.
+// extra maps a table name ("server", "comet", ...) to lines for it; a line
+// setting a key BaseConfig sets replaces BaseConfig's.
 func WriteConfig(t testing.TB, dir string, extra map[string]string) string {
 	t.Helper()
-	base := fmt.Sprintf(BaseConfig, dir)
-	var b strings.Builder
-	for _, line := range strings.Split(base, "\n") {
-		b.WriteString(line + "\n")
-		if strings.HasPrefix(line, "[") {
-			b.WriteString(extra[strings.Trim(line, "[]")] + "\n")
+	key := func(line string) string {
+		k, _, _ := strings.Cut(line, "=")
+		return strings.TrimSpace(k)
+	}
+	overridden := map[string]bool{}
+	for table, lines := range extra {
+		for _, line := range strings.Split(lines, "\n") {
+			overridden[table+"."+key(line)] = true
 		}
 	}
-	if c, ok := extra["comet"]; ok {
-		b.WriteString("[comet]\n" + c + "\n")
+	var b strings.Builder
+	table := ""
+	written := map[string]bool{}
+	for _, line := range strings.Split(fmt.Sprintf(BaseConfig, dir), "\n") {
+		if strings.HasPrefix(line, "[") {
+			table = strings.Trim(line, "[]")
+			b.WriteString(line + "\n" + extra[table] + "\n")
+			written[table] = true
+			continue
+		}
+		if !overridden[table+"."+key(line)] {
+			b.WriteString(line + "\n")
+		}
+	}
+	for table, lines := range extra {
+		if !written[table] {
+			b.WriteString("[" + table + "]\n" + lines + "\n")
+		}
 	}
 	path := filepath.Join(dir, "megacomet.toml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -245,14 +275,25 @@ func (s *Server) MustStats() manager.Stats {
 	return st
 }
 
-// Exited is closed when the manager process has exited.
+// Exited is closed when the first manager process has exited.
 func (s *Server) Exited() <-chan struct{} { return s.exited }
 
-// Signal sends sig to the manager.
+// Signal sends sig to the first manager process.
 func (s *Server) Signal(sig syscall.Signal) { s.Cmd.Process.Signal(sig) }
 
-// Stop stops the manager gracefully (SIGTERM), killing it after 15 s, and
-// waits until its workers are gone too.
+// ManagerPID is the live manager's pid, from the pid file (after a reload
+// it is no longer the process Start started).
+func (s *Server) ManagerPID() int {
+	b, err := os.ReadFile(s.PidFile)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// Stop stops the manager gracefully (SIGTERM), killing it after 15 s. After
+// a reload it stops whichever manager the pid file names.
 func (s *Server) Stop() {
 	select {
 	case <-s.exited:
@@ -265,6 +306,20 @@ func (s *Server) Stop() {
 			s.Cmd.Process.Kill()
 			<-s.exited
 		}
+	}
+	pid := s.ManagerPID()
+	if pid == 0 || pid == s.Cmd.Process.Pid || !PIDAlive(pid) {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(15 * time.Second)
+	for PIDAlive(pid) {
+		if time.Now().After(deadline) {
+			s.t.Errorf("upgraded manager %d did not stop after SIGTERM", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

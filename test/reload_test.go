@@ -1,0 +1,302 @@
+package test
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
+)
+
+// resilient is an SSE client that behaves like a browser's EventSource: it
+// reconnects whenever its stream ends, resuming with Last-Event-ID.
+type resilient struct {
+	id         string
+	mu         sync.Mutex
+	last       uint64
+	got        map[uint64]int
+	announced  int // ends the server announced (reconnect hint)
+	unexpected int // any other end
+	failed     int // connection attempts that failed
+	stop       chan struct{}
+	done       chan struct{}
+}
+
+func startResilient(t *testing.T, s *testutil.Server, id string) *resilient {
+	r := &resilient{id: id, got: map[uint64]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go r.run(t, s)
+	t.Cleanup(r.halt)
+	return r
+}
+
+func (r *resilient) halt() {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.done
+}
+
+func (r *resilient) run(t *testing.T, s *testutil.Server) {
+	defer close(r.done)
+	for {
+		select {
+		case <-r.stop:
+			return
+		default:
+		}
+		r.mu.Lock()
+		var h []string
+		if r.last > 0 {
+			h = []string{"Last-Event-ID", strconv.FormatUint(r.last, 10)}
+		}
+		r.mu.Unlock()
+		c, err := dialStream(t, s.Listen, "/sse/"+r.id, h...)
+		if err != nil {
+			r.mu.Lock()
+			r.failed++
+			r.mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+	read:
+		for {
+			select {
+			case ev := <-c.events:
+				if ev.msg != nil {
+					r.mu.Lock()
+					r.got[ev.msg.ID]++
+					r.last = ev.msg.ID
+					r.mu.Unlock()
+				}
+			case <-c.done:
+				for len(c.events) > 0 { // what arrived before the end
+					if ev := <-c.events; ev.msg != nil {
+						r.mu.Lock()
+						r.got[ev.msg.ID]++
+						r.last = ev.msg.ID
+						r.mu.Unlock()
+					}
+				}
+				r.mu.Lock()
+				if c.hints {
+					r.announced++
+				} else {
+					r.unexpected++
+				}
+				r.mu.Unlock()
+				break read
+			case <-r.stop:
+				c.close()
+				return
+			}
+		}
+	}
+}
+
+// publisher publishes to a set of ids until stopped and remembers which
+// message went to which id.
+type publisher struct {
+	mu   sync.Mutex
+	sent map[string][]uint64
+	errs atomic.Int64
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startPublisher(t *testing.T, api string, ids []string, every time.Duration) *publisher {
+	p := &publisher{sent: map[string][]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		rnd := rand.New(rand.NewSource(1))
+		for n := 0; ; n++ {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(every):
+			}
+			a, b := ids[rnd.Intn(len(ids))], ids[rnd.Intn(len(ids))]
+			body := fmt.Sprintf(`[{"to":"%s","data":%d},{"to":"%s","data":%d}]`, a, n, b, n)
+			// A reload closes idle keep-alive API connections; a request
+			// sent on one just then was never read. With an
+			// Idempotency-Key, Go's client retries it on a new connection.
+			status, resp := post(t, api, body, "Idempotency-Key", strconv.Itoa(n))
+			if status != 200 {
+				p.errs.Add(1)
+				t.Errorf("publish during reload: %d %s", status, resp)
+				continue
+			}
+			var out []struct{ ID uint64 }
+			if err := jsonUnmarshal(resp, &out); err != nil || len(out) != 2 {
+				t.Errorf("publish answer %s", resp)
+				continue
+			}
+			p.mu.Lock()
+			p.sent[a] = append(p.sent[a], out[0].ID)
+			p.sent[b] = append(p.sent[b], out[1].ID)
+			p.mu.Unlock()
+		}
+	}()
+	return p
+}
+
+func (p *publisher) halt() {
+	close(p.stop)
+	<-p.done
+}
+
+// checkExactlyOnce waits until every client has every message sent to it
+// and fails on a duplicate or a stranger.
+func checkExactlyOnce(t *testing.T, clients []*resilient, p *publisher, wait time.Duration) {
+	t.Helper()
+	testutil.CheckFor(t, wait, func() error {
+		missing := 0
+		for _, c := range clients {
+			c.mu.Lock()
+			for _, id := range p.sent[c.id] {
+				if c.got[id] == 0 {
+					missing++
+				}
+			}
+			c.mu.Unlock()
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d published messages not received", missing)
+		}
+		return nil
+	})
+	total := 0
+	for _, c := range clients {
+		c.mu.Lock()
+		want := map[uint64]bool{}
+		for _, id := range p.sent[c.id] {
+			want[id] = true
+		}
+		for id, n := range c.got {
+			if n > 1 {
+				t.Errorf("%s received %d twice... %d times", c.id, id, n)
+			}
+			if !want[id] {
+				t.Errorf("%s received %d, which was not sent to it", c.id, id)
+			}
+		}
+		total += len(c.got)
+		c.mu.Unlock()
+	}
+	t.Logf("%d clients received %d messages, each exactly once", len(clients), total)
+}
+
+func TestReloadTwiceLosesNothing(t *testing.T) {
+	restore := enableMigrateReq(t)
+	defer restore()
+	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"1500ms\""})
+	first := s.MustStats()
+
+	const n = 100
+	var clients []*resilient
+	var ids []string
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("rl%d", i)
+		ids = append(ids, id)
+		clients = append(clients, startResilient(t, s, id))
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		if st := s.MustStats(); st.IDs != n {
+			return fmt.Errorf("%d of %d clients subscribed", st.IDs, n)
+		}
+		return nil
+	})
+	pub := startPublisher(t, s.API, ids, 2*time.Millisecond)
+
+	// Two reloads back to back: the second arrives while the first one's
+	// workers drain; it is queued until the first manager has gone.
+	s.Signal(syscall.SIGHUP)
+	var second manager.Stats
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		st, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		if st.Generation != 2 {
+			return fmt.Errorf("generation %d", st.Generation)
+		}
+		second = st
+		return nil
+	})
+	syscall.Kill(second.Manager.PID, syscall.SIGHUP)
+	var third manager.Stats
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		st, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		if st.Generation != 3 || len(st.Workers) != 2 || st.Connections != n {
+			return fmt.Errorf("generation %d, %d workers, %d connections", st.Generation, len(st.Workers), st.Connections)
+		}
+		for _, w := range st.Workers {
+			if w.Generation != 3 || w.State != "ready" {
+				return fmt.Errorf("worker %d: generation %d %s", w.PID, w.Generation, w.State)
+			}
+		}
+		third = st
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // keep publishing to the new generation a little
+	pub.halt()
+	checkExactlyOnce(t, clients, pub, 15*time.Second)
+
+	for _, c := range clients {
+		c.mu.Lock()
+		if c.unexpected != 0 || c.failed != 0 {
+			t.Errorf("%s: %d unexpected closes, %d failed connects", c.id, c.unexpected, c.failed)
+		}
+		if c.announced < 1 {
+			t.Errorf("%s was never handed over", c.id)
+		}
+		c.mu.Unlock()
+	}
+	// The old managers and workers are gone; stats name the new ones.
+	gone := []int{first.Manager.PID, second.Manager.PID}
+	for _, st := range []manager.Stats{first, second} {
+		for _, w := range st.Workers {
+			gone = append(gone, w.PID)
+		}
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		for _, pid := range gone {
+			if testutil.PIDAlive(pid) {
+				return fmt.Errorf("pid %d of an old generation is still running", pid)
+			}
+		}
+		return nil
+	})
+	if pid := s.ManagerPID(); pid != third.Manager.PID || statsCLI(t, s).Manager.PID != pid {
+		t.Errorf("pid file names %d, stats %d", pid, third.Manager.PID)
+	}
+	if pub.errs.Load() != 0 {
+		t.Errorf("%d publishes failed during the reloads", pub.errs.Load())
+	}
+}
+
+// enableMigrateReq sets net.ipv4.tcp_migrate_req = 1, as
+// etc/sysctl.d/60-megacomet.conf does, so connections queued on a worker
+// that stops accepting move to another; the previous value is restored.
+func enableMigrateReq(t *testing.T) func() {
+	const path = "/proc/sys/net/ipv4/tcp_migrate_req"
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("tcp_migrate_req: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		t.Fatalf("set net.ipv4.tcp_migrate_req=1 (needs root): %v", err)
+	}
+	return func() { os.WriteFile(path, old, 0o644) }
+}
