@@ -21,12 +21,13 @@ type msg struct {
 	Data    json.RawMessage `json:"data"`
 }
 
-// event is what a streaming client reads: a message, a heartbeat, or the
-// server's hand-over hint.
+// event is what a streaming client reads: a message, a heartbeat, the
+// server's hand-over hint, or (SSE) the cursor the stream starts from.
 type event struct {
 	msg       *msg
 	heartbeat bool
 	handOff   bool
+	cursor    uint64
 }
 
 // publish posts body to the API and returns the ids it answers with.
@@ -120,7 +121,7 @@ func (c *streamClient) read(sse bool) {
 	defer close(c.done)
 	sc := bufio.NewScanner(c.resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var data, comment string
+	var data, comment, id string
 	var hasData bool
 	for sc.Scan() {
 		line := sc.Text()
@@ -137,13 +138,18 @@ func (c *streamClient) read(sse bool) {
 			switch {
 			case hasData:
 				c.events <- c.decode(data)
+			case id != "":
+				n, _ := strconv.ParseUint(id, 10, 64)
+				c.events <- event{cursor: n}
 			case comment == " reconnect":
 				c.hints = true
 				c.events <- event{handOff: true}
 			case comment == "":
 				c.events <- event{heartbeat: true}
 			}
-			data, comment, hasData = "", "-", false
+			data, comment, id, hasData = "", "-", "", false
+		case strings.HasPrefix(line, "id: "):
+			id = line[4:]
 		case strings.HasPrefix(line, "data: "):
 			data, hasData = line[6:], true
 		case strings.HasPrefix(line, ":"):

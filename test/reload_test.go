@@ -5,6 +5,7 @@ import (
 	"math/rand"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -71,12 +72,13 @@ func (r *resilient) run(t *testing.T, s *testutil.Server) {
 		for {
 			select {
 			case ev := <-c.events:
+				r.mu.Lock()
 				if ev.msg != nil {
-					r.mu.Lock()
 					r.got[ev.msg.ID]++
 					r.last = ev.msg.ID
-					r.mu.Unlock()
 				}
+				r.last = max(r.last, ev.cursor) // the stream's starting cursor
+				r.mu.Unlock()
 			case <-c.done:
 				for len(c.events) > 0 { // what arrived before the end
 					if ev := <-c.events; ev.msg != nil {
@@ -299,4 +301,97 @@ func enableMigrateReq(t *testing.T) func() {
 		t.Fatalf("set net.ipv4.tcp_migrate_req=1 (needs root): %v", err)
 	}
 	return func() { os.WriteFile(path, old, 0o644) }
+}
+
+// A config error on reload keeps the running processes serving and says
+// why; once the file is fixed, the reload goes through.
+func TestReloadWithBadConfigKeepsServing(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 1"})
+	c := openStream(t, s.Listen, "/sse/steady")
+	waitLive(t, s.API, c, "steady")
+	good, err := os.ReadFile(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(s.Config, append(good, "[comet]\nheartbeat = \"soon\"\n"...), 0o644)
+	s.Signal(syscall.SIGHUP)
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		if !strings.Contains(s.Log.String(), "reload failed; still serving") || !strings.Contains(s.Log.String(), "comet.heartbeat") {
+			return fmt.Errorf("no reload error in the log")
+		}
+		return nil
+	})
+	if st := s.MustStats(); st.Generation != 1 || st.Manager.PID != s.Cmd.Process.Pid {
+		t.Errorf("after a refused reload: generation %d, manager %d", st.Generation, st.Manager.PID)
+	}
+	id := publish(t, s.API, `{"to":"steady","data":"still"}`)[0]
+	if m := next(t, c, 5*time.Second); m.ID != id {
+		t.Errorf("got %d", m.ID)
+	}
+	os.WriteFile(s.Config, good, 0o644)
+	s.Signal(syscall.SIGHUP)
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		st, err := s.Stats()
+		if err != nil || st.Generation != 2 {
+			return fmt.Errorf("generation %d (%v)", st.Generation, err)
+		}
+		return nil
+	})
+}
+
+// A worker killed with SIGKILL is replaced; its clients reconnect with
+// their cursor and miss nothing.
+func TestWorkerKillLosesNothing(t *testing.T) {
+	restore := enableMigrateReq(t)
+	defer restore()
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	const n = 60
+	var clients []*resilient
+	var ids []string
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("wk%d", i)
+		ids = append(ids, id)
+		clients = append(clients, startResilient(t, s, id))
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		if st := s.MustStats(); st.IDs != n {
+			return fmt.Errorf("%d of %d clients subscribed", st.IDs, n)
+		}
+		return nil
+	})
+	pub := startPublisher(t, s.API, ids, 2*time.Millisecond)
+	var before manager.Stats
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if before = s.MustStats(); before.Connections != n {
+			return fmt.Errorf("workers report %d of %d connections", before.Connections, n)
+		}
+		return nil
+	})
+	victim := before.Workers[0]
+	if victim.Connections == 0 {
+		victim = before.Workers[1]
+	}
+	time.Sleep(100 * time.Millisecond) // publish a little first
+	syscall.Kill(victim.PID, syscall.SIGKILL)
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		st := s.MustStats()
+		if w := st.Workers[victim.Slot]; w.PID == victim.PID || w.State != "ready" || st.Connections != n {
+			return fmt.Errorf("slot %d pid %d %s, %d connections", victim.Slot, w.PID, w.State, st.Connections)
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond)
+	pub.halt()
+	checkExactlyOnce(t, clients, pub, 15*time.Second)
+	unexpected := 0
+	for _, c := range clients {
+		c.mu.Lock()
+		unexpected += c.unexpected
+		c.mu.Unlock()
+	}
+	// The killed worker's clients saw their connections die (nobody could
+	// announce it); they came back with their cursor.
+	if unexpected != int(victim.Connections) {
+		t.Errorf("%d unexpected closes, want the %d connections the killed worker held", unexpected, victim.Connections)
+	}
 }

@@ -52,8 +52,13 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		}
 		x.in = append(x.in, in...)
 		return evio.None
+	case stStreaming:
+		if cc.tr == trWS {
+			w.wsData(cc, in) // frames from a WebSocket client (ws.go)
+		}
+		return evio.None // other streams' input is discarded
 	default:
-		return evio.None // streaming, lingering or dead: input is discarded
+		return evio.None // lingering or dead: input is discarded
 	}
 	buf := in
 	if cc.x != nil && len(cc.x.in) > 0 {
@@ -83,6 +88,9 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		cc.x.in = append(cc.x.in[:0], buf...)
 	default:
 		cc.extra().in = append([]byte(nil), buf...) // a head split across reads, or pipelined behind a poll
+	}
+	if cc.tr == trWS && cc.state == stStreaming && len(buf) > 0 {
+		w.wsData(cc, buf) // frames that came with the WebSocket handshake
 	}
 	return evio.None
 }
@@ -126,6 +134,9 @@ func (w *Worker) serve1(cc *conn, r *request) {
 		id, tr = path[len(prefixStream):], trStream
 	case bytes.HasPrefix(path, prefixSSE):
 		id, tr = path[len(prefixSSE):], trSSE
+	case bytes.HasPrefix(path, prefixWS):
+		w.startWS(cc, r, path[len(prefixWS):]) // ws.go
+		return
 	case bytes.HasSuffix(path, suffixJS) && bytes.IndexByte(path[1:], '/') < 0:
 		id, tr = path[1:len(path)-len(suffixJS)], trLP // the original MegaComet URL
 	default:
@@ -151,18 +162,20 @@ func (w *Worker) serve1(cc *conn, r *request) {
 		}
 		q.since, q.hasSince = v, true
 	}
-	if head {
-		w.send(cc, w.streamHead(tr, r.origin, false))
-		w.linger(cc)
-		return
-	}
 	since := q.since
 	if !q.hasSince {
 		// Message ids are publish times in microseconds, so "from now"
 		// is a cursor too: a client without one gets every message
 		// published after it connected, including those published
-		// before its subscription reached the manager.
+		// before its subscription reached the manager. The answer tells
+		// the client this cursor, so it can resume from it even before
+		// its first message.
 		since = w.connectCursor()
+	}
+	if head {
+		w.send(cc, w.streamHead(tr, r.origin, false, since))
+		w.linger(cc)
+		return
 	}
 	if tr == trLP {
 		x := cc.extra()
@@ -178,7 +191,7 @@ func (w *Worker) serve1(cc *conn, r *request) {
 	if !r.http11 && tr == trStream {
 		cc.flags |= fRaw // HTTP/1.0 cannot take chunked framing
 	}
-	w.send(cc, w.streamHead(tr, r.origin, cc.flags&fRaw == 0))
+	w.send(cc, w.streamHead(tr, r.origin, cc.flags&fRaw == 0, since))
 	cc.tr, cc.state = tr, stStreaming
 	w.subscribe(cc, id, q.channels(), since)
 	w.startHeartbeats(cc)
@@ -304,11 +317,11 @@ func (w *Worker) allowed(origin []byte) bool {
 func (w *Worker) appendCORS(b, origin []byte) []byte {
 	switch {
 	case w.corsAny:
-		return append(b, "Access-Control-Allow-Origin: *\r\n"...)
+		return append(b, "Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: X-Megacomet-Cursor\r\n"...)
 	case len(origin) > 0 && w.allowed(origin):
 		b = append(b, "Access-Control-Allow-Origin: "...)
 		b = append(b, origin...)
-		return append(b, "\r\nVary: Origin\r\n"...)
+		return append(b, "\r\nAccess-Control-Expose-Headers: X-Megacomet-Cursor\r\nVary: Origin\r\n"...)
 	}
 	return append(b, "Vary: Origin\r\n"...)
 }
@@ -331,8 +344,11 @@ func (w *Worker) preflight(cc *conn, r *request) {
 }
 
 // streamHead is the answer head of an SSE or NDJSON stream (for HEAD, of a
-// long-poll too).
-func (w *Worker) streamHead(tr transport, origin []byte, chunked bool) []byte {
+// long-poll too), telling the client the cursor it starts from: in the
+// X-Megacomet-Cursor header, and for SSE as an id with no data, which sets
+// EventSource's lastEventId without firing an event (HTML's event stream
+// dispatch sets the last event ID before it checks for data).
+func (w *Worker) streamHead(tr transport, origin []byte, chunked bool, cursor uint64) []byte {
 	b := append(w.scratch[:0], "HTTP/1.1 200 OK\r\n"...)
 	switch tr {
 	case trSSE:
@@ -346,17 +362,25 @@ func (w *Worker) streamHead(tr transport, origin []byte, chunked bool) []byte {
 		b = append(b, "Content-Type: application/json\r\n"...)
 	}
 	b = append(b, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"...)
+	b = appendCursor(b, cursor)
 	b = w.appendCORS(b, origin)
 	b = append(b, "\r\n"...)
 	if tr == trSSE {
-		b = append(b, sseRetry...)
+		b = append(b, "retry: 2000\nid: "...)
+		b = strconv.AppendUint(b, cursor, 10)
+		b = append(b, "\n\n"...)
 	}
 	w.scratch = b
 	return b
 }
 
+func appendCursor(b []byte, cursor uint64) []byte {
+	b = append(b, "X-Megacomet-Cursor: "...)
+	b = strconv.AppendUint(b, cursor, 10)
+	return append(b, "\r\n"...)
+}
+
 var (
-	sseRetry     = []byte("retry: 2000\n\n")
 	sseHandOff   = []byte("retry: 1000\n: reconnect\n\n")
 	chunkedEnd   = []byte("0\r\n\r\n")
 	contentJSON  = []byte("Content-Type: application/json\r\n")
@@ -374,6 +398,7 @@ func (w *Worker) appendPollHead(b []byte, cc *conn, n int) []byte {
 	b = append(b, "Cache-Control: no-cache, no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(n), 10)
 	b = append(b, "\r\n"...)
+	b = appendCursor(b, cc.cursor)
 	var origin []byte
 	if cc.x != nil {
 		origin = cc.x.origin
