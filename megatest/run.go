@@ -26,7 +26,7 @@ type fleet interface {
 // stallAfter: if every connection was tried and none more opened for this
 // long, the ramp is over anyway (the hold starts; what failed keeps
 // retrying).
-const stallAfter = 10 * time.Second
+var stallAfter = 10 * time.Second
 
 // runner is the top of a run in the parent: it starts the fleet, prints
 // progress, runs the broadcast rounds, and writes the summary.

@@ -1,0 +1,276 @@
+//go:build linux
+
+package megatest
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// TestMain lets the test binary play a megatest child (tableflip's trick):
+// the split tests re-execute it with MEGATEST_CHILD set.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(Main(os.Args[1:]))
+	}
+	stallAfter = time.Second // a refused port need not hold the test for 10 s
+	os.Exit(m.Run())
+}
+
+// Every transport: the server's announced close is a reconnect, any other
+// close is closed_unexpected; both reopen with the cursor and lose nothing.
+func TestEngineReconnectsWithCursor(t *testing.T) {
+	for _, tr := range []string{"sse", "stream", "lp", "ws"} {
+		for _, announced := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/announced=%v", tr, announced), func(t *testing.T) {
+				t.Parallel()
+				const n = 20
+				f := newFake(t, func(f *fake) {
+					f.onOpen = func(c *fconn, k int) {
+						if k > 1 {
+							c.hold() // the reopened connection stays
+							return
+						}
+						c.f.deliver(c.id, fmsg{uint64(100 + k), fmt.Sprintf(`{"id":%d,"data":"first"}`, 100+k)})
+						c.heartbeat()
+						if tr == "lp" {
+							c.pollLoop(func(c *fconn, poll int) bool {
+								if poll < 3 {
+									return false // answer normally: the message, then a timeout
+								}
+								if announced {
+									c.announce()
+								}
+								c.conn.Close()
+								return true
+							})
+							return
+						}
+						if announced {
+							c.announce()
+						}
+						time.Sleep(20 * time.Millisecond) // let the notice go out before the FIN
+						c.conn.Close()
+					}
+				})
+				s, out := runMegatest(t, f, fmt.Sprintf("-n %d -transport %s -hold 1500ms", n, tr))
+				wantRecon, wantUnexp := int64(n), int64(0)
+				if !announced {
+					wantRecon, wantUnexp = 0, n
+				}
+				if s.Reconnects != wantRecon || s.ClosedUnexpected != wantUnexp || s.ProtocolErrors != 0 || s.ConnectFailed != 0 {
+					t.Fatalf("reconnects %d unexpected %d protocol %d failed %d; want %d %d 0 0\n%s",
+						s.Reconnects, s.ClosedUnexpected, s.ProtocolErrors, s.ConnectFailed, wantRecon, wantUnexp, out)
+				}
+				if s.Active != n || s.PeakActive != n || s.Opened != 2*n || s.Closed != n {
+					t.Fatalf("active %d peak %d opened %d closed %d\n%s", s.Active, s.PeakActive, s.Opened, s.Closed, out)
+				}
+				if s.Messages != n || s.Duplicates != 0 {
+					t.Fatalf("messages %d duplicates %d, want %d 0", s.Messages, s.Duplicates, n)
+				}
+				if tr != "lp" && s.Heartbeats < n {
+					t.Fatalf("heartbeats %d < %d", s.Heartbeats, n)
+				}
+				// Every reopen carried the cursor.
+				since := 0
+				for _, r := range f.requestList() {
+					if strings.Contains(r, "?since=101") {
+						since++
+					}
+				}
+				if since < n {
+					t.Fatalf("%d requests with since=101, want ≥ %d: %q", since, n, f.requestList())
+				}
+			})
+		}
+	}
+}
+
+// A WebSocket ping is answered with a masked pong carrying its payload.
+func TestEngineAnswersWSPing(t *testing.T) {
+	pongs := make(chan []byte, 1)
+	f := newFake(t, func(f *fake) {
+		f.onOpen = func(c *fconn, k int) {
+			c.write(string(wsServerFrame(wsPing, []byte("are you there"))))
+			var h [6]byte
+			if _, err := io.ReadFull(c.br, h[:]); err != nil {
+				t.Error(err)
+				return
+			}
+			if h[0] != 0x80|byte(wsPong) || h[1]&0x80 == 0 {
+				t.Errorf("not a masked pong: % x", h[:2])
+			}
+			p := make([]byte, h[1]&0x7f)
+			io.ReadFull(c.br, p)
+			for i := range p {
+				p[i] ^= h[2+i&3]
+			}
+			pongs <- p
+			c.hold()
+		}
+	})
+	s, _ := runMegatest(t, f, "-n 1 -transport ws -hold 300ms")
+	select {
+	case p := <-pongs:
+		if string(p) != "are you there" {
+			t.Fatalf("pong payload %q", p)
+		}
+	default:
+		t.Fatal("no pong")
+	}
+	if s.Heartbeats != 1 {
+		t.Fatalf("heartbeats %d", s.Heartbeats)
+	}
+}
+
+// Broken framing, a bad status and a refused port are each counted where
+// they belong, and retried.
+func TestEngineCountsFailures(t *testing.T) {
+	t.Run("protocol", func(t *testing.T) {
+		f := newFake(t, func(f *fake) {
+			f.onOpen = func(c *fconn, k int) {
+				if k == 1 {
+					c.write("id: 5\ndata: {\"id\":6}\n\n") // id field and message differ
+				}
+				c.hold()
+			}
+		})
+		s, _ := runMegatest(t, f, "-n 5 -hold 800ms")
+		if s.ProtocolErrors != 5 || s.ClosedUnexpected != 0 || s.Active != 5 {
+			t.Fatalf("protocol %d unexpected %d active %d", s.ProtocolErrors, s.ClosedUnexpected, s.Active)
+		}
+	})
+	t.Run("status", func(t *testing.T) {
+		s, _ := runMegatest(t, &fake{t: t, ln: statusServer(t, 503), api: newFake(t).api}, "-n 3 -hold 500ms")
+		if s.HTTPErrors < 3 || s.ConnectFailed < 3 || s.ProtocolErrors != 0 {
+			t.Fatalf("http %d failed %d protocol %d", s.HTTPErrors, s.ConnectFailed, s.ProtocolErrors)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		ln.Close() // nothing listens here now
+		s, _ := runMegatest(t, &fake{t: t, ln: ln, api: newFake(t).api}, "-n 4 -hold 300ms")
+		if s.ConnectFailed < 4 || s.Opened != 0 || s.Active != 0 {
+			t.Fatalf("failed %d opened %d active %d", s.ConnectFailed, s.Opened, s.Active)
+		}
+	})
+}
+
+func statusServer(t *testing.T, status int) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "HTTP/1.1 %d Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status)
+			c.Close()
+		}
+	}()
+	return ln
+}
+
+func TestEngineCountsDuplicates(t *testing.T) {
+	f := newFake(t, func(f *fake) {
+		f.onOpen = func(c *fconn, k int) {
+			for _, id := range []uint64{5, 5, 7, 6, 8} {
+				c.send(fmsg{id, fmt.Sprintf(`{"id":%d,"data":0}`, id)})
+			}
+			c.hold()
+		}
+	})
+	s, _ := runMegatest(t, f, "-n 3 -transport stream -hold 300ms")
+	if s.Messages != 15 || s.Duplicates != 6 {
+		t.Fatalf("messages %d duplicates %d; want 15 6", s.Messages, s.Duplicates)
+	}
+}
+
+// -pub and -broadcast against the fake API: every message checked off,
+// latencies measured; a server that drops messages shows loss.
+func TestEnginePublishAndLoss(t *testing.T) {
+	for _, drop := range []int{0, 7} {
+		t.Run(fmt.Sprintf("drop=%d", drop), func(t *testing.T) {
+			f := newFake(t, func(f *fake) { f.dropEvery = drop })
+			s, out := runMegatest(t, f, "-n 50 -pub 400 -broadcast 2 -hold 1s -grace 1s -round-wait 1s")
+			if s.Published < 100 || s.PublishErrors != 0 {
+				t.Fatalf("published %d errors %d\n%s", s.Published, s.PublishErrors, out)
+			}
+			if len(s.BroadcastMs) != 2 {
+				t.Fatalf("broadcast rounds %+v", s.BroadcastMs)
+			}
+			if s.LatencyMs.P50 <= 0 || s.LatencyMs.Max < s.LatencyMs.P99 || s.LatencyMs.Max > 1000 {
+				t.Fatalf("latency %+v", s.LatencyMs)
+			}
+			var bcastRecv, bcastExp int64
+			for _, b := range s.BroadcastMs {
+				bcastRecv += b.Received
+				bcastExp += b.Expected
+				if b.Expected != 50 || b.Max <= 0 {
+					t.Fatalf("round %+v", b)
+				}
+			}
+			if drop == 0 {
+				if s.Lost != 0 || s.Duplicates != 0 || bcastRecv != bcastExp {
+					t.Fatalf("lost %d dups %d broadcast %d/%d\n%s", s.Lost, s.Duplicates, bcastRecv, bcastExp, out)
+				}
+				if s.Messages != s.Published+bcastRecv {
+					t.Fatalf("messages %d, published %d + broadcast %d", s.Messages, s.Published, bcastRecv)
+				}
+				return
+			}
+			// Every 7th delivery is dropped: about a seventh of each kind.
+			total := s.Published + bcastExp
+			missing := s.Lost + bcastExp - bcastRecv
+			if missing < total/7-2 || missing > total/7+2 {
+				t.Fatalf("lost %d + broadcast missing %d = %d of %d, want about %d\n%s", s.Lost, bcastExp-bcastRecv, missing, total, total/7, out)
+			}
+			if s.Lost == 0 {
+				t.Fatal("no -pub message lost")
+			}
+		})
+	}
+}
+
+// Split over child processes (the test binary plays the child): the
+// parent adds the children up.
+func TestEngineSplitsOverChildren(t *testing.T) {
+	f := newFake(t)
+	s, out := runMegatest(t, f, "-n 90 -procs 3 -pub 300 -broadcast 1 -hold 1s -grace 1s")
+	if s.Processes != 3 || s.Active != 90 || s.PeakActive != 90 || s.ClosedUnexpected != 0 {
+		t.Fatalf("processes %d active %d peak %d unexpected %d\n%s", s.Processes, s.Active, s.PeakActive, s.ClosedUnexpected, out)
+	}
+	if s.Lost != 0 || s.Published == 0 || len(s.BroadcastMs) != 1 || s.BroadcastMs[0].Received != 90 {
+		t.Fatalf("lost %d published %d broadcast %+v", s.Lost, s.Published, s.BroadcastMs)
+	}
+	// Ids a0…a89, each exactly once: the children took disjoint ranges.
+	seen := map[string]bool{}
+	for _, r := range f.requestList() {
+		seen[strings.TrimPrefix(r, "/sse/")] = true
+	}
+	for i := range 90 {
+		if !seen[fmt.Sprintf("a%d", i)] {
+			t.Fatalf("a%d never connected", i)
+		}
+	}
+	if len(seen) != 90 {
+		t.Fatalf("%d distinct ids", len(seen))
+	}
+}
+
+// An idle connection costs its 48-byte struct and nothing else.
+func TestConnSize(t *testing.T) {
+	if n := unsafe.Sizeof(conn{}); n > 48 {
+		t.Fatalf("conn is %d bytes", n)
+	}
+}
