@@ -119,9 +119,9 @@ func checkSplits(t *testing.T, p unitParser, input []byte) (units []string, err 
 // Recorded from megacomet (curl -N) and from the RFCs' examples.
 var recordings = []struct {
 	name, parser, input string
-	units              int    // units parsed
-	err                error  // nil: all parsed, no error
-	contains           string // a unit must contain this
+	units               int    // units parsed
+	err                 error  // nil: all parsed, no error
+	contains            string // a unit must contain this
 }{
 	{"sse head", "head", "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\r\n", 1, nil, `ct="text/event-stream"`},
 	{"stream head", "head", "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n", 1, nil, "chunked=true"},
