@@ -16,6 +16,10 @@ import (
 	"github.com/megacomet/megacomet/worker"
 )
 
+// installedConfig is where `make install` puts the config; `megacomet
+// stats` falls back to the socket it names.
+const installedConfig = "/etc/megacomet/megacomet.toml"
+
 const usage = `usage:
   megacomet [run] [-config FILE]        start the manager and its workers
   megacomet -t -config FILE             check a config file and exit (0 = valid)
@@ -114,6 +118,14 @@ func runStats(args []string, stdout io.Writer) error {
 			return err
 		}
 		*socket = opts.Manager.Socket
+		if *path == "" {
+			// Not the developer default? Then the installed config's.
+			if _, err := os.Stat(*socket); err != nil {
+				if inst, err := config.Load(installedConfig); err == nil {
+					*socket = inst.Manager.Socket
+				}
+			}
+		}
 	}
 	raw, err := manager.FetchStats(*socket, 2*time.Second)
 	if err != nil {
