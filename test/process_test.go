@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -152,18 +151,7 @@ func TestProcessModelSurvivesWorkerKill(t *testing.T) {
 
 func ping(t *testing.T, addr string) string {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-	b, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, body, _ := strings.Cut(string(b), "\r\n\r\n")
+	_, body := rawRequest(t, addr, "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	return body
 }
 

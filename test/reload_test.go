@@ -37,6 +37,26 @@ func startResilient(t *testing.T, s *testutil.Server, id string) *resilient {
 	return r
 }
 
+// startResilients starts n resilient clients with ids prefix0…, and waits
+// until the manager routes to every one.
+func startResilients(t *testing.T, s *testutil.Server, prefix string, n int) ([]*resilient, []string) {
+	t.Helper()
+	var clients []*resilient
+	var ids []string
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("%s%d", prefix, i)
+		ids = append(ids, id)
+		clients = append(clients, startResilient(t, s, id))
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		if st := s.MustStats(); st.IDs != n {
+			return fmt.Errorf("%d of %d clients subscribed", st.IDs, n)
+		}
+		return nil
+	})
+	return clients, ids
+}
+
 func (r *resilient) halt() {
 	select {
 	case <-r.stop:
@@ -203,19 +223,7 @@ func TestReloadTwiceLosesNothing(t *testing.T) {
 	first := s.MustStats()
 
 	const n = 100
-	var clients []*resilient
-	var ids []string
-	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("rl%d", i)
-		ids = append(ids, id)
-		clients = append(clients, startResilient(t, s, id))
-	}
-	testutil.CheckFor(t, 10*time.Second, func() error {
-		if st := s.MustStats(); st.IDs != n {
-			return fmt.Errorf("%d of %d clients subscribed", st.IDs, n)
-		}
-		return nil
-	})
+	clients, ids := startResilients(t, s, "rl", n)
 	pub := startPublisher(t, s.API, ids, 2*time.Millisecond)
 
 	// Two reloads back to back: the second arrives while the first one's
@@ -346,19 +354,7 @@ func TestWorkerKillLosesNothing(t *testing.T) {
 	defer restore()
 	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
 	const n = 60
-	var clients []*resilient
-	var ids []string
-	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("wk%d", i)
-		ids = append(ids, id)
-		clients = append(clients, startResilient(t, s, id))
-	}
-	testutil.CheckFor(t, 10*time.Second, func() error {
-		if st := s.MustStats(); st.IDs != n {
-			return fmt.Errorf("%d of %d clients subscribed", st.IDs, n)
-		}
-		return nil
-	})
+	clients, ids := startResilients(t, s, "wk", n)
 	pub := startPublisher(t, s.API, ids, 2*time.Millisecond)
 	var before manager.Stats
 	testutil.CheckFor(t, 5*time.Second, func() error {

@@ -21,6 +21,19 @@ func (h *harness) openSSE(id string) *rawConn {
 	return c
 }
 
+// stalledSSE subscribes a client to /sse/id that does not read. A fixed
+// receive buffer stops autotuning, so a backlog piles up on the server: its
+// send buffer grows to net.ipv4.tcp_wmem's max (4 MB here) and the rest must
+// wait in the worker.
+func (h *harness) stalledSSE(id string) *rawConn {
+	c := h.dialRaw()
+	syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+	joined := h.joins.Load()
+	c.write([]byte("GET /sse/" + id + " HTTP/1.1\r\n\r\n"))
+	h.waitJoins(joined + 1)
+	return c
+}
+
 // readOpening reads an SSE answer's head and its opening block
 // ("retry: 2000\nid: <cursor>\n\n").
 func (c *rawConn) readOpening() []byte {
@@ -84,13 +97,7 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 // must still get every byte, in order, once it reads (slowly).
 func TestSlowReaderGetsEveryByteInOrder(t *testing.T) {
 	h := startWorker(t, func(o *config.Options) { o.Comet.MaxPending = 64 << 20 })
-	c := h.dialRaw()
-	// A fixed receive buffer stops autotuning, so the backlog piles up on
-	// the server: its send buffer grows to net.ipv4.tcp_wmem's max (4 MB
-	// here) and the rest must wait in the worker.
-	syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
-	c.write([]byte("GET /sse/slow HTTP/1.1\r\n\r\n"))
-	h.waitJoins(1)
+	c := h.stalledSSE("slow")
 
 	var want bytes.Buffer
 	big := bytes.Repeat([]byte("0123456789abcdef"), 20<<10/16)
@@ -150,10 +157,7 @@ func firstDiff(a, b []byte) int {
 
 func TestSlowConsumerIsDropped(t *testing.T) {
 	h := startWorker(t, func(o *config.Options) { o.Comet.MaxPending = 64 << 10 })
-	c := h.dialRaw()
-	syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
-	c.write([]byte("GET /sse/stuck HTTP/1.1\r\n\r\n"))
-	h.waitJoins(1)
+	c := h.stalledSSE("stuck")
 	body := bytes.Repeat([]byte("x"), 8<<10)
 	var frame []byte
 	base := nowID()
