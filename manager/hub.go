@@ -2,6 +2,7 @@ package manager
 
 import (
 	"encoding/json"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ type hub struct {
 	ids       presence
 	chans     presence
 	hist      *history
+	idem      *idemKeys
 	published uint64
 	frames    [][]byte // per link: the Deliver frame being built
 	starts    []int
@@ -49,6 +51,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 	return &hub{
 		ids: newPresence(), chans: newPresence(),
 		hist:    newHistory(historySize, historyTTL),
+		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
 		tell:    tell, now: time.Now,
 		primed: make(chan struct{}),
@@ -104,14 +107,28 @@ type pubItem struct {
 	data      []byte // compact JSON
 }
 
+// errIdemMismatch: an Idempotency-Key came back with a different body.
+var errIdemMismatch = errors.New("Idempotency-Key reused with a different request body")
+
 // publish assigns ids, records history and queues the messages to the links
 // that hold their targets: one Deliver frame per link for the whole batch.
-func (h *hub) publish(items []pubItem) []uint64 {
+// With an idempotency key (sum is the body's hash) a repeat returns the
+// first answer's ids and publishes nothing (replayed = true).
+func (h *hub) publish(items []pubItem, key string, sum uint64) (ids []uint64, replayed bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.now()
 	h.hist.expire(now)
-	ids := make([]uint64, len(items))
+	h.idem.expire(now)
+	if key != "" {
+		if e := h.idem.lookup(key, now); e != nil {
+			if e.sum != sum {
+				return nil, false, errIdemMismatch
+			}
+			return e.ids, true, nil
+		}
+	}
+	ids = make([]uint64, len(items))
 	for i := range items {
 		it := &items[i]
 		m := &message{id: h.nextID(now), to: it.to, channel: it.channel}
@@ -130,7 +147,10 @@ func (h *hub) publish(items []pubItem) []uint64 {
 		h.published++
 	}
 	h.flush()
-	return ids
+	if key != "" {
+		h.idem.put(key, &idemEntry{ids: ids, sum: sum, expires: now.Add(h.idem.ttl)})
+	}
+	return ids, false, nil
 }
 
 // renderMessage is the JSON a client receives.
@@ -266,6 +286,14 @@ type hubState struct {
 	LastID    uint64         `json:"last_id"`
 	Published uint64         `json:"published"`
 	Messages  []stateMessage `json:"messages"`
+	Keys      []stateKey     `json:"idempotency_keys,omitempty"`
+}
+
+type stateKey struct {
+	Key     string   `json:"key"`
+	IDs     []uint64 `json:"ids"`
+	Sum     uint64   `json:"sum"`
+	Expires int64    `json:"expires"`
 }
 
 type stateMessage struct {
@@ -289,6 +317,11 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]string) {
 		}
 		st.Messages = append(st.Messages, stateMessage{ID: m.id, Kind: m.kind, Channel: m.channel, To: m.to, Body: m.body, Expires: m.expires.UnixNano()})
 	}
+	for _, key := range h.idem.fifo[h.idem.off:] {
+		if e := h.idem.keys[key]; e != nil {
+			st.Keys = append(st.Keys, stateKey{Key: key, IDs: e.ids, Sum: e.sum, Expires: e.expires.UnixNano()})
+		}
+	}
 	names := make(map[linkID][2][]string, len(links))
 	for _, l := range links {
 		names[l] = [2][]string{h.ids.names(l), h.chans.names(l)}
@@ -305,6 +338,9 @@ func (h *hub) restore(st *hubState) {
 	for _, sm := range st.Messages {
 		m := &message{id: sm.ID, kind: sm.Kind, channel: sm.Channel, to: sm.To, body: sm.Body}
 		h.hist.addUntil(m, time.Unix(0, sm.Expires))
+	}
+	for _, k := range st.Keys {
+		h.idem.put(k.Key, &idemEntry{ids: k.IDs, sum: k.Sum, expires: time.Unix(0, k.Expires)})
 	}
 }
 

@@ -182,13 +182,25 @@ func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading body: "+err.Error())
 		return
 	}
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > maxIdemKeyLen {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("Idempotency-Key over %d bytes", maxIdemKeyLen))
+		return
+	}
 	items, batch, err := parsePublish(body)
 	if err != nil {
 		ae := err.(*apiError)
 		writeError(w, ae.status, ae.msg)
 		return
 	}
-	ids := m.hub.publish(items)
+	ids, replayed, err := m.hub.publish(items, key, bodySum(body))
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	type answer struct {
 		ID uint64 `json:"id"`
 	}

@@ -391,3 +391,32 @@ func TestWorkerKillLosesNothing(t *testing.T) {
 		t.Errorf("%d unexpected closes, want the %d connections the killed worker held", unexpected, victim.Connections)
 	}
 }
+
+// A publish with an Idempotency-Key can be resent safely, also across a
+// reload: the repeat gets the first answer's ids and publishes nothing.
+func TestIdempotentPublishAcrossReload(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 1"})
+	key := []string{"Idempotency-Key", "order-42"}
+	body := `{"broadcast":true,"data":"once"}`
+	first := publish(t, s.API, body, key...)
+	if again := publish(t, s.API, body, key...); again[0] != first[0] {
+		t.Errorf("repeat got id %d, first %d", again[0], first[0])
+	}
+	if status, resp := post(t, s.API, `{"broadcast":true,"data":"other"}`, key...); status != 422 || !strings.Contains(resp, "Idempotency-Key") {
+		t.Errorf("same key, other body: %d %s", status, resp)
+	}
+	s.Signal(syscall.SIGHUP)
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		st, err := s.Stats()
+		if err != nil || st.Generation != 2 {
+			return fmt.Errorf("generation %d (%v)", st.Generation, err)
+		}
+		return nil
+	})
+	if again := publish(t, s.API, body, key...); again[0] != first[0] {
+		t.Errorf("after the reload a repeat got id %d, first %d", again[0], first[0])
+	}
+	if st := s.MustStats(); st.Manager.Published != 1 {
+		t.Errorf("published %d, want 1", st.Manager.Published)
+	}
+}

@@ -1,0 +1,60 @@
+package manager
+
+import (
+	"testing"
+	"time"
+)
+
+func testHub() *hub {
+	return newHub(100, time.Minute, func(*proc, func([]byte) []byte) {})
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	h := testHub()
+	now := time.Unix(1800000000, 0)
+	h.now = func() time.Time { return now }
+	items := []pubItem{{to: []string{"a"}, data: []byte("1")}, {broadcast: true, data: []byte("2")}}
+	first, replayed, err := h.publish(items, "k1", 7)
+	if err != nil || replayed || len(first) != 2 {
+		t.Fatalf("first: %v %v %v", first, replayed, err)
+	}
+	again, replayed, err := h.publish(items, "k1", 7)
+	if err != nil || !replayed || again[0] != first[0] || again[1] != first[1] {
+		t.Fatalf("repeat: %v %v %v, want %v replayed", again, replayed, err, first)
+	}
+	if h.published != 2 {
+		t.Errorf("published %d, want 2: a repeat publishes nothing", h.published)
+	}
+	if _, _, err := h.publish(items, "k1", 8); err != errIdemMismatch {
+		t.Errorf("same key, other body: %v", err)
+	}
+	if ids, replayed, _ := h.publish(items, "", 7); replayed || ids[0] == first[0] {
+		t.Errorf("no key: %v replayed %v", ids, replayed)
+	}
+	now = now.Add(2 * time.Minute) // past the TTL
+	if ids, replayed, _ := h.publish(items, "k1", 7); replayed || ids[0] == first[0] {
+		t.Errorf("expired key: %v replayed %v", ids, replayed)
+	}
+}
+
+// Ids keep increasing across a hand-over, and keys and history come along.
+func TestHubStateRoundTrip(t *testing.T) {
+	h := testHub()
+	ids, _, _ := h.publish([]pubItem{{to: []string{"a"}, data: []byte(`"x"`)}, {channel: "c", data: []byte(`"y"`)}}, "key", 1)
+	st, _ := h.snapshot(nil)
+
+	next := testHub()
+	next.now = func() time.Time { return time.Unix(0, 0) } // a clock far behind
+	next.restore(&st)
+	if got := next.hist.replay("a", []string{"c"}, 0); len(got) != 2 || got[0].id != ids[0] || string(got[1].body) != string(renderMessage(ids[1], "c", []byte(`"y"`))) {
+		t.Errorf("history after restore: %v", got)
+	}
+	again, replayed, _ := next.publish(nil, "key", 1)
+	if !replayed || again[0] != ids[0] {
+		t.Errorf("key after restore: %v %v", again, replayed)
+	}
+	fresh, _, _ := next.publish([]pubItem{{broadcast: true, data: []byte("1")}}, "", 0)
+	if fresh[0] <= ids[1] {
+		t.Errorf("id %d after restore is not above %d", fresh[0], ids[1])
+	}
+}
