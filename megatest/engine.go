@@ -83,6 +83,7 @@ type engine struct {
 	sentLatV  uint64
 	sentTagV  uint64
 	lastSnap  int64
+	failLogAt int64 // when a connect failure was last logged
 	rampStart int64 // unix ns of the first connect
 	rampEnd   int64 // unix ns when the last connection first opened
 }
@@ -159,6 +160,7 @@ const (
 	backoffBase   = 100 * time.Millisecond
 	backoffMax    = 5 * time.Second
 	maxRounds     = 1 << 16
+	logEvery      = 10 * time.Second
 )
 
 // why a connection is closed
@@ -447,8 +449,10 @@ func (e *engine) write(idx int32, c *conn, b []byte) bool {
 
 func (e *engine) connectFailed(idx int32, c *conn, op string, err error) {
 	e.st.failed++
-	if e.st.failed&(e.st.failed-1) == 0 { // log the 1st, 2nd, 4th, 8th … failure
+	// One line for the first failure, then at most one per logEvery.
+	if now := e.mono(); e.st.failed == 1 || now-e.failLogAt >= int64(logEvery) {
 		e.log.Warn("connect failed", "op", op, "err", err, "failures", e.st.failed)
+		e.failLogAt = now
 	}
 	e.backoff(idx, c)
 }

@@ -92,6 +92,38 @@ func TestEngineReconnectsWithCursor(t *testing.T) {
 	}
 }
 
+// A connection dropped before its first message resumes from the cursor
+// the server gave it (X-Megacomet-Cursor, SSE's opening id line), so what
+// was published meanwhile is not missed. (A long-poll learns its cursor
+// from its first answer only.)
+func TestEngineResumesBeforeFirstMessage(t *testing.T) {
+	for _, tr := range []string{"sse", "stream", "ws"} {
+		t.Run(tr, func(t *testing.T) {
+			t.Parallel()
+			f := newFake(t, func(f *fake) {
+				f.seq = 1000 // earlier messages exist
+				f.onOpen = func(c *fconn, k int) {
+					if k > 1 {
+						c.hold()
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+					c.conn.Close()
+					c.f.mu.Lock()
+					c.f.seq++
+					id := c.f.seq
+					c.f.mu.Unlock()
+					c.f.deliver(c.id, fmsg{id, fmt.Sprintf(`{"id":%d,"data":"gap"}`, id)})
+				}
+			})
+			s, out := runMegatest(t, f, "-n 10 -transport "+tr+" -hold 1s")
+			if s.Messages != 10 || s.ClosedUnexpected != 10 || s.Duplicates != 0 {
+				t.Fatalf("messages %d unexpected %d duplicates %d; want 10 10 0\n%s\n%q", s.Messages, s.ClosedUnexpected, s.Duplicates, out, f.requestList())
+			}
+		})
+	}
+}
+
 // A WebSocket ping is answered with a masked pong carrying its payload.
 func TestEngineAnswersWSPing(t *testing.T) {
 	pongs := make(chan []byte, 1)

@@ -109,6 +109,10 @@ func (f *fake) serve(nc net.Conn) {
 	c := &fconn{f: f, tr: parts[0], id: parts[1], conn: nc, br: br, wake: make(chan struct{}, 1)}
 	c.since, _ = strconv.ParseUint(req.URL.Query().Get("since"), 10, 64)
 	f.mu.Lock()
+	cursor := f.seq // megacomet's X-Megacomet-Cursor: where this client starts
+	if req.URL.Query().Has("since") {
+		cursor = c.since // the replay that follows brings it forward
+	}
 	f.requests = append(f.requests, req.URL.RequestURI())
 	f.connects[c.id]++
 	n := f.connects[c.id]
@@ -123,12 +127,12 @@ func (f *fake) serve(nc net.Conn) {
 	}()
 	switch c.tr {
 	case "sse":
-		c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nretry: 20\n\n")
+		c.write(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Megacomet-Cursor: %d\r\n\r\nretry: 20\nid: %[1]d\n\n", cursor))
 	case "stream":
-		c.write("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
+		c.write(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nX-Megacomet-Cursor: %d\r\n\r\n", cursor))
 	case "ws":
 		acc := wsAccept([]byte(req.Header.Get("Sec-WebSocket-Key")))
-		c.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + string(acc) + "\r\n\r\n")
+		c.write(fmt.Sprintf("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\nX-Megacomet-Cursor: %d\r\n\r\n", acc, cursor))
 	case "lp":
 	default:
 		return
@@ -169,19 +173,25 @@ func (c *fconn) pollLoop(answer func(c *fconn, poll int) bool) {
 		if answer != nil && answer(c, poll) {
 			continue
 		}
-		msgs := c.pending()
+		msgs, cursor := c.pendingCursor()
 		if len(msgs) == 0 {
 			select {
 			case <-c.wake:
 			case <-time.After(100 * time.Millisecond):
 			}
-			msgs = c.pending()
+			msgs, cursor = c.pendingCursor()
 		}
-		c.answer(msgs, false)
+		c.answerCursor(msgs, cursor, false)
 	}
 }
 
+// pending is what the client has not seen, and the cursor after it.
 func (c *fconn) pending() []fmsg {
+	msgs, _ := c.pendingCursor()
+	return msgs
+}
+
+func (c *fconn) pendingCursor() ([]fmsg, uint64) {
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
 	var out []fmsg
@@ -190,10 +200,15 @@ func (c *fconn) pending() []fmsg {
 			out = append(out, m)
 		}
 	}
-	return out
+	return out, max(c.since, c.f.seq)
 }
 
 func (c *fconn) answer(msgs []fmsg, close bool) {
+	_, cursor := c.pendingCursor()
+	c.answerCursor(msgs, cursor, close)
+}
+
+func (c *fconn) answerCursor(msgs []fmsg, cursor uint64, close bool) {
 	body := "["
 	for i, m := range msgs {
 		if i > 0 {
@@ -206,7 +221,7 @@ func (c *fconn) answer(msgs []fmsg, close bool) {
 	if close {
 		hdr = "Connection: close\r\n"
 	}
-	c.write(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s", hdr, len(body), body))
+	c.write(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Megacomet-Cursor: %d\r\n%sContent-Length: %d\r\n\r\n%s", cursor, hdr, len(body), body))
 }
 
 func (c *fconn) replay() {

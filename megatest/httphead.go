@@ -32,6 +32,8 @@ type respHead struct {
 	contentType   []byte
 	wsAccept      []byte
 	upgradeTo     []byte
+	cursor        uint64 // X-Megacomet-Cursor: where this client starts (long-poll: the cursor after the answer)
+	hasCursor     bool
 }
 
 var (
@@ -41,6 +43,7 @@ var (
 	hdrTransferEnc   = []byte("transfer-encoding")
 	hdrWSAccept      = []byte("sec-websocket-accept")
 	hdrUpgrade       = []byte("upgrade")
+	hdrCursor        = []byte("x-megacomet-cursor")
 	tokClose         = []byte("close")
 	tokKeepAlive     = []byte("keep-alive")
 	tokUpgrade       = []byte("upgrade")
@@ -110,6 +113,12 @@ func parseHead(b []byte, h *respHead) (int, error) {
 			h.upgradeTo = val
 		case equalFold(name, hdrWSAccept):
 			h.wsAccept = val
+		case equalFold(name, hdrCursor):
+			v, end, ok := scanUint(val, 0)
+			if !ok || end != len(val) {
+				return 0, errHead
+			}
+			h.cursor, h.hasCursor = v, true
 		}
 	}
 	if http10 && !keepAlive {

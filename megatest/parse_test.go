@@ -19,7 +19,7 @@ var parsers = map[string]unitParser{
 	"head": func(b []byte) (int, string, error) {
 		var h respHead
 		n, err := parseHead(b, &h)
-		return n, fmt.Sprintf("%d cl=%d chunked=%v close=%v up=%v ct=%q acc=%q to=%q", h.status, h.contentLength, h.chunked, h.close, h.upgrade, h.contentType, h.wsAccept, h.upgradeTo), err
+		return n, fmt.Sprintf("%d cl=%d chunked=%v close=%v up=%v ct=%q acc=%q to=%q cursor=%d/%v", h.status, h.contentLength, h.chunked, h.close, h.upgrade, h.contentType, h.wsAccept, h.upgradeTo, h.cursor, h.hasCursor), err
 	},
 	"sse": func() unitParser {
 		var scratch []byte
@@ -125,6 +125,8 @@ var recordings = []struct {
 }{
 	{"sse head", "head", "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n\r\n", 1, nil, `ct="text/event-stream"`},
 	{"stream head", "head", "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n", 1, nil, "chunked=true"},
+	{"cursor head", "head", "HTTP/1.1 200 OK\r\nX-Megacomet-Cursor: 1764000000000009\r\n\r\n", 1, nil, "cursor=1764000000000009/true"},
+	{"bad cursor head", "head", "HTTP/1.1 200 OK\r\nX-Megacomet-Cursor: 12x\r\n\r\n", 0, errHead, ""},
 	{"lf head", "head", "HTTP/1.1 404 Not Found\nConnection: close\nContent-Length: 10\n\n", 1, nil, "404 cl=10 chunked=false close=true"},
 	{"http/1.0 head", "head", "HTTP/1.0 200 OK\r\n\r\n", 1, nil, "close=true"},
 	{"ws head", "head", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n", 1, nil, `acc="s3pPLMBiTxaQ9kYGzzhZRbK+xOo="`},
@@ -132,6 +134,7 @@ var recordings = []struct {
 	{"header without colon", "head", "HTTP/1.1 200 OK\r\nbroken\r\n\r\n", 0, errHead, ""},
 	{"bad content-length", "head", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, errHead, ""},
 
+	{"sse opening cursor", "sse", "retry: 2000\nid: 1764000000000000\n\n", 1, nil, `id="1764000000000000"/true data=""/0 retry=2000`},
 	{"sse stream", "sse", "retry: 2000\n\nid: 1764000000000001\ndata: {\"id\":1764000000000001,\"data\":{\"any\":\"json\"}}\n\n:\n\nid: 1764000000000002\ndata: {\"id\":1764000000000002,\"channel\":\"news\",\"data\":\"hello\"}\n\nretry: 500\n: reconnect\n\n", 5, nil, "reconnect=true"},
 	{"sse crlf and multi-line data", "sse", "data: a\r\ndata: b\r\ndata: c\r\n\r\nevent: x\r\n\r\n", 2, nil, `data="a\nb\nc"/3`},
 	{"sse field without colon", "sse", "data\n\n:comment\n\n", 2, nil, `data=""/1`},

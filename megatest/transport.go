@@ -73,7 +73,19 @@ func (e *engine) head(c *conn, b []byte) (int, error) {
 	}
 	c.state = stBody
 	e.ready(c)
+	if h.hasCursor {
+		c.advance(h.cursor)
+	}
 	return n, nil
+}
+
+// advance moves the cursor to what the server says this client has seen,
+// never back: a reopen then resumes without a gap even before the first
+// message.
+func (c *conn) advance(cursor uint64) {
+	if cursor > c.lastID {
+		c.lastID = cursor
+	}
 }
 
 var (
@@ -114,6 +126,12 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 			return 0, errSSEID
 		}
 		e.message(idx, c, &m, now)
+	case ev.hasID:
+		// An id without data dispatches nothing but sets the last event
+		// id (megacomet opens every stream with one: the cursor).
+		if v, end, ok := scanUint(ev.id, 0); ok && end == len(ev.id) {
+			c.advance(v)
+		}
 	case ev.comments > 0 && ev.fields == 0 && !ev.reconnect:
 		e.st.hb++
 	}
@@ -194,6 +212,9 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 		e.st.hb++ // an empty answer after poll_timeout: the long-poll heartbeat
 	}
 	e.ready(c)
+	if h.hasCursor {
+		c.advance(h.cursor) // after the messages: they are not duplicates
+	}
 	if h.close {
 		return end, errEnd
 	}
