@@ -59,7 +59,16 @@ type Comet struct {
 	HistoryTTL  Duration `toml:"history_ttl" json:"history_ttl"`
 	HistorySize int      `toml:"history_size" json:"history_size"`
 	MaxPending  int      `toml:"max_pending" json:"max_pending"`
+	// WSMaxMessage bounds a WebSocket frame or message from a client.
+	WSMaxMessage int `toml:"ws_max_message" json:"ws_max_message"`
 }
+
+// Bounds of comet.ws_max_message: at least a control frame's payload (RFC
+// 6455 §5.5), at most what one connection may make the worker buffer.
+const (
+	MinWSMaxMessage = 125
+	MaxWSMaxMessage = 16 << 20
+)
 
 // Duration is a time.Duration written as "30s" in TOML and JSON.
 type Duration time.Duration
@@ -107,6 +116,9 @@ func Default() Options {
 			HistoryTTL:  Duration(60 * time.Second),
 			HistorySize: 100,
 			MaxPending:  1 << 20,
+			// Clients only send short commands; 64 KiB is what most
+			// WebSocket servers accept by default.
+			WSMaxMessage: 64 << 10,
 		},
 	}
 }
@@ -221,6 +233,9 @@ func (o *Options) check() error {
 	}
 	if o.Comet.MaxPending < 4096 {
 		return bad("comet.max_pending", "must be at least 4096 bytes, got %d", o.Comet.MaxPending)
+	}
+	if o.Comet.WSMaxMessage < MinWSMaxMessage || o.Comet.WSMaxMessage > MaxWSMaxMessage {
+		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ const (
 	trLP
 	trStream
 	trSSE
+	trWS // WebSocket (ws.go)
 )
 
 // conn flags
@@ -41,6 +42,7 @@ const (
 	fClose                      // close after the current answer
 	fRaw                        // stream without chunked framing (HTTP/1.0)
 	fWheel                      // linked into the timing wheel
+	fPing                       // WebSocket: a ping awaits its pong (ws.go)
 )
 
 // conn is the loop's state for one connection. It is kept small - an idle
@@ -68,11 +70,12 @@ type conn struct {
 
 // connExtra holds what only some connections need, allocated on demand.
 type connExtra struct {
-	in       []byte   // an incomplete request head
-	pending  []byte   // output the socket did not take, in order after evio's own
-	channels []string // channels it is subscribed to
-	callback []byte   // long-poll JSONP callback
-	origin   []byte   // long-poll: the Access-Control-Allow-Origin to answer with
+	in       []byte     // an incomplete request head, or WebSocket frame
+	pending  []byte     // output the socket did not take, in order after evio's own
+	channels []string   // channels it is subscribed to
+	callback []byte     // long-poll JSONP callback
+	origin   []byte     // long-poll: the Access-Control-Allow-Origin to answer with
+	ws       *wsMessage // a fragmented WebSocket message being assembled
 }
 
 func (cc *conn) extra() *connExtra {
@@ -84,7 +87,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil {
 		cc.x = nil
 	}
 }

@@ -13,6 +13,7 @@ const (
 	renderSSE = iota
 	renderChunk
 	renderRaw
+	renderWS
 	renders
 )
 
@@ -86,6 +87,11 @@ func (w *Worker) push(cc *conn, id uint64, body []byte) {
 		} else {
 			w.send(cc, w.render(renderChunk, id, body))
 		}
+	case trWS:
+		w.send(cc, w.render(renderWS, id, body))
+		cc.cursor = id // lastTx stays the unanswered ping's tick (ws.go)
+		w.counts.MessagesOut++
+		return
 	case trLP:
 		if cc.state == stPolling {
 			w.startPoll(cc)
@@ -124,6 +130,8 @@ func (w *Worker) render(kind int, id uint64, body []byte) []byte {
 	case renderRaw:
 		b = append(b, body...)
 		b = append(b, '\n')
+	case renderWS:
+		b = appendWSText(b, body) // wsframe.go
 	}
 	r.id, r.buf = id, b
 	return b

@@ -95,6 +95,10 @@ func (w *Worker) startHeartbeats(cc *conn) {
 
 // heartbeat writes one unless a message went out within the interval.
 func (w *Worker) heartbeat(cc *conn) {
+	if cc.tr == trWS {
+		w.wsHeartbeat(cc) // a ping, also when messages went out (ws.go)
+		return
+	}
 	if quiet := w.tick - cc.lastTx; quiet < w.hbTicks {
 		w.schedule(cc, cc.lastTx+w.hbTicks)
 		return
@@ -121,6 +125,8 @@ func (w *Worker) handOff(cc *conn) {
 	switch cc.state {
 	case stStreaming:
 		switch {
+		case cc.tr == trWS:
+			w.wsHandOff(cc) // close 1012 (ws.go)
 		case cc.tr == trSSE:
 			w.send(cc, sseHandOff)
 		case cc.flags&fRaw == 0:

@@ -1,0 +1,485 @@
+package worker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/gobwas/ws"
+)
+
+// The WebSocket transport, /ws/ID (RFC 6455), on the same loop as the
+// other transports.
+//
+//   - Handshake: serve1 routes /ws/ here once the request head is parsed;
+//     ws.Upgrader checks it and writes the 101 answer (startWS).
+//   - Server to client: one unmasked text frame per message, rendered once
+//     per fan-out (deliver.go, renderWS); a ping every heartbeat interval;
+//     close 1012 on hand-over (wheel.go handOff), then linger for the
+//     client's close.
+//   - Client to server: clientData hands a WebSocket connection's input to
+//     wsData, which parses complete frames in evio's buffer and unmasks
+//     them in place; only a frame split across reads is copied, into
+//     connExtra.in, and only a fragmented message in progress holds a
+//     wsMessage. An idle WebSocket connection costs what an idle SSE one
+//     does.
+//   - Liveness: fPing says a ping is unanswered and lastTx holds the tick
+//     the oldest unanswered one went out; a pong clears it. A connection
+//     whose ping is two heartbeat intervals old is failed (wsHeartbeat).
+//
+// Text messages from the client are commands: {"since":N} resumes after N,
+// {"subscribe":"c"} and {"unsubscribe":"c"} change the channel set; each
+// re-joins through the manager, which replays from the cursor.
+
+var prefixWS = []byte("/ws/")
+
+// wsMessage is a fragmented text message being assembled (§5.4).
+type wsMessage struct {
+	buf []byte
+}
+
+var errWSOrigin = newHTTPError(403, "Forbidden", "origin not allowed")
+
+// wsUpgrader checks the handshake (§4.2.1) and writes the answer (§4.2.2).
+// Protocol echoes the first subprotocol the client offers: megacomet
+// speaks one protocol, whatever the application calls it.
+var wsUpgrader = ws.Upgrader{Protocol: func([]byte) bool { return true }}
+
+// handshakeErrors are ws.Upgrader's rejections as our prebuilt answers
+// (Connection: close, no client bytes echoed).
+var handshakeErrors = func() map[error]*httpError {
+	m := make(map[error]*httpError)
+	for _, err := range []error{ws.ErrHandshakeBadProtocol, ws.ErrHandshakeBadMethod, ws.ErrHandshakeBadHost,
+		ws.ErrHandshakeBadUpgrade, ws.ErrHandshakeBadConnection, ws.ErrHandshakeBadSecKey,
+		ws.ErrHandshakeBadSecVersion, ws.ErrHandshakeUpgradeRequired, ws.ErrMalformedRequest} {
+		var extra []string
+		if err == ws.ErrHandshakeUpgradeRequired {
+			// §4.2.2: "a |Sec-WebSocket-Version| header field indicating
+			// the version(s) the server is capable of understanding".
+			extra = append(extra, "Sec-WebSocket-Version: 13")
+		}
+		status := 400
+		var rej *ws.ConnectionRejectedError
+		if errors.As(err, &rej) && rej.StatusCode() != 0 {
+			status = rej.StatusCode()
+		}
+		m[err] = newHTTPError(status, http.StatusText(status), err.Error(), extra...)
+	}
+	return m
+}()
+
+var errWSHandshake = newHTTPError(400, "Bad Request", "bad WebSocket handshake")
+
+// handshakeIO is the connection ws.Upgrader sees: the request head we
+// parsed, and a buffer for its answer.
+type handshakeIO struct {
+	in, out []byte
+}
+
+func (h *handshakeIO) Read(p []byte) (int, error) {
+	if len(h.in) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, h.in)
+	h.in = h.in[n:]
+	return n, nil
+}
+
+func (h *handshakeIO) Write(p []byte) (int, error) {
+	h.out = append(h.out, p...)
+	return len(p), nil
+}
+
+// appendHandshake writes the parts of a parsed request head that the
+// handshake depends on back into request form for ws.Upgrader. Host is
+// not kept by parseRequest (megacomet answers any host), so a placeholder
+// stands in for it.
+func appendHandshake(b []byte, r *request) []byte {
+	b = append(b, r.method...)
+	if r.http11 {
+		b = append(b, " / HTTP/1.1\r\nHost: megacomet\r\n"...)
+	} else {
+		b = append(b, " / HTTP/1.0\r\nHost: megacomet\r\n"...)
+	}
+	if r.upgrade {
+		b = append(b, "Connection: Upgrade\r\n"...)
+	}
+	for _, h := range [...]struct {
+		name  string
+		value []byte
+	}{
+		{"Upgrade: ", r.upgradeTo},
+		{"Sec-WebSocket-Version: ", r.wsVersion},
+		{"Sec-WebSocket-Key: ", r.wsKey},
+		{"Sec-WebSocket-Protocol: ", r.wsProtocol},
+	} {
+		if h.value != nil {
+			b = append(append(append(b, h.name...), h.value...), "\r\n"...)
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+// startWS answers a request for /ws/ID: the handshake, then the connection
+// streams like an SSE one.
+func (w *Worker) startWS(cc *conn, r *request, id []byte) {
+	if !validID(id) {
+		w.reject(cc, errBadID)
+		return
+	}
+	q := &w.q
+	if e := parseQuery(r.query, q); e != nil {
+		w.reject(cc, e)
+		return
+	}
+	// §10.2: "Servers that are not intended to process input from any web
+	// page but only for certain sites SHOULD verify the |Origin| field".
+	// Browsers apply no CORS to WebSocket, so server.allowed_origins is
+	// enforced here.
+	if len(r.origin) > 0 && !w.allowed(r.origin) {
+		w.reject(cc, errWSOrigin)
+		return
+	}
+	hs := &handshakeIO{in: appendHandshake(w.body[:0], r), out: w.scratch[:0]}
+	w.body = hs.in[:0]
+	_, err := wsUpgrader.Upgrade(hs)
+	w.scratch = hs.out
+	if err != nil {
+		e := handshakeErrors[err]
+		if e == nil {
+			e = errWSHandshake
+		}
+		w.reject(cc, e)
+		return
+	}
+	w.send(cc, hs.out)
+	if cc.state == stDead {
+		return
+	}
+	since := q.since
+	if !q.hasSince {
+		since = w.connectCursor()
+	}
+	cc.tr, cc.state = trWS, stStreaming
+	cc.flags &^= fClose | fPing
+	w.subscribe(cc, id, q.channels(), since)
+	w.startHeartbeats(cc)
+}
+
+// wsData reads a WebSocket connection's input: complete frames are parsed
+// and unmasked where evio read them; a frame split across reads waits in
+// connExtra.in for the rest.
+func (w *Worker) wsData(cc *conn, in []byte) {
+	buf := in
+	if cc.x != nil && len(cc.x.in) > 0 {
+		cc.x.in = append(cc.x.in, in...)
+		buf = cc.x.in
+	}
+	max := int64(w.opts.Comet.WSMaxMessage)
+	var f wsFrame
+	for len(buf) > 0 && cc.state == stStreaming {
+		n, err := parseFrame(buf, &f, cc.x != nil && cc.x.ws != nil, max)
+		if err == errNeedMore {
+			break
+		}
+		if err != nil {
+			w.wsFail(cc, err.(*wsError))
+			return
+		}
+		buf = buf[n:]
+		w.wsFrame(cc, &f)
+	}
+	switch {
+	case cc.state != stStreaming: // closed: linger or kill dropped the input
+	case len(buf) == 0:
+		if cc.x != nil && cc.x.in != nil {
+			cc.x.in = nil
+			cc.tidy()
+		}
+	case cc.x != nil && len(cc.x.in) > 0: // buf is the tail of x.in
+		cc.x.in = append(cc.x.in[:0], buf...)
+	default:
+		cc.extra().in = append([]byte(nil), buf...)
+	}
+}
+
+// wsFrame acts on one complete, checked client frame.
+func (w *Worker) wsFrame(cc *conn, f *wsFrame) {
+	p := f.payload
+	// §5.3: the client masks every frame; unmasking is the same XOR.
+	ws.Cipher(p, f.Mask, 0)
+	switch f.OpCode {
+	case ws.OpPing:
+		// §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
+		// Pong frame in response"; §5.5.3: with "identical Application
+		// data".
+		if len(p) == 0 {
+			w.send(cc, wsPong)
+		} else {
+			w.send(cc, w.wsControl(ws.OpPong, p))
+		}
+	case ws.OpPong:
+		// §5.5.3: a pong may answer any ping, or none ("unsolicited ... a
+		// unidirectional heartbeat"): either way the client is alive.
+		cc.flags &^= fPing
+	case ws.OpClose:
+		w.wsPeerClose(cc, p)
+	case ws.OpBinary:
+		// §7.4.1: 1003 "it has received a type of data it cannot accept".
+		w.wsFail(cc, errWSBinary)
+	case ws.OpText:
+		if f.Fin {
+			w.wsMessage(cc, p)
+			return
+		}
+		cc.extra().ws = &wsMessage{buf: append([]byte(nil), p...)}
+	case ws.OpContinuation: // parseFrame let it through: a message is open
+		m := cc.x.ws
+		if len(m.buf)+len(p) > w.opts.Comet.WSMaxMessage {
+			w.wsFail(cc, errWSTooBig)
+			return
+		}
+		m.buf = append(m.buf, p...)
+		if f.Fin {
+			cc.x.ws = nil
+			cc.tidy()
+			w.wsMessage(cc, m.buf)
+		}
+	}
+}
+
+// wsControl builds a control frame (at most 125 bytes of payload) in the
+// loop's scratch buffer; send copies what the socket does not take.
+func (w *Worker) wsControl(op ws.OpCode, p []byte) []byte {
+	b := appendWSHeader(w.scratch[:0], op, len(p))
+	b = append(b, p...)
+	w.scratch = b
+	return b
+}
+
+// wsPeerClose answers the client's close frame and lingers for its end of
+// the TCP connection.
+func (w *Worker) wsPeerClose(cc *conn, p []byte) {
+	// §5.5.1: "If there is a body, the first two bytes of the body MUST be
+	// a 2-byte unsigned integer ... Following the 2-byte integer, the body
+	// MAY contain UTF-8-encoded data"; §7.4 lists the codes a peer may send.
+	switch {
+	case len(p) == 0:
+		// "If an endpoint receives a Close frame and did not previously
+		// send a Close frame, the endpoint MUST send a Close frame in
+		// response."
+		w.wsClose(cc, wsCloseEmpty)
+	case len(p) == 1:
+		w.wsFail(cc, errWSCloseBody)
+	default:
+		code, reason := ws.ParseCloseFrameDataUnsafe(p)
+		if !validCloseCode(code) || !utf8.ValidString(reason) {
+			w.wsFail(cc, errWSCloseBody)
+			return
+		}
+		// "the endpoint typically echos the status code it received"
+		w.wsClose(cc, w.wsControl(ws.OpClose, p[:2]))
+	}
+}
+
+// wsMessage handles a complete text message: a command.
+func (w *Worker) wsMessage(cc *conn, p []byte) {
+	// §8.1: "When an endpoint is to interpret a byte stream as UTF-8 but
+	// finds that the byte stream is not, in fact, a valid UTF-8 stream, that
+	// endpoint MUST _Fail the WebSocket Connection_"; §7.4.1: 1007.
+	if !utf8.Valid(p) {
+		w.wsFail(cc, errWSUTF8)
+		return
+	}
+	var c wsCommand
+	if !parseCommand(p, &c) {
+		w.wsFail(cc, errWSCommand)
+		return
+	}
+	switch c.op {
+	case cmdSince:
+		w.resubscribe(cc, c.since, nil, nil)
+	case cmdSubscribe:
+		if !validID(c.channel) {
+			w.wsFail(cc, errWSChannel)
+			return
+		}
+		w.resubscribe(cc, cc.cursor, c.channel, nil)
+	case cmdUnsubscribe:
+		if !validID(c.channel) {
+			w.wsFail(cc, errWSChannel)
+			return
+		}
+		w.resubscribe(cc, cc.cursor, nil, c.channel)
+	}
+}
+
+// resubscribe joins again with cursor since and the channel set changed by
+// add or drop; the manager answers with the replay after since, and live
+// messages wait for it as on a new connection (subs.go).
+func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
+	id := cc.id
+	if id == "" {
+		return
+	}
+	var old []string
+	if cc.x != nil {
+		old = cc.x.channels
+	}
+	chans := w.q.chans[:0] // the query scratch: no request is being parsed
+	found := false
+	for _, ch := range old {
+		switch {
+		case drop != nil && ch == string(drop):
+			found = true
+			continue
+		case add != nil && ch == string(add):
+			found = true
+		}
+		chans = append(chans, stringBytes(ch))
+	}
+	switch {
+	case add != nil && found, drop != nil && !found:
+		return // nothing changes: no need to join again
+	case add != nil:
+		if len(chans) == maxChannels {
+			w.wsFail(cc, errWSChannels)
+			return
+		}
+		chans = append(chans, add)
+	}
+	w.unsubscribe(cc)
+	w.subscribe(cc, stringBytes(id), chans, since)
+	clear(w.q.chans[:])
+}
+
+// stringBytes views s as bytes, for callees that only read them.
+func stringBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// wsClose sends a close frame and lingers: the client answers with its own
+// close and then closes the TCP connection, which ends ours (§7.1.1: the
+// server closes first only after the handshake; lingering bounds the wait).
+func (w *Worker) wsClose(cc *conn, frame []byte) {
+	if cc.x != nil {
+		cc.x.ws = nil
+	}
+	w.send(cc, frame)
+	w.linger(cc)
+}
+
+// wsFail is §7.1.7 _Fail the WebSocket Connection_ with e's status.
+func (w *Worker) wsFail(cc *conn, e *wsError) {
+	w.counts.BadRequests++
+	w.wsClose(cc, e.frame)
+}
+
+// wsHandOff tells a client to reconnect elsewhere (reload, stop): 1012,
+// service restart. handOff lingers after it.
+func (w *Worker) wsHandOff(cc *conn) {
+	if cc.x != nil {
+		cc.x.ws = nil
+	}
+	w.send(cc, wsCloseReload)
+}
+
+// wsHeartbeat pings every interval, whether or not messages went out: a
+// ping is also how the server learns the client still reads (§5.5.2).
+func (w *Worker) wsHeartbeat(cc *conn) {
+	if cc.flags&fPing != 0 && w.tick-cc.lastTx >= 2*w.hbTicks {
+		w.wsFail(cc, errWSNoPong)
+		return
+	}
+	if cc.flags&fPing == 0 {
+		cc.flags |= fPing
+		cc.lastTx = w.tick // the oldest unanswered ping
+	}
+	w.send(cc, wsPing)
+	if cc.state == stDead {
+		return
+	}
+	w.counts.Heartbeats++
+	w.schedule(cc, w.tick+w.hbTicks)
+}
+
+// Commands a client may send as text messages.
+const (
+	cmdSince = iota + 1
+	cmdSubscribe
+	cmdUnsubscribe
+)
+
+type wsCommand struct {
+	op      int
+	since   uint64
+	channel []byte // aliases the message
+}
+
+var (
+	cmdKeySince       = []byte(`"since"`)
+	cmdKeySubscribe   = []byte(`"subscribe"`)
+	cmdKeyUnsubscribe = []byte(`"unsubscribe"`)
+)
+
+// parseCommand reads a JSON object with exactly one of the keys since
+// (a uint64), subscribe or unsubscribe (a string without escapes, as
+// channel names need none), without allocating.
+func parseCommand(p []byte, c *wsCommand) bool {
+	p = skipJSONSpace(p)
+	if len(p) == 0 || p[0] != '{' {
+		return false
+	}
+	p = skipJSONSpace(p[1:])
+	switch {
+	case bytes.HasPrefix(p, cmdKeySince):
+		c.op, p = cmdSince, p[len(cmdKeySince):]
+	case bytes.HasPrefix(p, cmdKeySubscribe):
+		c.op, p = cmdSubscribe, p[len(cmdKeySubscribe):]
+	case bytes.HasPrefix(p, cmdKeyUnsubscribe):
+		c.op, p = cmdUnsubscribe, p[len(cmdKeyUnsubscribe):]
+	default:
+		return false
+	}
+	p = skipJSONSpace(p)
+	if len(p) == 0 || p[0] != ':' {
+		return false
+	}
+	p = skipJSONSpace(p[1:])
+	if c.op == cmdSince {
+		i := 0
+		for i < len(p) && '0' <= p[i] && p[i] <= '9' {
+			i++
+		}
+		if i > 1 && p[0] == '0' { // JSON numbers have no leading zeros
+			return false
+		}
+		var ok bool
+		if c.since, ok = parseUint(p[:i]); !ok {
+			return false
+		}
+		p = p[i:]
+	} else {
+		if len(p) == 0 || p[0] != '"' {
+			return false
+		}
+		end := bytes.IndexByte(p[1:], '"')
+		if end < 0 || bytes.IndexByte(p[1:1+end], '\\') >= 0 {
+			return false
+		}
+		c.channel, p = p[1:1+end], p[2+end:]
+	}
+	p = skipJSONSpace(p)
+	if len(p) == 0 || p[0] != '}' {
+		return false
+	}
+	return len(skipJSONSpace(p[1:])) == 0
+}
+
+func skipJSONSpace(p []byte) []byte {
+	for len(p) > 0 && (p[0] == ' ' || p[0] == '\t' || p[0] == '\n' || p[0] == '\r') {
+		p = p[1:]
+	}
+	return p
+}
