@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,7 @@ type nodeEvent struct {
 	Code     int    `json:"code"`
 	Reason   string `json:"reason"`
 	Protocol string `json:"protocol"`
+	Cursor   string `json:"cursor"`
 	Error    string `json:"error"`
 }
 
@@ -175,6 +177,9 @@ func (c *nodeClient) waitOpen(protocol string) {
 		}
 		if want == "upgrade" && ev.Protocol != protocol {
 			c.t.Errorf("protocol %q, want %q", ev.Protocol, protocol)
+		}
+		if _, err := strconv.ParseUint(ev.Cursor, 10, 64); want == "upgrade" && err != nil {
+			c.t.Errorf("X-Megacomet-Cursor %q", ev.Cursor)
 		}
 	}
 }

@@ -143,9 +143,17 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 		w.reject(cc, errWSOrigin)
 		return
 	}
+	since := q.since
+	if !q.hasSince {
+		since = w.connectCursor() // as for the other transports (route.go)
+	}
+	// The answer tells the client its starting cursor, as every comet
+	// answer does (a per-handshake allocation; the handshake makes others).
+	u := wsUpgrader
+	u.Header = ws.HandshakeHeaderBytes(appendCursor(nil, since))
 	hs := &handshakeIO{in: appendHandshake(w.body[:0], r), out: w.scratch[:0]}
 	w.body = hs.in[:0]
-	_, err := wsUpgrader.Upgrade(hs)
+	_, err := u.Upgrade(hs)
 	w.scratch = hs.out
 	if err != nil {
 		e := handshakeErrors[err]
@@ -158,10 +166,6 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 	w.send(cc, hs.out)
 	if cc.state == stDead {
 		return
-	}
-	since := q.since
-	if !q.hasSince {
-		since = w.connectCursor()
 	}
 	cc.tr, cc.state = trWS, stStreaming
 	cc.flags &^= fClose | fPing

@@ -153,7 +153,7 @@ func TestWSHandshake(t *testing.T) {
 	cases := []struct {
 		name, req, want string
 	}{
-		{"plain", wsRequest("/ws/a", ""), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rfcAccept + "\r\n\r\n"},
+		{"plain", wsRequest("/ws/a?since=17", ""), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rfcAccept + "\r\nX-Megacomet-Cursor: 17\r\n\r\n"},
 		{"protocol echoed", wsRequest("/ws/a?since=5&channels=x,y", "Sec-WebSocket-Protocol: megacomet.v1, other\r\n"), "Sec-WebSocket-Protocol: megacomet.v1\r\n"},
 		{"allowed origin", wsRequest("/ws/a", "Origin: https://app.example\r\n"), "HTTP/1.1 101 "},
 		{"keep-alive, Upgrade", strings.Replace(wsRequest("/ws/a", ""), "Connection: Upgrade", "Connection: keep-alive, Upgrade", 1), "HTTP/1.1 101 "},
@@ -177,6 +177,21 @@ func TestWSHandshake(t *testing.T) {
 		} else if !strings.HasPrefix(head, "HTTP/1.1 101 ") && !strings.Contains(head, "Connection: close\r\n") {
 			t.Errorf("%s: rejection %q without Connection: close", c.name, head)
 		}
+	}
+}
+
+// Without since, the cursor is "now": a client that reconnects with it
+// before its first message misses nothing.
+func TestWSCursorHeader(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	before := uint64(time.Now().UnixMicro()) - 1
+	c := &wsClient{rawConn: h.dialRaw()}
+	c.write([]byte(wsRequest("/ws/a", "")))
+	head := c.readHead()
+	_, v, _ := strings.Cut(head, "\r\nX-Megacomet-Cursor: ")
+	v, _, _ = strings.Cut(v, "\r\n")
+	if n, err := strconv.ParseUint(v, 10, 64); err != nil || n < before || n > uint64(time.Now().UnixMicro()) {
+		t.Errorf("cursor %q, want the connection time %d", v, before)
 	}
 }
 

@@ -10,7 +10,13 @@ const readline = require("readline");
 const out = (ev) => process.stdout.write(JSON.stringify(ev) + "\n");
 const ws = new WebSocket(process.argv[2], process.argv.slice(3));
 
-ws.on("upgrade", (res) => out({ ev: "upgrade", protocol: res.headers["sec-websocket-protocol"] || "" }));
+ws.on("upgrade", (res) =>
+  out({
+    ev: "upgrade",
+    protocol: res.headers["sec-websocket-protocol"] || "",
+    cursor: res.headers["x-megacomet-cursor"] || "",
+  }),
+);
 ws.on("open", () => out({ ev: "open" }));
 ws.on("ping", (data) => out({ ev: "ping", size: data.length }));
 ws.on("message", (data, isBinary) => out({ ev: "message", binary: isBinary, data: data.toString() }));
