@@ -1,0 +1,316 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/internal/testutil"
+)
+
+// These tests run the real megatest binary against the real manager and
+// workers on loopback: the issue's "done when" checks.
+
+// megatestRun is one megatest process and its output.
+type megatestRun struct {
+	cmd     *exec.Cmd
+	out     *testutil.SyncBuffer // stdout: progress lines, then the summary line
+	errs    *testutil.SyncBuffer // stderr: logs
+	summary string               // -json file
+	done    chan struct{}
+}
+
+// runMegatest starts `megatest LETTER 127.0.0.1 -port … -api … args…`.
+func runMegatest(t *testing.T, s *testutil.Server, letter string, args ...string) *megatestRun {
+	t.Helper()
+	bin := testutil.Binary(t, "megatest")
+	_, port, _ := strings.Cut(s.Listen, ":")
+	r := &megatestRun{out: &testutil.SyncBuffer{}, errs: &testutil.SyncBuffer{}, done: make(chan struct{}),
+		summary: filepath.Join(t.TempDir(), "summary.json")}
+	r.cmd = exec.Command(bin, append([]string{letter, "127.0.0.1", "-port", port, "-api", s.API, "-json", r.summary}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.errs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+		if t.Failed() {
+			t.Logf("megatest stdout:\n%s\nstderr:\n%s", r.out.String(), r.errs.String())
+		}
+		if strings.Contains(r.errs.String(), "WARNING: DATA RACE") {
+			t.Errorf("data race in megatest:\n%s", r.errs.String())
+		}
+	})
+	return r
+}
+
+// wait waits for megatest to exit 0 and returns its summary, raw (every
+// key) and decoded.
+func (r *megatestRun) wait(t *testing.T, timeout time.Duration) (map[string]any, summary) {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(timeout):
+		r.cmd.Process.Signal(syscall.SIGINT)
+		<-r.done
+		t.Fatalf("megatest ran past %s", timeout)
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("megatest exit %d", code)
+	}
+	b, err := os.ReadFile(r.summary)
+	if err != nil {
+		t.Fatalf("no summary file: %v", err)
+	}
+	var raw map[string]any
+	var s summary
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatalf("summary: %v\n%s", err, b)
+	}
+	json.Unmarshal(b, &s)
+	// The last line of stdout is the same summary.
+	lines := strings.Split(strings.TrimSpace(r.out.String()), "\n")
+	var last map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || fmt.Sprint(last) != fmt.Sprint(raw) {
+		t.Errorf("last stdout line is not the summary: %q", lines[len(lines)-1])
+	}
+	return raw, s
+}
+
+type summary struct {
+	Letter           string  `json:"letter"`
+	Target           string  `json:"target"`
+	Transport        string  `json:"transport"`
+	Connections      int64   `json:"connections"`
+	PeakActive       int64   `json:"peak_active"`
+	ConnectFailed    int64   `json:"connect_failed"`
+	ClosedUnexpected int64   `json:"closed_unexpected"`
+	Reconnects       int64   `json:"reconnects"`
+	Messages         int64   `json:"messages"`
+	Lost             int64   `json:"lost"`
+	Duplicates       int64   `json:"duplicates"`
+	Heartbeats       int64   `json:"heartbeats"`
+	ConnectRate      float64 `json:"connect_rate"`
+	LatencyMs        latency `json:"latency_ms"`
+	BroadcastMs      []struct {
+		latency
+		Received int64 `json:"received"`
+		Expected int64 `json:"expected"`
+	} `json:"broadcast_ms"`
+	Active         int64   `json:"active"`
+	ProtocolErrors int64   `json:"protocol_errors"`
+	HTTPErrors     int64   `json:"http_errors"`
+	Published      int64   `json:"published"`
+	PublishErrors  int64   `json:"publish_errors"`
+	Processes      int     `json:"processes"`
+	RSSBytes       int64   `json:"rss_bytes"`
+	RSSPerConn     float64 `json:"rss_per_conn"`
+}
+
+type latency struct {
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// contractFields are the summary keys ../shared/CONTRACT.md promises.
+var contractFields = []string{"letter", "target", "transport", "connections", "peak_active",
+	"connect_failed", "closed_unexpected", "reconnects", "messages", "lost", "duplicates",
+	"heartbeats", "connect_rate", "latency_ms", "broadcast_ms"}
+
+func checkContractFields(t *testing.T, raw map[string]any) {
+	t.Helper()
+	for _, k := range contractFields {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("summary has no %q", k)
+		}
+	}
+	lat, _ := raw["latency_ms"].(map[string]any)
+	for _, k := range []string{"p50", "p99", "max"} {
+		if _, ok := lat[k]; !ok {
+			t.Errorf("latency_ms has no %q", k)
+		}
+	}
+	rounds, ok := raw["broadcast_ms"].([]any)
+	if !ok {
+		t.Errorf("broadcast_ms is %T, want an array", raw["broadcast_ms"])
+	}
+	for i, r := range rounds {
+		m, _ := r.(map[string]any)
+		for _, k := range []string{"p50", "p99", "max", "received", "expected"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("broadcast_ms[%d] has no %q", i, k)
+			}
+		}
+	}
+}
+
+var progressLine = regexp.MustCompile(`^t=[0-9.]+s active=\d+ opened=\d+ closed=\d+ failed=\d+ msgs=\d+ hb=\d+ p50=(-|[0-9.]+ms) p99=(-|[0-9.]+ms)$`)
+
+// checkProgress requires at least min progress lines, each well formed.
+func checkProgress(t *testing.T, out string, min int) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	lines = lines[:len(lines)-1] // the summary
+	if len(lines) < min {
+		t.Errorf("%d progress lines, want ≥ %d", len(lines), min)
+	}
+	for _, l := range lines {
+		if !progressLine.MatchString(l) {
+			t.Errorf("malformed progress line %q", l)
+		}
+	}
+}
+
+// The issue's check: one `megatest a 127.0.0.1 -n 30000` holds 30,000 SSE
+// connections (two processes here: the open-file limit is 20,000), none
+// closes unexpectedly, every one gets heartbeats, and the summary has
+// every contract field.
+func TestMegatestHolds30000SSE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("30,000 connections")
+	}
+	s := testutil.Start(t, map[string]string{"server": "workers = 2", "comet": `heartbeat = "1s"`})
+	const n = 30000
+	r := runMegatest(t, s, "a", "-n", fmt.Sprint(n), "-rate", "15000", "-hold", "4s", "-report", "1s")
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		if c := s.MustStats().Connections; c != n {
+			return fmt.Errorf("server holds %d of %d", c, n)
+		}
+		return nil
+	})
+	raw, sum := r.wait(t, 90*time.Second)
+	checkContractFields(t, raw)
+	checkProgress(t, r.out.String(), 4)
+	t.Logf("30,000 SSE: connect rate %.0f/s, %d processes, megatest RSS %d bytes (%.0f per connection), %d heartbeats",
+		sum.ConnectRate, sum.Processes, sum.RSSBytes, sum.RSSPerConn, sum.Heartbeats)
+	if sum.Processes != 2 {
+		t.Errorf("%d processes, want 2", sum.Processes)
+	}
+	if sum.Letter != "a" || sum.Transport != "sse" || sum.Connections != n || sum.Target != s.Listen {
+		t.Errorf("letter %q transport %q connections %d target %q", sum.Letter, sum.Transport, sum.Connections, sum.Target)
+	}
+	if sum.PeakActive != n || sum.Active != n {
+		t.Errorf("peak_active %d, active at the end %d; want %d", sum.PeakActive, sum.Active, n)
+	}
+	if sum.ClosedUnexpected != 0 || sum.ConnectFailed != 0 || sum.ProtocolErrors != 0 || sum.HTTPErrors != 0 || sum.Reconnects != 0 {
+		t.Errorf("closed_unexpected %d connect_failed %d protocol_errors %d http_errors %d reconnects %d; want 0",
+			sum.ClosedUnexpected, sum.ConnectFailed, sum.ProtocolErrors, sum.HTTPErrors, sum.Reconnects)
+	}
+	// 4 s held with a 1 s heartbeat: at least two each.
+	if sum.Heartbeats < 2*n {
+		t.Errorf("%d heartbeats for %d connections held 4 s at 1 s", sum.Heartbeats, n)
+	}
+	if sum.ConnectRate <= 0 {
+		t.Errorf("connect_rate %v", sum.ConnectRate)
+	}
+	if len(sum.BroadcastMs) != 0 || sum.Lost != 0 || sum.Duplicates != 0 {
+		t.Errorf("broadcast_ms %v lost %d duplicates %d", sum.BroadcastMs, sum.Lost, sum.Duplicates)
+	}
+}
+
+// -pub and -broadcast with a few thousand connections on every transport:
+// every published id arrives exactly once, every broadcast reaches every
+// connection, and the latencies are sane.
+func TestMegatestPublishAndBroadcast(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2", "comet": `poll_timeout = "1s"`})
+	for _, tc := range []struct {
+		tr string
+		n  int
+	}{{"sse", 3000}, {"stream", 1000}, {"lp", 1000}} {
+		t.Run(tc.tr, func(t *testing.T) {
+			r := runMegatest(t, s, "p"+tc.tr, "-transport", tc.tr, "-n", fmt.Sprint(tc.n), "-pub", "400", "-broadcast", "3", "-hold", "3s", "-report", "1s")
+			raw, sum := r.wait(t, 60*time.Second)
+			checkContractFields(t, raw)
+			checkProgress(t, r.out.String(), 2)
+			t.Logf("%s: %d published, latency p50 %.2f ms p99 %.2f ms max %.2f ms; broadcasts %+v",
+				tc.tr, sum.Published, sum.LatencyMs.P50, sum.LatencyMs.P99, sum.LatencyMs.Max, sum.BroadcastMs)
+			if sum.Published < 400 || sum.PublishErrors != 0 {
+				t.Errorf("published %d, publish errors %d", sum.Published, sum.PublishErrors)
+			}
+			if sum.Lost != 0 || sum.Duplicates != 0 || sum.ClosedUnexpected != 0 {
+				t.Errorf("lost %d duplicates %d closed_unexpected %d", sum.Lost, sum.Duplicates, sum.ClosedUnexpected)
+			}
+			l := sum.LatencyMs
+			if !(l.P50 > 0 && l.P50 <= l.P99 && l.P99 <= l.Max && l.Max < 5000) {
+				t.Errorf("latency %+v", l)
+			}
+			if len(sum.BroadcastMs) != 3 {
+				t.Fatalf("%d broadcast rounds, want 3", len(sum.BroadcastMs))
+			}
+			var bcast int64
+			for i, b := range sum.BroadcastMs {
+				bcast += b.Received
+				if b.Expected != int64(tc.n) || b.Received != b.Expected {
+					t.Errorf("round %d: received %d of %d, want %d", i+1, b.Received, b.Expected, tc.n)
+				}
+				if !(b.P50 > 0 && b.P50 <= b.P99 && b.P99 <= b.Max && b.Max < 5000) {
+					t.Errorf("round %d latency %+v", i+1, b.latency)
+				}
+			}
+			if sum.Messages != sum.Published+bcast {
+				t.Errorf("%d messages, want %d published + %d broadcast", sum.Messages, sum.Published, bcast)
+			}
+		})
+	}
+}
+
+// A server that silently drops every 40th delivery (the workers' test
+// hook) shows up as loss: published ids never checked off and broadcast
+// rounds short of their count, about one in forty.
+func TestMegatestReportsDroppedMessages(t *testing.T) {
+	t.Setenv("MEGACOMET_FAULT_DROP_EVERY", "40")
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	const n = 400
+	r := runMegatest(t, s, "d", "-n", fmt.Sprint(n), "-pub", "400", "-broadcast", "2", "-round-wait", "2s", "-hold", "3s", "-grace", "2s", "-report", "1s")
+	_, sum := r.wait(t, 60*time.Second)
+	var expected, received int64
+	for _, b := range sum.BroadcastMs {
+		expected += b.Expected
+		received += b.Received
+	}
+	deliveries := sum.Published + expected
+	missing := sum.Lost + expected - received
+	t.Logf("published %d, lost %d; broadcast %d of %d; missing %d of %d deliveries", sum.Published, sum.Lost, received, expected, missing, deliveries)
+	if sum.Lost == 0 || received == expected {
+		t.Fatalf("a dropping server went unnoticed: lost %d, broadcast %d of %d", sum.Lost, received, expected)
+	}
+	// Each worker drops every 40th of its own deliveries.
+	if want := deliveries / 40; missing < want-2 || missing > want+2 {
+		t.Errorf("%d missing, want about %d", missing, want)
+	}
+	if sum.Duplicates != 0 || sum.ClosedUnexpected != 0 {
+		t.Errorf("duplicates %d closed_unexpected %d", sum.Duplicates, sum.ClosedUnexpected)
+	}
+}
+
+// Ctrl-C stops megatest early with the summary, like -hold does.
+func TestMegatestInterruptWritesSummary(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 1"})
+	r := runMegatest(t, s, "i", "-n", "100", "-report", "1s")
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		if c := s.MustStats().Connections; c != 100 {
+			return fmt.Errorf("%d connections", c)
+		}
+		return nil
+	})
+	r.cmd.Process.Signal(syscall.SIGINT)
+	raw, sum := r.wait(t, 30*time.Second)
+	checkContractFields(t, raw)
+	if sum.PeakActive != 100 || sum.ClosedUnexpected != 0 {
+		t.Errorf("peak_active %d closed_unexpected %d", sum.PeakActive, sum.ClosedUnexpected)
+	}
+}
