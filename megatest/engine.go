@@ -526,11 +526,13 @@ func (e *engine) readable(idx int32, c *conn) {
 			}
 			return
 		case err == nil: // EOF
-			if len(c.in) > 0 && c.flags&fAnnounced == 0 {
-				e.closeConn(idx, c, whyProtocol) // a unit cut off
-				return
+			// A long-poll connection closed between answers (nothing of
+			// the next one received) is an ordinary keep-alive close: the
+			// last answer was complete, and the poll goes on elsewhere.
+			if e.tr == trLP && c.flags&fReady != 0 && len(c.in) == 0 {
+				c.flags |= fAnnounced
 			}
-			e.closeConn(idx, c, whyUnexpected)
+			e.closeConn(idx, c, whyUnexpected) // announced, if it was
 			return
 		default:
 			e.closeConn(idx, c, whyUnexpected)

@@ -45,7 +45,9 @@ func TestEngineReconnectsWithCursor(t *testing.T) {
 									return false // answer normally: the message, then a timeout
 								}
 								if announced {
-									c.announce()
+									c.announce() // Connection: close
+								} else {
+									c.write("HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n[") // cut off
 								}
 								c.conn.Close()
 								return true
@@ -121,6 +123,30 @@ func TestEngineResumesBeforeFirstMessage(t *testing.T) {
 				t.Fatalf("messages %d unexpected %d duplicates %d; want 10 10 0\n%s\n%q", s.Messages, s.ClosedUnexpected, s.Duplicates, out, f.requestList())
 			}
 		})
+	}
+}
+
+// A long-poll connection closed after a complete answer, while the next
+// poll is on its way, is a keep-alive close: a reconnect, not a failure.
+func TestEngineLongPollKeepAliveClose(t *testing.T) {
+	f := newFake(t, func(f *fake) {
+		f.onOpen = func(c *fconn, k int) {
+			if k > 1 {
+				c.hold()
+				return
+			}
+			c.pollLoop(func(c *fconn, poll int) bool {
+				if poll == 2 {
+					c.conn.Close() // the first answer was complete
+					return true
+				}
+				return false
+			})
+		}
+	})
+	s, out := runMegatest(t, f, "-n 10 -transport lp -hold 800ms")
+	if s.Reconnects != 10 || s.ClosedUnexpected != 0 {
+		t.Fatalf("reconnects %d unexpected %d; want 10 0\n%s", s.Reconnects, s.ClosedUnexpected, out)
 	}
 }
 

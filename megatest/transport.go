@@ -5,6 +5,7 @@ package megatest
 import (
 	"bytes"
 	"errors"
+	"unicode/utf8"
 )
 
 // consume parses every whole unit at the front of buf for connection idx
@@ -271,6 +272,10 @@ func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
 	}
 	switch f.op {
 	case wsText:
+		// RFC 6455 §8.1: text that is not UTF-8 must fail the connection.
+		if !utf8.Valid(f.payload) {
+			return 0, errWSUTF8
+		}
 		var m msgInfo
 		if err := scanMessage(f.payload, e.tag, &m); err != nil {
 			return 0, err

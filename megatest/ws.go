@@ -32,6 +32,7 @@ var (
 	errWSFrag   = errors.New("megatest: control frame inside a fragmented message")
 	errWSBinary = errors.New("megatest: binary WebSocket message")
 	errWSClosed = errors.New("megatest: WebSocket closed by the server")
+	errWSUTF8   = errors.New("megatest: WebSocket text that is not UTF-8")
 )
 
 // wsMsg is one data message or control frame. payload aliases the input,

@@ -230,7 +230,7 @@ func TestMegatestPublishAndBroadcast(t *testing.T) {
 	for _, tc := range []struct {
 		tr string
 		n  int
-	}{{"sse", 3000}, {"stream", 1000}, {"lp", 1000}} {
+	}{{"sse", 3000}, {"stream", 1000}, {"lp", 1000}, {"ws", 1000}} {
 		t.Run(tc.tr, func(t *testing.T) {
 			r := runMegatest(t, s, "p"+tc.tr, "-transport", tc.tr, "-n", fmt.Sprint(tc.n), "-pub", "400", "-broadcast", "3", "-hold", "3s", "-report", "1s")
 			raw, sum := r.wait(t, 60*time.Second)
