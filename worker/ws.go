@@ -182,10 +182,10 @@ func (w *Worker) wsData(cc *conn, in []byte) {
 		cc.x.in = append(cc.x.in, in...)
 		buf = cc.x.in
 	}
-	max := int64(w.opts.Comet.WSMaxMessage)
+	limit := int64(w.opts.Comet.WSMaxMessage)
 	var f wsFrame
 	for len(buf) > 0 && cc.state == stStreaming {
-		n, err := parseFrame(buf, &f, cc.x != nil && cc.x.ws != nil, max)
+		n, err := parseFrame(buf, &f, cc.x != nil && cc.x.ws != nil, limit)
 		if err == errNeedMore {
 			break
 		}

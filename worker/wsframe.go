@@ -84,8 +84,8 @@ var checkErrors = map[error]*wsError{
 // its length. It returns errNeedMore while the frame is incomplete, and a
 // *wsError as soon as the header shows the frame must fail the connection
 // (before its payload arrives). fragmented says a data message has begun
-// and not finished; max bounds a data frame's payload.
-func parseFrame(b []byte, f *wsFrame, fragmented bool, max int64) (int, error) {
+// and not finished; limit bounds a frame's payload.
+func parseFrame(b []byte, f *wsFrame, fragmented bool, limit int64) (int, error) {
 	if len(b) < 2 {
 		return 0, errNeedMore
 	}
@@ -141,7 +141,7 @@ func parseFrame(b []byte, f *wsFrame, fragmented bool, max int64) (int, error) {
 	}
 	// §7.4.1: 1009 "indicates that an endpoint is terminating the connection
 	// because it has received a message that is too big for it to process."
-	if h.Length > max {
+	if h.Length > limit {
 		return 0, errWSTooBig
 	}
 	if int64(len(b)-n) < h.Length {
