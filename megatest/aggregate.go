@@ -123,6 +123,7 @@ func (a *aggregator) total(withHists bool) *totals {
 			t.Lost += s.Pending // it never finished: what it still owed is lost
 		}
 		t.RSS += s.RSS
+		t.PSS += s.PSS
 		if s.RampStart != 0 && (t.RampStart == 0 || s.RampStart < t.RampStart) {
 			t.RampStart = s.RampStart
 		}

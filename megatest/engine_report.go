@@ -45,8 +45,8 @@ func (e *engine) snapshot(final bool) {
 		Msgs: st.msgs, HB: st.hb, Dups: st.dups,
 		ProtoErrs: st.protoErrs, HTTPErrs: st.httpErrs, WriteErrs: st.writeErrs,
 		RampStart: e.rampStart, RampEnd: e.rampEnd,
-		RSS: rss(),
 	}
+	s.RSS, s.PSS = memory()
 	if e.pub != nil {
 		s.Published, s.PubErrors, s.PubSkipped = e.pub.published.Load(), e.pub.errors.Load(), e.pub.skipped.Load()
 		s.Pending, s.Unacked, _ = e.ledger.counts()

@@ -35,6 +35,7 @@ type runner struct {
 	out    io.Writer
 	agg    *aggregator
 	procs  int
+	split  bool // children hold the connections, not this process
 	start  time.Time
 	rampAt time.Time // when the ramp was over
 
@@ -77,6 +78,7 @@ func run(o *Options, out io.Writer) int {
 		f, err = startLocal(o, dst, srcs, r.agg)
 	} else {
 		logger().Info("splitting over child processes", "procs", procs, "per_process_limit", perProc)
+		r.split = true
 		f, err = startChildren(o, procs, formatSources(srcs), r.agg)
 	}
 	if err != nil {
@@ -268,8 +270,10 @@ type Summary struct {
 	Processes      int     `json:"processes"`
 	RampS          float64 `json:"ramp_s"`
 	DurationS      float64 `json:"duration_s"`
-	RSSBytes       int64   `json:"rss_bytes"` // every megatest process at the end
+	RSSBytes       int64   `json:"rss_bytes"` // every megatest process at the end, the parent too
 	RSSPerConn     float64 `json:"rss_per_conn"`
+	PSSBytes       int64   `json:"pss_bytes"` // the same, shared pages (the binary) counted once
+	PSSPerConn     float64 `json:"pss_per_conn"`
 }
 
 type LatencyMs struct {
@@ -306,7 +310,12 @@ func (r *runner) summary() int {
 		ProtocolErrors: t.ProtoErrs, HTTPErrors: t.HTTPErrs,
 		Published: t.Published, PublishErrors: t.PubErrors, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
 		Processes: r.procs, DurationS: time.Since(r.start).Seconds(),
-		RSSBytes: t.RSS,
+		RSSBytes: t.RSS, PSSBytes: t.PSS,
+	}
+	if r.split {
+		rss, pss := memory()
+		s.RSSBytes += rss
+		s.PSSBytes += pss
 	}
 	if t.RampStart != 0 {
 		end := time.Unix(0, t.RampEnd)
@@ -320,7 +329,8 @@ func (r *runner) summary() int {
 		}
 	}
 	if t.Active > 0 {
-		s.RSSPerConn = float64(t.RSS) / float64(t.Active)
+		s.RSSPerConn = float64(s.RSSBytes) / float64(t.Active)
+		s.PSSPerConn = float64(s.PSSBytes) / float64(t.Active)
 	}
 	r.mu.Lock()
 	for i, exp := range r.expected {

@@ -42,6 +42,7 @@ type Snapshot struct {
 	RampStart int64 `json:"ramp_start"` // unix ns of the first connect
 	RampEnd   int64 `json:"ramp_end"`   // unix ns when every connection had opened
 	RSS       int64 `json:"rss"`
+	PSS       int64 `json:"pss"` // RSS with shared pages split among their users
 
 	Lat    sparse      `json:"lat,omitempty"`    // -pub latency, µs
 	Tagged sparse      `json:"tagged,omitempty"` // every message of ours, µs
@@ -54,20 +55,33 @@ type RoundSnap struct {
 	Hist sparse `json:"hist,omitempty"`
 }
 
-// rss is this process's resident set in bytes.
-func rss() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+// memory is this process's resident set and proportional set size in
+// bytes (one read of /proc/self/smaps_rollup; RSS from status when that
+// file is missing).
+func memory() (rss, pss int64) {
+	b, err := os.ReadFile("/proc/self/smaps_rollup")
 	if err != nil {
-		return 0
+		b, _ = os.ReadFile("/proc/self/status")
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				return kb * 1024
-			}
+		key, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[0], 10, 64)
+		switch key {
+		case "Rss", "VmRSS":
+			rss = kb * 1024
+		case "Pss":
+			pss = kb * 1024
 		}
 	}
-	return 0
+	if pss == 0 {
+		pss = rss
+	}
+	return rss, pss
 }

@@ -1,0 +1,31 @@
+# megatest's make targets; the main Makefile includes this file and builds
+# bin/megatest itself (`make megatest`).
+#
+#   make dist            dist/megatest-linux-amd64 and -arm64: static, ready
+#                        to copy to load boxes, with SHA256SUMS
+#   make c1m             one million connections on this machine: kernel
+#                        tuning, a manager with enough workers, megatest
+#                        with a broadcast; see docs/C1M.md
+#                        (N=, RATE=, BROADCAST=, HOLD=, TRANSPORT= override)
+#   make megatest-fuzz   each megatest fuzz target for 30 s
+
+DIST               ?= dist
+MEGATEST_PLATFORMS ?= linux-amd64 linux-arm64
+
+.PHONY: dist c1m megatest-fuzz
+
+dist:
+	@mkdir -p $(DIST)
+	@for p in $(MEGATEST_PLATFORMS); do \
+	  echo "megatest $$p"; \
+	  GOOS=$${p%-*} GOARCH=$${p#*-} $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/megatest-$$p ./cmd/megatest || exit 1; \
+	done
+	cd $(DIST) && sha256sum megatest-* > SHA256SUMS
+
+c1m: megacomet megatest
+	BIN=$(BIN) megatest/c1m.sh
+
+megatest-fuzz:
+	@for f in FuzzSSESplit FuzzChunkSplit FuzzHeadSplit FuzzWSSplit FuzzLPSplit FuzzScanMessage; do \
+	  $(GO) test ./megatest -run '^$$' -fuzz "^$$f\$$" -fuzztime 30s || exit 1; \
+	done
