@@ -35,13 +35,14 @@ vet:
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
 # What the tests need beyond Go, installed when missing: curl and Debian's
-# chromium (clients nobody here wrote).
+# chromium, Node's ws package (clients nobody here wrote).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
-	@command -v curl >/dev/null && command -v chromium >/dev/null || { \
-	  echo "installing test dependencies: curl chromium"; \
+	@command -v curl >/dev/null && command -v chromium >/dev/null && command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing test dependencies: curl chromium nodejs npm"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium nodejs npm; }
+	@cd test/node && npm ci --no-audit --no-fund --loglevel=error
 
 # Every test, with the race detector (the server binaries the integration
 # tests start are race-built too).
@@ -56,6 +57,8 @@ test-short:
 fuzz:
 	$(GO) test ./ipc -run '^$$' -fuzz FuzzParseSplit -fuzztime 30s
 	$(GO) test ./worker -run '^$$' -fuzz FuzzParseRequest -fuzztime 30s
+	$(GO) test ./worker -run '^$$' -fuzz FuzzParseFrame -fuzztime 30s
+	$(GO) test ./ipc -run '^$$' -fuzz FuzzDecoders -fuzztime 30s
 
 # The unit as `make install` writes it must pass systemd-analyze verify with
 # no complaint at all (unknown keys are only warnings there).

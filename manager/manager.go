@@ -142,6 +142,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 			m.log.Info("stopping", "signal", sig.String())
 			m.shutdownAPI(api, statsLn)
 			m.stopWorkers()
+			// tableflip's Stop unlinks the socket too, but from its own
+			// goroutine, which may not run before the process exits.
+			os.Remove(opts.Manager.Socket)
 			os.Remove(opts.Manager.PidFile)
 			m.log.Info("stopped")
 			return nil

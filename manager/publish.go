@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 const (
@@ -126,6 +127,12 @@ func parseItem(raw json.RawMessage) (pubItem, error) {
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, r.Data); err != nil {
 		return it, fmt.Errorf("data is not JSON: %v", err)
+	}
+	if !utf8.Valid(buf.Bytes()) {
+		// JSON is UTF-8 (RFC 8259 §8.1); a WebSocket client would close
+		// on the text frame carrying it (RFC 6455 §8.1), again on every
+		// replay.
+		return it, errors.New("data is not valid UTF-8")
 	}
 	if buf.Len() > maxMessageData {
 		return it, fmt.Errorf("data is %d bytes; the limit is %d", buf.Len(), maxMessageData)

@@ -95,6 +95,7 @@ func TestBadInputIsRejectedAndOthersKeepBeingServed(t *testing.T) {
 		{"empty body", ``, auth, 400, "empty body"},
 		{"empty batch", `[]`, auth, 400, "empty batch"},
 		{"one bad item spoils the batch", `[{"to":"a","data":1},{"to":"a"}]`, auth, 400, "item 1"},
+		{"invalid UTF-8", "{\"to\":\"a\",\"data\":\"\xff\xfe\"}", auth, 400, "UTF-8"},
 		{"data too large", `{"to":"a","data":"` + strings.Repeat("x", 300<<10) + `"}`, auth, 400, "limit"},
 		{"body too large", `[` + strings.Repeat(`{"to":"a","data":"`+strings.Repeat("x", 100<<10)+`"},`, 170) + `1]`, auth, 413, "body over"},
 	}
