@@ -179,13 +179,20 @@ func TestSlowConsumerIsDropped(t *testing.T) {
 // connection (subscribed, heartbeat scheduled), measured in-process with a
 // client that keeps nothing on the Go heap per connection.
 func BenchmarkIdleConnBytes(b *testing.B) {
+	benchIdleConns(b, func(j int) string { return "GET /sse/idle" + strconv.Itoa(j) + " HTTP/1.1\r\n\r\n" })
+}
+
+// benchIdleConns opens 5000 connections, each sending request(j), and
+// reports the worker's heap and allocations per connection once all are
+// subscribed.
+func benchIdleConns(b *testing.B, request func(j int) string) {
 	const n = 5000
 	for i := 0; i < b.N; i++ {
 		h := startWorker(b, nil)
 		fds := make([]int, 0, n)
 		reqs := make([][]byte, n)
 		for j := range reqs {
-			reqs[j] = []byte("GET /sse/idle" + strconv.Itoa(j) + " HTTP/1.1\r\n\r\n")
+			reqs[j] = []byte(request(j))
 		}
 		addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
 		runtime.GC()

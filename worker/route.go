@@ -143,35 +143,11 @@ func (w *Worker) serve1(cc *conn, r *request) {
 		w.reject(cc, errNotFound)
 		return
 	}
-	if !validID(id) {
-		w.reject(cc, errBadID)
+	since, ok := w.subscription(cc, r, id, tr)
+	if !ok {
 		return
 	}
 	q := &w.q
-	if e := parseQuery(r.query, q); e != nil {
-		w.reject(cc, e)
-		return
-	}
-	if tr == trSSE && len(r.lastEventID) > 0 {
-		// EventSource resends the last id it saw on every reconnect; it
-		// is fresher than the since= of the URL the page first opened.
-		v, ok := parseUint(r.lastEventID)
-		if !ok {
-			w.reject(cc, errBadSince)
-			return
-		}
-		q.since, q.hasSince = v, true
-	}
-	since := q.since
-	if !q.hasSince {
-		// Message ids are publish times in microseconds, so "from now"
-		// is a cursor too: a client without one gets every message
-		// published after it connected, including those published
-		// before its subscription reached the manager. The answer tells
-		// the client this cursor, so it can resume from it even before
-		// its first message.
-		since = w.connectCursor()
-	}
 	if head {
 		w.send(cc, w.streamHead(tr, r.origin, false, since))
 		w.linger(cc)
@@ -195,6 +171,39 @@ func (w *Worker) serve1(cc *conn, r *request) {
 	cc.tr, cc.state = tr, stStreaming
 	w.subscribe(cc, id, q.channels(), since)
 	w.startHeartbeats(cc)
+}
+
+// subscription reads what a comet request asks for into w.q and returns
+// the cursor to resume after; it rejects a bad id or query.
+func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (since uint64, ok bool) {
+	if !validID(id) {
+		w.reject(cc, errBadID)
+		return 0, false
+	}
+	q := &w.q
+	if e := parseQuery(r.query, q); e != nil {
+		w.reject(cc, e)
+		return 0, false
+	}
+	if tr == trSSE && len(r.lastEventID) > 0 {
+		// EventSource resends the last id it saw on every reconnect; it
+		// is fresher than the since= of the URL the page first opened.
+		v, ok := parseUint(r.lastEventID)
+		if !ok {
+			w.reject(cc, errBadSince)
+			return 0, false
+		}
+		q.since, q.hasSince = v, true
+	}
+	if q.hasSince {
+		return q.since, true
+	}
+	// Message ids are publish times in microseconds, so "from now" is a
+	// cursor too: a client without one gets every message published after
+	// it connected, including those published before its subscription
+	// reached the manager. The answer tells the client this cursor, so it
+	// can resume from it even before its first message.
+	return w.connectCursor(), true
 }
 
 // afterAnswer returns a keep-alive connection to reading, or closes it.

@@ -126,15 +126,11 @@ func appendHandshake(b []byte, r *request) []byte {
 // startWS answers a request for /ws/ID: the handshake, then the connection
 // streams like an SSE one.
 func (w *Worker) startWS(cc *conn, r *request, id []byte) {
-	if !validID(id) {
-		w.reject(cc, errBadID)
+	since, ok := w.subscription(cc, r, id, trWS)
+	if !ok {
 		return
 	}
 	q := &w.q
-	if e := parseQuery(r.query, q); e != nil {
-		w.reject(cc, e)
-		return
-	}
 	// §10.2: "Servers that are not intended to process input from any web
 	// page but only for certain sites SHOULD verify the |Origin| field".
 	// Browsers apply no CORS to WebSocket, so server.allowed_origins is
@@ -142,10 +138,6 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 	if len(r.origin) > 0 && !w.allowed(r.origin) {
 		w.reject(cc, errWSOrigin)
 		return
-	}
-	since := q.since
-	if !q.hasSince {
-		since = w.connectCursor() // as for the other transports (route.go)
 	}
 	// The answer tells the client its starting cursor, as every comet
 	// answer does (a per-handshake allocation; the handshake makes others).

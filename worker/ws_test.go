@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -609,37 +608,5 @@ func (c *wsClient) writeAll(b []byte) {
 // BenchmarkIdleWSConnBytes is BenchmarkIdleConnBytes for WebSocket
 // clients: the worker's Go heap per idle, subscribed connection.
 func BenchmarkIdleWSConnBytes(b *testing.B) {
-	const n = 5000
-	for i := 0; i < b.N; i++ {
-		h := startWorker(b, nil)
-		fds := make([]int, 0, n)
-		reqs := make([][]byte, n)
-		for j := range reqs {
-			reqs[j] = []byte(wsRequest("/ws/idle"+strconv.Itoa(j), ""))
-		}
-		addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		for j := 0; j < n; j++ {
-			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := syscall.Connect(fd, addr); err != nil {
-				b.Fatal(err)
-			}
-			syscall.Write(fd, reqs[j])
-			fds = append(fds, fd)
-		}
-		h.waitJoins(n)
-		h.countsWhere(func(c ipc.Counts) bool { return c.Conns == n })
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/n, "heap-bytes/conn")
-		b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/conn")
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}
+	benchIdleConns(b, func(j int) string { return wsRequest("/ws/idle"+strconv.Itoa(j), "") })
 }
