@@ -284,11 +284,11 @@ func (e *engine) run() error {
 			case stConnecting:
 				e.connected(idx, c, ev.Events)
 				if c.state >= stHead && ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-					e.readable(idx, c)
+					e.readable(idx, c, ev.Events)
 				}
 			case stHead, stBody:
 				if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-					e.readable(idx, c)
+					e.readable(idx, c, ev.Events)
 				}
 			}
 		}
@@ -332,7 +332,9 @@ func (e *engine) ramp(now int64) {
 	budget := len(e.conns) - e.nextNew
 	if e.rate > 0 {
 		dt := float64(now-e.lastTurn) / 1e9
-		e.allow = min(e.allow+e.rate*dt, max(e.rate/20, 1)) // bursts of at most 50 ms
+		// Tokens for up to 500 ms: a turn slowed by a burst of events
+		// must not lower the average rate.
+		e.allow = min(e.allow+e.rate*dt, max(e.rate/2, 1))
 		budget = min(budget, int(e.allow))
 	}
 	budget = min(budget, maxConnecting-int(e.st.connecting))
@@ -505,25 +507,28 @@ func (e *engine) closeConn(idx int32, c *conn, why closeWhy) {
 	}
 }
 
-// readable reads until the socket is drained (edge-triggered) and hands
-// the bytes to the transport.
-func (e *engine) readable(idx int32, c *conn) {
+// readable reads what the socket holds and hands it to the transport.
+// Edge-triggered: every arrival of data raises a new event, so a short
+// read means the socket is drained and the read that would return EAGAIN
+// is saved (half the syscalls per message). Only when the event reports
+// the peer's FIN or an error is the socket read to the end.
+func (e *engine) readable(idx int32, c *conn, events uint32) {
+	toEnd := events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	for {
 		n, err := unix.Read(int(c.fd), e.rbuf)
 		if n > 0 {
 			if !e.input(idx, c, e.rbuf[:n], time.Now().UnixNano()) {
 				return // closed
 			}
-			if n < len(e.rbuf) {
-				continue // most likely EAGAIN next; read once more to be sure (ET)
+			if n < len(e.rbuf) && !toEnd {
+				return
 			}
 			continue
 		}
 		switch {
-		case err == unix.EAGAIN || err == unix.EINTR:
-			if err == unix.EINTR {
-				continue
-			}
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
 			return
 		case err == nil: // EOF
 			// A long-poll connection closed between answers (nothing of

@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
-	"time"
 )
 
 // Splitting. One process can hold its open-file limit of connections
@@ -194,16 +193,19 @@ func runChild(o *Options) int {
 	}
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	// The first signal finishes the run with a final snapshot. Later ones
+	// are ignored: children are in their own process group, so a second
+	// one is a broadcast kill, not a user insisting, and the parent
+	// SIGKILLs a child that does not finish in time.
 	go func() {
 		<-sig
 		e.stop()
-		<-sig
-		os.Exit(1)
+		for range sig {
+		}
 	}()
 	if err := e.run(); err != nil {
 		logger().Error(err.Error())
 		return 1
 	}
-	_ = time.Second
 	return 0
 }

@@ -28,6 +28,10 @@ type fleet interface {
 // retrying).
 var stallAfter = 10 * time.Second
 
+// settleMax bounds the wait, before the broadcast rounds, for the server to
+// answer every open connection.
+const settleMax = 2 * time.Minute
+
 // runner is the top of a run in the parent: it starts the fleet, prints
 // progress, runs the broadcast rounds, and writes the summary.
 type runner struct {
@@ -187,11 +191,22 @@ func (r *runner) progress(final bool) {
 func (r *runner) broadcasts(ctx context.Context) {
 	api, _ := newAPIClient(r.o.API, r.o.Token)
 	// Let the server answer every open connection first: one it has not
-	// answered yet may not be registered, and could rightly miss a round.
-	settle := time.Now().Add(5 * time.Second)
-	for time.Now().Before(settle) {
-		if t := r.agg.total(false); t.Ready >= t.Active {
+	// answered yet may not be registered and could rightly miss a round,
+	// and a server still working through its accept queues would make the
+	// first round measure that instead of the fan-out.
+	settle := time.Now().Add(settleMax)
+	for logged := time.Now(); ; {
+		t := r.agg.total(false)
+		if t.Ready >= t.Active {
 			break
+		}
+		if time.Now().After(settle) {
+			logger().Warn("broadcasting although the server has not answered every connection", "ready", t.Ready, "active", t.Active)
+			break
+		}
+		if time.Since(logged) >= 10*time.Second {
+			logger().Info("waiting for the server to answer every connection before broadcasting", "ready", t.Ready, "active", t.Active)
+			logged = time.Now()
 		}
 		if !sleepCtx(ctx, 50*time.Millisecond) {
 			return
@@ -259,6 +274,7 @@ type Summary struct {
 	BroadcastMs      []BroadcastMs `json:"broadcast_ms"`
 
 	Active         int64   `json:"active"` // held at the end
+	Ready          int64   `json:"ready"`  // of those, answered by the server
 	Opened         int64   `json:"opened"`
 	Closed         int64   `json:"closed"`
 	ProtocolErrors int64   `json:"protocol_errors"`
@@ -306,7 +322,7 @@ func (r *runner) summary() int {
 		Messages: t.Msgs, Lost: t.Lost, Duplicates: t.Dups, Heartbeats: t.HB,
 		LatencyMs:   latencyOf(&t.lat),
 		BroadcastMs: []BroadcastMs{},
-		Active:      t.Active, Opened: t.Opened, Closed: t.Closed,
+		Active:      t.Active, Ready: t.Ready, Opened: t.Opened, Closed: t.Closed,
 		ProtocolErrors: t.ProtoErrs, HTTPErrors: t.HTTPErrs,
 		Published: t.Published, PublishErrors: t.PubErrors, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
 		Processes: r.procs, DurationS: time.Since(r.start).Seconds(),
