@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -148,6 +149,9 @@ func (o *Options) check() error {
 	return nil
 }
 
+// fmtRate writes a per-child rate share for a command line (ps shows it).
+func fmtRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 32) }
+
 func isIDChar(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'
 }
@@ -168,10 +172,10 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-first", fmt.Sprint(first),
 		"-port", fmt.Sprint(o.Port),
 		"-transport", o.Transport,
-		"-rate", fmt.Sprint(rate),
+		"-rate", fmtRate(rate),
 		"-src", src,
 		"-api", o.API,
-		"-pub", fmt.Sprint(pub),
+		"-pub", fmtRate(pub),
 		"-grace", o.Grace.String(),
 		"-run", o.Run,
 	}
