@@ -40,10 +40,12 @@ type Counts struct {
 	Heartbeats    uint64 // total heartbeats written
 	Requests      uint64 // total HTTP requests parsed
 	BadRequests   uint64 // total requests answered with a 4xx
+	HeapBytes     uint64 // Go heap held by live objects
+	GoBytes       uint64 // all memory the Go runtime holds from the OS
 }
 
-func (c *Counts) fields() [8]*uint64 {
-	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests}
+func (c *Counts) fields() [10]*uint64 {
+	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes}
 }
 
 // AppendCounts appends a Counts frame.

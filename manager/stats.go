@@ -47,6 +47,8 @@ type WorkerStats struct {
 	// processes (the binary's text) divided among them. Summed over all
 	// processes it is what the server really costs in memory.
 	PSSBytes      uint64 `json:"pss_bytes"`
+	HeapBytes     uint64 `json:"heap_bytes"` // Go heap held by live objects
+	GoBytes       uint64 `json:"go_bytes"`   // all the Go runtime holds
 	State         string `json:"state"`
 	Generation    uint64 `json:"generation"`
 	MaxConns      uint64 `json:"max_conns"`
@@ -194,6 +196,7 @@ func (m *Manager) Snapshot() Stats {
 			c := p.counts
 			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
+			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {
 				st.Capacity += p.hello.MaxConns

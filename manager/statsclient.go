@@ -47,15 +47,15 @@ func PrintStats(w io.Writer, raw []byte) error {
 	fmt.Fprintf(w, "host load1 %.2f, memory %s used of %s\n\n",
 		st.Host.Load1, bytesIEC(st.Host.MemUsedBytes), bytesIEC(st.Host.MemTotalBytes))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "SLOT\tPID\tCPU\tSTATE\tCONNS\tRSS\tCPU%\tRESTARTS\tMSGS OUT\tREFUSED\tSLOW\t")
+	fmt.Fprintln(tw, "SLOT\tPID\tCPU\tSTATE\tCONNS\tRSS\tGO HEAP\tCPU%\tRESTARTS\tMSGS OUT\tREFUSED\tSLOW\t")
 	pss := st.Manager.PSSBytes
 	for _, ws := range st.Workers {
 		cpu := "-"
 		if ws.CPU >= 0 {
 			cpu = strconv.Itoa(ws.CPU)
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%s\t%.1f\t%d\t%d\t%d\t%d\t\n",
-			ws.Slot, ws.PID, cpu, ws.State, ws.Connections, bytesIEC(ws.RSSBytes), ws.CPUPercent,
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%d\t%s\t%s\t%.1f\t%d\t%d\t%d\t%d\t\n",
+			ws.Slot, ws.PID, cpu, ws.State, ws.Connections, bytesIEC(ws.RSSBytes), bytesIEC(ws.HeapBytes), ws.CPUPercent,
 			ws.Restarts, ws.MessagesOut, ws.Refused, ws.SlowConsumers)
 		pss += ws.PSSBytes
 	}

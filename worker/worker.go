@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"syscall"
 	"time"
@@ -378,8 +379,13 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	return tickEvery, evio.None
 }
 
+// memSamples are read with runtime/metrics, which does not stop the world.
+var memSamples = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/total:bytes"}}
+
 func (w *Worker) queueCounts() {
 	w.counts.Conns = uint64(w.open)
+	metrics.Read(memSamples)
+	w.counts.HeapBytes, w.counts.GoBytes = memSamples[0].Value.Uint64(), memSamples[1].Value.Uint64()
 	w.ipcOut = ipc.AppendCounts(w.ipcOut, &w.counts)
 }
 
