@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -331,4 +332,57 @@ func TestConnSize(t *testing.T) {
 	if n := unsafe.Sizeof(conn{}); n > 48 {
 		t.Fatalf("conn is %d bytes", n)
 	}
+}
+
+// The engine's whole per-message path — bytes from the read buffer through
+// the SSE parser, the message scan, the cursor, the latency histogram and
+// the broadcast round — allocates nothing. (A -pub message also takes a
+// ledger entry: that map is the one per-message cost, and it is freed.)
+func TestEngineInputDoesNotAllocate(t *testing.T) {
+	e, c, bufs := inputBench(t, 1200)
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		if !e.input(0, c, bufs[i], time.Now().UnixNano()) {
+			t.Fatal("closed")
+		}
+		i++
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per message", allocs)
+	}
+	if e.st.msgs == 0 || e.st.hb == 0 || e.st.dups != 0 || e.rounds[0].recv != 1 {
+		t.Fatalf("msgs %d hb %d dups %d round recv %d", e.st.msgs, e.st.hb, e.st.dups, e.rounds[0].recv)
+	}
+}
+
+func BenchmarkEngineInputSSE(b *testing.B) {
+	e, c, bufs := inputBench(b, b.N+1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		e.input(0, c, bufs[i], 0)
+	}
+}
+
+// inputBench is an engine with one streaming SSE connection and n reads
+// to feed it: messages with rising ids (every 10th one of ours, a
+// broadcast), each followed by a heartbeat.
+func inputBench(t testing.TB, n int) (*engine, *conn, [][]byte) {
+	o := defaultOptions()
+	o.Letter, o.Host, o.Run = "a", "127.0.0.1", "run1"
+	e, err := newEngine(&o, 0, 1, netip.MustParseAddrPort("127.0.0.1:1"), nil, 0, 0, func(*Snapshot) {}, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &e.conns[0]
+	c.state = stBody
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		data := `{"x":1}`
+		if i%10 == 0 {
+			data = fmt.Sprintf(`{"t":%d,"b":1,"r":"run1"}`, time.Now().UnixNano())
+		}
+		bufs[i] = fmt.Appendf(nil, "id: %d\ndata: {\"id\":%[1]d,\"data\":%s}\n\n:\n\n", 1764000000000000+i, data)
+	}
+	return e, c, bufs
 }
