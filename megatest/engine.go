@@ -84,6 +84,8 @@ type engine struct {
 	sentTagV  uint64
 	lastSnap  int64
 	failLogAt int64 // when a connect failure was last logged
+	memAt     int64 // when memory was last read
+	rss, pss  int64
 	rampStart int64 // unix ns of the first connect
 	rampEnd   int64 // unix ns when the last connection first opened
 }
@@ -161,6 +163,7 @@ const (
 	backoffMax    = 5 * time.Second
 	maxRounds     = 1 << 16
 	logEvery      = 10 * time.Second
+	memEvery      = 5 * time.Second
 )
 
 // why a connection is closed
