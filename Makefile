@@ -59,6 +59,7 @@ fuzz:
 	$(GO) test ./worker -run '^$$' -fuzz FuzzParseRequest -fuzztime 30s
 	$(GO) test ./worker -run '^$$' -fuzz FuzzParseFrame -fuzztime 30s
 	$(GO) test ./ipc -run '^$$' -fuzz FuzzDecoders -fuzztime 30s
+	$(MAKE) megatest-fuzz
 
 # The unit as `make install` writes it must pass systemd-analyze verify with
 # no complaint at all (unknown keys are only warnings there).

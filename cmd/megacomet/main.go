@@ -127,7 +127,9 @@ func runStats(args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	raw, err := manager.FetchStats(*socket, 2*time.Second)
+	// The manager answers at once, but on a box at a load of 100+ it may
+	// wait its turn for a CPU.
+	raw, err := manager.FetchStats(*socket, 10*time.Second)
 	if err != nil {
 		return err
 	}
