@@ -2,7 +2,9 @@ package worker
 
 import (
 	"fmt"
+	"net"
 	"reflect"
+	"syscall"
 	"unsafe"
 
 	"github.com/tidwall/evio"
@@ -14,13 +16,16 @@ import (
 // no copy, no 4 KiB slice left behind per connection), and output may only
 // be handed to evio while its own buffer is empty, because a wake replaces
 // that buffer (upstream issue #72). Both live in unexported fields of
-// *evio.conn; we read them - never write them - at offsets found once by
-// reflection and checked against the expected types, so a changed layout
-// fails loudly at the first connection instead of corrupting memory.
+// *evio.conn; we read them at offsets found once by reflection and checked
+// against the expected types, so a changed layout fails loudly at the first
+// connection instead of corrupting memory. (One more write, evioForgetPeer,
+// frees what evio keeps but never reads again.)
 type evioLayout struct {
-	typ    reflect.Type
-	fdOff  uintptr
-	outOff uintptr
+	typ     reflect.Type
+	fdOff   uintptr
+	outOff  uintptr
+	saOff   uintptr
+	addrOff uintptr
 }
 
 var layout evioLayout
@@ -37,10 +42,13 @@ func learnLayout(c evio.Conn) error {
 	st := t.Elem()
 	fd, ok1 := st.FieldByName("fd")
 	out, ok2 := st.FieldByName("out")
-	if !ok1 || !ok2 || fd.Type.Kind() != reflect.Int || out.Type != reflect.TypeOf([]byte(nil)) {
-		return fmt.Errorf("evio conn %v has no fd int / out []byte fields: is evio still v1.0.8?", st)
+	sa, ok3 := st.FieldByName("sa")
+	addr, ok4 := st.FieldByName("remoteAddr")
+	if !ok1 || !ok2 || !ok3 || !ok4 || fd.Type.Kind() != reflect.Int || out.Type != reflect.TypeOf([]byte(nil)) ||
+		sa.Type != reflect.TypeOf((*syscall.Sockaddr)(nil)).Elem() || addr.Type != reflect.TypeOf((*net.Addr)(nil)).Elem() {
+		return fmt.Errorf("evio conn %v lacks fd int, out []byte, sa syscall.Sockaddr, remoteAddr net.Addr: is evio still v1.0.8?", st)
 	}
-	layout = evioLayout{typ: t, fdOff: fd.Offset, outOff: out.Offset}
+	layout = evioLayout{typ: t, fdOff: fd.Offset, outOff: out.Offset, saOff: sa.Offset, addrOff: addr.Offset}
 	return nil
 }
 
@@ -51,3 +59,15 @@ func evioFD(c evio.Conn) int { return *(*int)(unsafe.Add(connPtr(c), layout.fdOf
 
 // evioUnsent returns how many bytes evio still has to write for c.
 func evioUnsent(c evio.Conn) int { return len(*(*[]byte)(unsafe.Add(connPtr(c), layout.outOff))) }
+
+// evioForgetPeer drops the peer address evio keeps for every connection
+// (its accept sockaddr and the net.Addr made from it, 88 bytes of heap per
+// connection). evio reads neither after Opened - it uses them only to make
+// RemoteAddr(), which megacomet never calls - so Opened clears both. These
+// are the only fields we write: typed pointer stores, so the garbage
+// collector's write barriers see them.
+func evioForgetPeer(c evio.Conn) {
+	p := connPtr(c)
+	*(*syscall.Sockaddr)(unsafe.Add(p, layout.saOff)) = nil
+	*(*net.Addr)(unsafe.Add(p, layout.addrOff)) = nil
+}

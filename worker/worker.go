@@ -312,6 +312,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		return nil, opts, evio.Close
 	}
 	w.counts.Accepted++
+	evioForgetPeer(c)
 	cc := &conn{ec: c, fd: int32(evioFD(c)), idx: int32(len(w.clients))}
 	w.clients = append(w.clients, cc)
 	c.SetContext(cc)
