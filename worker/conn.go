@@ -58,7 +58,6 @@ type conn struct {
 	inext  *conn      // next connection subscribed to the same id
 	x      *connExtra // nil almost always
 	fd     int32
-	idx    int32  // position in Worker.clients, -1 once killed
 	due    uint32 // tick at which its timer fires
 	token  uint32 // the pending replay's token
 	lastTx uint32 // tick of the last message or heartbeat written
@@ -205,7 +204,6 @@ func (w *Worker) linger(cc *conn) {
 		return
 	}
 	w.unsubscribe(cc)
-	w.unlist(cc)
 	cc.state = stLingering
 	if cc.x != nil {
 		cc.x.in = nil
@@ -228,28 +226,12 @@ func (w *Worker) kill(cc *conn) {
 	cc.state = stDead
 	cc.x = nil
 	syscall.Shutdown(int(cc.fd), syscall.SHUT_RDWR)
-	w.unlist(cc)
-}
-
-// unlist removes cc from Worker.clients.
-func (w *Worker) unlist(cc *conn) {
-	i := int(cc.idx)
-	if i < 0 {
-		return
-	}
-	last := len(w.clients) - 1
-	w.clients[i] = w.clients[last]
-	w.clients[i].idx = int32(i)
-	w.clients[last] = nil
-	w.clients = w.clients[:last]
-	cc.idx = -1
 }
 
 // forget drops every reference to a closed client.
 func (w *Worker) forget(cc *conn) {
 	w.unsubscribe(cc)
 	w.unschedule(cc)
-	w.unlist(cc)
 	cc.state = stDead
 	cc.x = nil
 }

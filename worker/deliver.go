@@ -55,13 +55,16 @@ func (w *Worker) fanOut(m *ipc.Msg) {
 			w.push(cc, m.ID, m.Body)
 		}
 	case ipc.KindBroadcast:
-		// Backwards: a client dropped on the way is swapped with the last
-		// one, which has already had the message.
-		for i := len(w.clients) - 1; i >= 0; i-- {
-			if i < len(w.clients) {
-				if cc := w.clients[i]; cc.id != "" {
+		// Every connection is in the timing wheel. push may move one to
+		// a later slot (a long-poll answered goes back to reading): met
+		// again there, it is no longer subscribed, or its cursor is past.
+		for i := range w.wheel {
+			for cc := w.wheel[i]; cc != nil; {
+				next := cc.wnext
+				if cc.id != "" {
 					w.push(cc, m.ID, m.Body)
 				}
+				cc = next
 			}
 		}
 	}

@@ -81,9 +81,8 @@ type Worker struct {
 	maxConns int
 	fdLimit  int
 
-	clients []*conn // live clients (not lingering or dead); conn.idx is the position here
-	open    int     // connections evio has open, whatever their state
-	counts  ipc.Counts
+	open   int // connections evio has open, whatever their state
+	counts ipc.Counts
 
 	byID         map[string]*conn              // subscribed connections by client id (subs.go)
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
@@ -119,6 +118,7 @@ type Worker struct {
 	backlogged []*conn // clients whose pending output evio must take later
 
 	drainStart, drainEnd time.Duration
+	drainList            []*conn // who to hand over, in order (drainStep)
 	drainTotal, drained  int
 	draining, stopping   bool
 	exitAt               time.Duration // hard deadline once stopping or draining
@@ -307,14 +307,13 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		return nil, opts, evio.Shutdown
 	}
 	w.open++
-	if len(w.clients) >= w.maxConns || w.draining || w.stopping {
+	if w.open > w.maxConns || w.draining || w.stopping {
 		w.counts.Refused++
 		return nil, opts, evio.Close
 	}
 	w.counts.Accepted++
 	evioForgetPeer(c)
-	cc := &conn{ec: c, fd: int32(evioFD(c)), idx: int32(len(w.clients))}
-	w.clients = append(w.clients, cc)
+	cc := &conn{ec: c, fd: int32(evioFD(c))}
 	c.SetContext(cc)
 	w.schedule(cc, w.tick+requestTicks)
 	return nil, opts, evio.None
@@ -330,7 +329,7 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 	case kindCtl:
 		w.ctl = nil
 		if !w.stopping {
-			w.log.Warn("manager is gone: draining", "clients", len(w.clients))
+			w.log.Warn("manager is gone: draining", "connections", w.open)
 			w.startDrain(w.opts.Server.Drain.D())
 		}
 		return evio.None
@@ -438,22 +437,36 @@ func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 	}
 }
 
-// stop closes every client now and exits once evio has closed them.
+// stop hands every client over now and exits once evio has closed them.
 func (w *Worker) stop() {
 	if w.stopping {
 		return
 	}
 	w.stopping = true
 	w.exitAt = w.now + 5*time.Second
-	w.log.Info("stopping", "clients", len(w.clients))
-	for len(w.clients) > 0 {
-		w.handOff(w.clients[len(w.clients)-1])
+	w.log.Info("stopping", "connections", w.open)
+	for _, cc := range w.liveConns() {
+		w.handOff(cc)
 	}
 }
 
+// liveConns lists the connections a drain or stop hands over: every one
+// in the timing wheel (all but the dead) that is not already lingering.
+func (w *Worker) liveConns() []*conn {
+	var live []*conn
+	for i := range w.wheel {
+		for cc := w.wheel[i]; cc != nil; cc = cc.wnext {
+			if cc.state != stLingering {
+				live = append(live, cc)
+			}
+		}
+	}
+	return live
+}
+
 // startDrain leaves the port's SO_REUSEPORT group, so new connections go to
-// the other workers, and closes the clients evenly over d so they do not all
-// reconnect at once.
+// the other workers, and hands the clients over evenly over d so they do
+// not all reconnect at once.
 func (w *Worker) startDrain(d time.Duration) {
 	if w.draining || w.stopping {
 		return
@@ -463,23 +476,22 @@ func (w *Worker) startDrain(d time.Duration) {
 		w.log.Error("cannot stop accepting; draining anyway", "err", err)
 	}
 	w.drainStart, w.drainEnd = w.now, w.now+d
-	w.drainTotal, w.drained = len(w.clients), 0
+	w.drainList = w.liveConns()
+	w.drainTotal, w.drained = len(w.drainList), 0
 	w.exitAt = w.drainEnd + 5*time.Second
 	w.log.Info("draining", "clients", w.drainTotal, "over", d)
 }
 
+// drainStep hands over the share of the drain list due by now. A
+// connection that closed meanwhile is skipped by handOff (dead) and the
+// list holds it only until the drain ends.
 func (w *Worker) drainStep() {
 	due := w.drainTotal
 	if span := w.drainEnd - w.drainStart; w.now < w.drainEnd && span > 0 {
 		due = int(int64(w.drainTotal) * int64(w.now-w.drainStart) / int64(span))
 	}
-	for w.drained < due && len(w.clients) > 0 {
-		w.handOff(w.clients[len(w.clients)-1])
-		w.drained++
-	}
-	if w.now >= w.drainEnd {
-		for len(w.clients) > 0 {
-			w.handOff(w.clients[len(w.clients)-1])
-		}
+	for ; w.drained < due; w.drained++ {
+		w.handOff(w.drainList[w.drained])
+		w.drainList[w.drained] = nil
 	}
 }
