@@ -44,7 +44,7 @@ func (w *Worker) fanOut(m *ipc.Msg) {
 	switch m.Kind {
 	case ipc.KindIDs:
 		for id, ok := m.NextID(); ok; id, ok = m.NextID() {
-			for cc := w.byID[string(id)]; cc != nil; {
+			for cc := w.byID.get(id); cc != nil; {
 				next := cc.inext // push may unsubscribe cc
 				w.push(cc, m.ID, m.Body)
 				cc = next

@@ -7,7 +7,7 @@ import (
 )
 
 // Subscriptions. byID lists the connections of each client id (linked
-// through conn.inext, the map holding the head); byChan holds each
+// through conn.inext, the index holding the first; idindex.go); byChan holds each
 // channel's connections. The manager learns of them through presence
 // records: a Join for every subscribing connection (it answers with that
 // connection's replay, matched by token), a Leave when the last connection
@@ -17,12 +17,12 @@ import (
 // its replay arrives the connection takes no live messages: the replay
 // includes them (see manager/hub.go).
 func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
-	if head, ok := w.byID[string(id)]; ok {
-		cc.id, cc.inext = head.id, head // share the key's bytes
+	if head := w.byID.get(id); head != nil {
+		cc.id, cc.inext = head.id, head // share the id's bytes
 	} else {
 		cc.id, cc.inext = string(id), nil
 	}
-	w.byID[cc.id] = cc
+	w.byID.put(cc)
 	if len(chans) > 0 {
 		x := cc.extra()
 		for _, ch := range chans {
@@ -60,12 +60,12 @@ func (w *Worker) unsubscribe(cc *conn) {
 		delete(w.awaiting, cc.token)
 		cc.flags &^= fAwaiting
 	}
-	if head := w.byID[cc.id]; head == cc {
+	if head := w.byID.getString(cc.id); head == cc {
 		if cc.inext == nil {
-			delete(w.byID, cc.id)
+			w.byID.del(cc.id)
 			w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
 		} else {
-			w.byID[cc.id] = cc.inext
+			w.byID.put(cc.inext)
 		}
 	} else {
 		for p := head; p != nil; p = p.inext {

@@ -84,7 +84,7 @@ type Worker struct {
 	open   int // connections evio has open, whatever their state
 	counts ipc.Counts
 
-	byID         map[string]*conn              // subscribed connections by client id (subs.go)
+	byID         idIndex                       // subscribed connections by client id (subs.go)
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]*conn              // subscriptions whose replay is on its way
 	awaitingPeak int
@@ -185,7 +185,6 @@ func newWorker(ipcFD int) (*Worker, error) {
 // initComet prepares delivery state from the options.
 func (w *Worker) initComet() {
 	o := w.opts
-	w.byID = make(map[string]*conn)
 	w.byChan = make(map[string]map[*conn]struct{})
 	w.awaiting = make(map[uint32]*conn)
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
