@@ -1,14 +1,17 @@
 package ipc
 
 // Presence frames (worker → manager) carry records that keep the manager's
-// routing table and answer each new subscription with its replay:
+// routing table and ask for each new subscription's replay:
 //
-//	OpJoin   token uvarint, since uvarint, id string, n uvarint, n × channel string
+//	OpHas    id string       (the first connection of the id on this worker)
+//	OpSub    channel string  (the first connection on the channel here)
 //	OpLeave  id string       (no connection on this worker has the id any more)
 //	OpUnsub  channel string  (no connection on this worker is on the channel)
+//	OpJoin   token uvarint, since uvarint, id string, n uvarint, n × channel string
 //
-// Every subscribing connection sends a Join, with the cursor it resumes
-// from; the manager registers the worker for the id and channels and answers
+// Has/Leave and Sub/Unsub come in pairs per worker, so the manager can count
+// them. Every subscribing connection sends a Join, with the cursor it resumes
+// from, after the Has/Sub that make its worker a target; the manager answers
 // with a Replay record carrying the same token, so live and replayed
 // messages never race.
 
@@ -20,6 +23,8 @@ const (
 	OpJoin Op = 1 + iota
 	OpLeave
 	OpUnsub
+	OpHas
+	OpSub
 )
 
 // AppendJoin appends an OpJoin record.
@@ -35,7 +40,7 @@ func AppendJoin(dst []byte, token uint32, since uint64, id []byte, channels [][]
 	return dst
 }
 
-// AppendName appends an OpLeave or OpUnsub record.
+// AppendName appends an OpHas, OpSub, OpLeave or OpUnsub record.
 func AppendName[T string | []byte](dst []byte, op Op, name T) []byte {
 	dst = AppendUvarint(append(dst, byte(op)), uint64(len(name)))
 	return append(dst, name...)
@@ -64,7 +69,7 @@ func (j *Join) NextChannel() ([]byte, bool) {
 type PresenceReader struct {
 	r    Reader
 	Join Join   // valid after Next returns OpJoin
-	Name []byte // valid after Next returns OpLeave or OpUnsub
+	Name []byte // valid after Next returns OpHas, OpSub, OpLeave or OpUnsub
 }
 
 // NewPresenceReader reads payload p.
@@ -93,7 +98,7 @@ func (pr *PresenceReader) Next() Op {
 		}
 		j.chans = NewReader(start[:len(start)-len(r.b)])
 		return op
-	case OpLeave, OpUnsub:
+	case OpHas, OpSub, OpLeave, OpUnsub:
 		pr.Name = r.Bytes()
 		if r.err != nil {
 			return 0

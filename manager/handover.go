@@ -105,15 +105,15 @@ const handoverName = "handover"
 // workerState describes one worker handed to the next manager; its IPC
 // socket travels alongside, in the same order.
 type workerState struct {
-	Slot     int      `json:"slot"`
-	CPU      int      `json:"cpu"`
-	PID      int      `json:"pid"`
-	Gen      uint64   `json:"gen"`
-	Restarts int      `json:"restarts"`
-	MaxConns uint64   `json:"max_conns"`
-	Leftover []byte   `json:"leftover,omitempty"`
-	IDs      []string `json:"ids,omitempty"`
-	Channels []string `json:"channels,omitempty"`
+	Slot     int         `json:"slot"`
+	CPU      int         `json:"cpu"`
+	PID      int         `json:"pid"`
+	Gen      uint64      `json:"gen"`
+	Restarts int         `json:"restarts"`
+	MaxConns uint64      `json:"max_conns"`
+	Leftover []byte      `json:"leftover,omitempty"`
+	IDs      []hashCount `json:"ids,omitempty"`
+	Channels []hashCount `json:"channels,omitempty"`
 }
 
 type handoverState struct {

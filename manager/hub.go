@@ -48,8 +48,9 @@ type hub struct {
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {
+	seed := uint64(time.Now().UnixNano())
 	return &hub{
-		ids: newPresence(), chans: newPresence(),
+		ids: newPresence(seed), chans: newPresence(seed),
 		hist:    newHistory(historySize, historyTTL),
 		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
@@ -177,10 +178,10 @@ func (h *hub) route(m *message) {
 			}
 		}
 	case kindChannel:
-		h.chans.each(m.channel, func(l linkID) { h.msgTo(l, m, nil) })
+		h.chans.each(h.chans.hashString(m.channel), func(l linkID) { h.msgTo(l, m, nil) })
 	default:
 		for _, id := range m.to {
-			h.ids.each(id, func(l linkID) { h.targets[l] = append(h.targets[l], id) })
+			h.ids.each(h.ids.hashString(id), func(l linkID) { h.targets[l] = append(h.targets[l], id) })
 		}
 		for l, ids := range h.targets {
 			h.msgTo(l, m, ids)
@@ -242,10 +243,8 @@ func (h *hub) presence(p *proc, payload []byte) error {
 		switch pr.Next() {
 		case ipc.OpJoin:
 			j := &pr.Join
-			h.ids.add(j.ID, p.link)
 			chans = chans[:0]
 			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
-				h.chans.add(ch, p.link)
 				chans = append(chans, string(ch))
 			}
 			msgs := h.hist.replay(string(j.ID), chans, j.Since)
@@ -254,10 +253,14 @@ func (h *hub) presence(p *proc, payload []byte) error {
 				f = ipc.AppendBytes(ipc.AppendUvarint(f, m.id), m.body)
 			}
 			h.frames[p.link] = f
+		case ipc.OpHas:
+			h.ids.add(h.ids.hash(pr.Name), p.link)
+		case ipc.OpSub:
+			h.chans.add(h.chans.hash(pr.Name), p.link)
 		case ipc.OpLeave:
-			h.ids.remove(pr.Name, p.link)
+			h.ids.remove(h.ids.hash(pr.Name), p.link)
 		case ipc.OpUnsub:
-			h.chans.remove(pr.Name, p.link)
+			h.chans.remove(h.chans.hash(pr.Name), p.link)
 		default:
 			h.flush()
 			return pr.Err()
@@ -283,6 +286,7 @@ func (h *hub) counters() (published, retained uint64, ids, channels int) {
 // hubState is what a manager hands the one that upgrades it: the id
 // sequence and every retained message, in id order.
 type hubState struct {
+	Seed      uint64         `json:"seed"` // of the presence hashes
 	LastID    uint64         `json:"last_id"`
 	Published uint64         `json:"published"`
 	Messages  []stateMessage `json:"messages"`
@@ -307,10 +311,10 @@ type stateMessage struct {
 
 // snapshot captures the id sequence and the retained history, and each
 // given link's ids and channels.
-func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]string) {
+func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := hubState{LastID: h.lastID, Published: h.published}
+	st := hubState{Seed: h.ids.seed, LastID: h.lastID, Published: h.published}
 	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
 		if m.body == nil {
 			continue // evicted from every ring
@@ -322,9 +326,9 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]string) {
 			st.Keys = append(st.Keys, stateKey{Key: key, IDs: e.ids, Sum: e.sum, Expires: e.expires.UnixNano()})
 		}
 	}
-	names := make(map[linkID][2][]string, len(links))
+	names := make(map[linkID][2][]hashCount, len(links))
 	for _, l := range links {
-		names[l] = [2][]string{h.ids.names(l), h.chans.names(l)}
+		names[l] = [2][]hashCount{h.ids.heldBy(l), h.chans.heldBy(l)}
 	}
 	return st, names
 }
@@ -333,6 +337,9 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]string) {
 func (h *hub) restore(st *hubState) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	// Only workers of the previous manager hold anything yet (ours wait for
+	// the hub to be primed), so taking its seed keeps every hash valid.
+	h.ids.seed, h.chans.seed = st.Seed, st.Seed
 	h.lastID = max(h.lastID, st.LastID)
 	h.published += st.Published
 	for _, sm := range st.Messages {
@@ -345,13 +352,17 @@ func (h *hub) restore(st *hubState) {
 }
 
 // setPresence records that link holds these ids and channels.
-func (h *hub) setPresence(l linkID, ids, chans []string) {
+func (h *hub) setPresence(l linkID, ids, chans []hashCount) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, id := range ids {
-		h.ids.add([]byte(id), l)
+	for _, hc := range ids {
+		for range hc.Count {
+			h.ids.add(hc.Hash, l)
+		}
 	}
-	for _, ch := range chans {
-		h.chans.add([]byte(ch), l)
+	for _, hc := range chans {
+		for range hc.Count {
+			h.chans.add(hc.Hash, l)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"syscall"
@@ -18,6 +19,9 @@ import (
 	"github.com/cloudflare/tableflip"
 	"github.com/megacomet/megacomet/config"
 )
+
+// managerGCPercent is the manager's GC target (GOGC overrides it).
+const managerGCPercent = 50
 
 // Manager owns the worker processes, the client port reservation, the stats
 // socket and the API. Fields below mu are guarded by it.
@@ -45,6 +49,11 @@ type Manager struct {
 // defaults) and blocks until it stops or hands over to an upgraded one.
 // Every start-up error is one line naming what failed.
 func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
+	if os.Getenv("GOGC") == "" {
+		// The routing table and history are most of the manager's heap
+		// and change slowly; less headroom is memory kept for clients.
+		debug.SetGCPercent(managerGCPercent)
+	}
 	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
 	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
 	// First, so a signal during start-up is handled, not fatal.

@@ -7,98 +7,172 @@ import "slices"
 // process's presence has been swept.
 type linkID uint16
 
-// presence maps a client id or channel to the worker links holding it.
-// Almost every name lives on one worker, so that case is a map of uint16;
-// names on several workers move to a second map. At a million ids this
-// costs tens of bytes each in the manager.
+// presence maps a client id (or a channel) to the worker links holding it.
+//
+// At a million ids a map keyed by the id strings cost ~60 MB here (slots
+// of 24 bytes, at most 7/8 full and half empty after each doubling, plus the
+// strings). So presence stores no names: it is keyed by a seeded 64-bit
+// hash of the name and counts, per link, how many distinct names with that
+// hash the link holds. Workers say when a name appears on them and when its
+// last connection goes (ipc.OpHas/OpLeave, OpSub/OpUnsub), so the counts are
+// exact. Two names colliding on the hash (about one chance in 10^7 at a
+// million ids) only means a message also goes to a worker that does not
+// need it, which its own exact index ignores: a collision wastes an IPC
+// record, it never loses a message.
+//
+// Almost every name lives on one worker: that case is one map entry of 12
+// bytes (hash → link and count); names on several workers move to a second
+// map.
 type presence struct {
-	one  map[string]linkID
-	many map[string][]linkID
+	seed uint64
+	one  map[uint64]holder
+	many map[uint64][]holder
 }
 
-func newPresence() presence {
-	return presence{one: make(map[string]linkID), many: make(map[string][]linkID)}
+// holder is one link's count of names with a given hash.
+type holder struct {
+	link  linkID
+	count uint16
 }
 
+func newPresence(seed uint64) presence {
+	return presence{seed: seed, one: make(map[uint64]holder), many: make(map[uint64][]holder)}
+}
+
+// hash is FNV-1a from a per-deployment seed (it travels with a reload's
+// hand-over, so hashes stay valid across managers).
+func (p *presence) hash(name []byte) uint64 {
+	h := p.seed ^ 14695981039346656037
+	for _, c := range name {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
+}
+
+func (p *presence) hashString(name string) uint64 {
+	h := p.seed ^ 14695981039346656037
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// len is how many distinct hashes are held (the number of names but for
+// collisions).
 func (p *presence) len() int { return len(p.one) + len(p.many) }
 
-// add records that link holds name; name is copied only when new.
-func (p *presence) add(name []byte, l linkID) {
-	if ls, ok := p.many[string(name)]; ok {
-		if !slices.Contains(ls, l) {
-			p.many[string(name)] = append(ls, l)
+// add records that link holds one more name with this hash.
+func (p *presence) add(h uint64, l linkID) {
+	if hs, ok := p.many[h]; ok {
+		for i := range hs {
+			if hs[i].link == l {
+				hs[i].count++
+				return
+			}
 		}
+		p.many[h] = append(hs, holder{l, 1})
 		return
 	}
-	if cur, ok := p.one[string(name)]; ok {
-		if cur != l {
-			delete(p.one, string(name))
-			p.many[string(name)] = []linkID{cur, l}
-		}
-		return
+	cur, ok := p.one[h]
+	switch {
+	case !ok:
+		p.one[h] = holder{l, 1}
+	case cur.link == l:
+		cur.count++
+		p.one[h] = cur
+	default:
+		delete(p.one, h)
+		p.many[h] = []holder{cur, {l, 1}}
 	}
-	p.one[string(name)] = l
 }
 
-// remove records that link no longer holds name.
-func (p *presence) remove(name []byte, l linkID) {
-	if cur, ok := p.one[string(name)]; ok {
-		if cur == l {
-			delete(p.one, string(name))
+// remove records that link holds one name fewer with this hash.
+func (p *presence) remove(h uint64, l linkID) {
+	if cur, ok := p.one[h]; ok {
+		if cur.link == l {
+			if cur.count--; cur.count == 0 {
+				delete(p.one, h)
+			} else {
+				p.one[h] = cur
+			}
 		}
 		return
 	}
-	ls, ok := p.many[string(name)]
+	hs, ok := p.many[h]
 	if !ok {
 		return
 	}
-	ls = slices.DeleteFunc(ls, func(x linkID) bool { return x == l })
-	switch len(ls) {
+	for i := range hs {
+		if hs[i].link == l {
+			if hs[i].count--; hs[i].count == 0 {
+				hs = slices.Delete(hs, i, i+1)
+			}
+			break
+		}
+	}
+	switch len(hs) {
 	case 0:
-		delete(p.many, string(name))
+		delete(p.many, h)
 	case 1:
-		delete(p.many, string(name))
-		p.one[string(name)] = ls[0]
+		delete(p.many, h)
+		p.one[h] = hs[0]
 	default:
-		p.many[string(name)] = ls
+		p.many[h] = hs
 	}
 }
 
-// each calls fn for every link holding name.
-func (p *presence) each(name string, fn func(linkID)) {
-	if l, ok := p.one[name]; ok {
-		fn(l)
+// each calls fn for every link holding a name with this hash.
+func (p *presence) each(h uint64, fn func(linkID)) {
+	if cur, ok := p.one[h]; ok {
+		fn(cur.link)
 		return
 	}
-	for _, l := range p.many[name] {
-		fn(l)
+	for _, hc := range p.many[h] {
+		fn(hc.link)
 	}
 }
 
 // dropLink forgets everything link held (its process is gone).
 func (p *presence) dropLink(l linkID) {
-	for name, cur := range p.one {
-		if cur == l {
-			delete(p.one, name)
+	for h, cur := range p.one {
+		if cur.link == l {
+			delete(p.one, h)
 		}
 	}
-	for name := range p.many {
-		p.remove([]byte(name), l)
+	for h, hs := range p.many {
+		for _, hc := range hs {
+			if hc.link == l {
+				for range hc.count {
+					p.remove(h, l)
+				}
+				break
+			}
+		}
 	}
 }
 
-// names lists what link holds.
-func (p *presence) names(l linkID) []string {
-	var out []string
-	for name, cur := range p.one {
-		if cur == l {
-			out = append(out, name)
+// heldBy lists link's hashes with their counts, for a hand-over.
+func (p *presence) heldBy(l linkID) []hashCount {
+	var out []hashCount
+	for h, cur := range p.one {
+		if cur.link == l {
+			out = append(out, hashCount{h, cur.count})
 		}
 	}
-	for name, ls := range p.many {
-		if slices.Contains(ls, l) {
-			out = append(out, name)
+	for h, hs := range p.many {
+		for _, hc := range hs {
+			if hc.link == l {
+				out = append(out, hashCount{h, hc.count})
+			}
 		}
 	}
 	return out
+}
+
+// hashCount is a link's count of names with a hash, as handed over.
+type hashCount struct {
+	Hash  uint64 `json:"h"`
+	Count uint16 `json:"n"`
 }

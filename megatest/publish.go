@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,12 @@ type apiClient struct {
 	url   string
 	token string
 	hc    *http.Client
+	// Every request carries an Idempotency-Key (a per-process nonce and a
+	// counter): when a reload closes a keep-alive connection just as a
+	// request goes out, net/http resends it by itself, and the server
+	// answers a resend with the first ids instead of publishing twice.
+	nonce string
+	seq   atomic.Uint64
 }
 
 var errAPI = errors.New("megatest: publish API")
@@ -30,7 +37,7 @@ func newAPIClient(addr, token string) (*apiClient, error) {
 	}
 	u = strings.TrimSuffix(u, "/") + "/publish"
 	return &apiClient{
-		url: u, token: token,
+		url: u, token: token, nonce: strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.Itoa(os.Getpid()),
 		hc: &http.Client{
 			Timeout:   10 * time.Second,
 			Transport: &http.Transport{MaxIdleConnsPerHost: 8, Proxy: nil},
@@ -51,6 +58,7 @@ func (a *apiClient) publish(body []byte, batch bool) ([]uint64, error) {
 		return nil, fmt.Errorf("%w: %v", errAPI, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", a.nonce+"-"+strconv.FormatUint(a.seq.Add(1), 10))
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}

@@ -7,11 +7,12 @@ import (
 )
 
 // Subscriptions. byID lists the connections of each client id (linked
-// through conn.inext, the index holding the first; idindex.go); byChan holds each
-// channel's connections. The manager learns of them through presence
-// records: a Join for every subscribing connection (it answers with that
-// connection's replay, matched by token), a Leave when the last connection
-// of an id goes, an Unsub when a channel's last one goes.
+// through conn.inext, the index holding the first; idindex.go); byChan holds
+// each channel's connections. The manager learns of them through presence
+// records: a Has when an id's first connection arrives and a Leave when its
+// last one goes, a Sub and an Unsub likewise per channel, and a Join for
+// every subscribing connection (answered with that connection's replay,
+// matched by token).
 
 // subscribe registers cc for id and channels, resuming after since. Until
 // its replay arrives the connection takes no live messages: the replay
@@ -21,6 +22,7 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
 		cc.id, cc.inext = head.id, head // share the id's bytes
 	} else {
 		cc.id, cc.inext = string(id), nil
+		w.presOut = ipc.AppendName(w.presOut, ipc.OpHas, id)
 	}
 	w.byID.put(cc)
 	if len(chans) > 0 {
@@ -30,6 +32,7 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
 			if set == nil {
 				set = make(map[*conn]struct{})
 				w.byChan[string(ch)] = set
+				w.presOut = ipc.AppendName(w.presOut, ipc.OpSub, ch)
 			}
 			if _, dup := set[cc]; !dup {
 				set[cc] = struct{}{}

@@ -1,0 +1,199 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
+)
+
+// loadRun is megatest running against a test server.
+type loadRun struct {
+	cmd  *exec.Cmd
+	out  *testutil.SyncBuffer
+	json string
+	done chan struct{}
+}
+
+// loadSummary is the part of megatest's summary JSON these tests read.
+type loadSummary struct {
+	Connections      int `json:"connections"`
+	ConnectFailed    int `json:"connect_failed"`
+	ClosedUnexpected int `json:"closed_unexpected"`
+	Reconnects       int `json:"reconnects"`
+	Messages         int `json:"messages"`
+	Lost             int `json:"lost"`
+	Duplicates       int `json:"duplicates"`
+	Published        int `json:"published"`
+	PublishErrors    int `json:"publish_errors"`
+}
+
+// startLoad runs `megatest LETTER 127.0.0.1 -port … -api … args…`.
+func startLoad(t *testing.T, s *testutil.Server, letter string, args ...string) *loadRun {
+	t.Helper()
+	bin := testutil.Binary(t, "megatest")
+	_, port, _ := strings.Cut(s.Listen, ":")
+	r := &loadRun{out: &testutil.SyncBuffer{}, json: filepath.Join(t.TempDir(), "summary.json"), done: make(chan struct{})}
+	all := append([]string{letter, "127.0.0.1", "-port", port, "-api", s.API, "-json", r.json, "-report", "1s"}, args...)
+	r.cmd = exec.Command(bin, all...)
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+		if t.Failed() {
+			t.Logf("megatest output:\n%s", r.out.String())
+		}
+	})
+	return r
+}
+
+// wait waits for megatest to finish and returns its summary.
+func (r *loadRun) wait(t *testing.T, timeout time.Duration) loadSummary {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(timeout):
+		r.cmd.Process.Signal(syscall.SIGINT)
+		<-r.done
+		t.Errorf("megatest ran past %s", timeout)
+	}
+	var sum loadSummary
+	b, err := os.ReadFile(r.json)
+	if err != nil {
+		t.Fatalf("no summary: %v\n%s", err, r.out.String())
+	}
+	if err := json.Unmarshal(b, &sum); err != nil {
+		t.Fatalf("summary: %v\n%s", err, b)
+	}
+	return sum
+}
+
+// waitConnections polls stats until the workers hold n connections.
+func waitConnections(t *testing.T, s *testutil.Server, n uint64, wait time.Duration) manager.Stats {
+	t.Helper()
+	var st manager.Stats
+	testutil.CheckFor(t, wait, func() error {
+		var err error
+		if st, err = s.Stats(); err != nil {
+			return err
+		}
+		if st.Connections != n {
+			return fmt.Errorf("%d of %d connections", st.Connections, n)
+		}
+		return nil
+	})
+	return st
+}
+
+// The issue's check: megatest holds 10,000 SSE connections and publishes
+// continuously; two SIGHUPs in a row; no connect fails, every published id
+// reaches its client exactly once, the old processes are gone.
+func TestMegatestAcrossTwoReloads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 connections")
+	}
+	restore := enableMigrateReq(t)
+	defer restore()
+	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"2s\""})
+	const n = 10000
+	load := startLoad(t, s, "h", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "12s")
+	first := waitConnections(t, s, n, 30*time.Second)
+
+	s.Signal(syscall.SIGHUP)
+	var second manager.Stats
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		var err error
+		if second, err = s.Stats(); err != nil || second.Generation != 2 {
+			return fmt.Errorf("generation %d (%v)", second.Generation, err)
+		}
+		return nil
+	})
+	syscall.Kill(second.Manager.PID, syscall.SIGHUP) // during the first drain
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		st, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		if st.Generation != 3 || len(st.Workers) != 2 || st.Connections != n {
+			return fmt.Errorf("generation %d, %d workers, %d connections", st.Generation, len(st.Workers), st.Connections)
+		}
+		return nil
+	})
+	sum := load.wait(t, 60*time.Second)
+	t.Logf("megatest: %+v", sum)
+	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
+		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
+			sum.ConnectFailed, sum.ClosedUnexpected, sum.Lost, sum.Duplicates, sum.PublishErrors)
+	}
+	if sum.Published == 0 || sum.Reconnects < n {
+		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
+	}
+	var old []int
+	for _, st := range []manager.Stats{first, second} {
+		old = append(old, st.Manager.PID)
+		for _, w := range st.Workers {
+			old = append(old, w.PID)
+		}
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		for _, pid := range old {
+			if testutil.PIDAlive(pid) {
+				return fmt.Errorf("pid %d of an old generation still runs", pid)
+			}
+		}
+		return nil
+	})
+	if st := statsCLI(t, s); st.Generation != 3 || st.Manager.PID != s.ManagerPID() {
+		t.Errorf("stats: generation %d, manager %d; pid file %d", st.Generation, st.Manager.PID, s.ManagerPID())
+	}
+}
+
+// The same with SIGKILL to a worker: its clients see their connections die
+// without notice (closed_unexpected), reconnect, and lose nothing.
+func TestMegatestAcrossWorkerKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 connections")
+	}
+	restore := enableMigrateReq(t)
+	defer restore()
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	const n = 10000
+	load := startLoad(t, s, "k", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "8s")
+	st := waitConnections(t, s, n, 30*time.Second)
+	victim := st.Workers[0]
+	syscall.Kill(victim.PID, syscall.SIGKILL)
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		now, err := s.Stats()
+		if err != nil {
+			return err
+		}
+		if w := now.Workers[0]; w.PID == victim.PID || w.State != "ready" || now.Connections != n {
+			return fmt.Errorf("slot 0 pid %d %s, %d connections", w.PID, w.State, now.Connections)
+		}
+		return nil
+	})
+	sum := load.wait(t, 60*time.Second)
+	t.Logf("megatest: %+v", sum)
+	if sum.Lost != 0 || sum.Duplicates != 0 || sum.ConnectFailed != 0 {
+		t.Errorf("lost %d, duplicates %d, connect_failed %d: all must be 0", sum.Lost, sum.Duplicates, sum.ConnectFailed)
+	}
+	if sum.ClosedUnexpected != int(victim.Connections) {
+		t.Errorf("closed_unexpected %d, want the %d connections of the killed worker", sum.ClosedUnexpected, victim.Connections)
+	}
+}
