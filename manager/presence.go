@@ -20,12 +20,12 @@ type linkID uint16
 // need it, which its own exact index ignores: a collision wastes an IPC
 // record, it never loses a message.
 //
-// Almost every name lives on one worker: that case is one map entry of 12
-// bytes (hash → link and count); names on several workers move to a second
+// Almost every name lives on one worker: that case is one 12-byte entry of
+// a hashTable (hash → link and count); names on several workers move to a
 // map.
 type presence struct {
 	seed uint64
-	one  map[uint64]holder
+	one  hashTable
 	many map[uint64][]holder
 }
 
@@ -36,7 +36,7 @@ type holder struct {
 }
 
 func newPresence(seed uint64) presence {
-	return presence{seed: seed, one: make(map[uint64]holder), many: make(map[uint64][]holder)}
+	return presence{seed: seed, many: make(map[uint64][]holder)}
 }
 
 // hash is FNV-1a from a per-deployment seed (it travels with a reload's
@@ -61,7 +61,7 @@ func (p *presence) hashString(name string) uint64 {
 
 // len is how many distinct hashes are held (the number of names but for
 // collisions).
-func (p *presence) len() int { return len(p.one) + len(p.many) }
+func (p *presence) len() int { return p.one.len() + len(p.many) }
 
 // add records that link holds one more name with this hash.
 func (p *presence) add(h uint64, l linkID) {
@@ -75,27 +75,27 @@ func (p *presence) add(h uint64, l linkID) {
 		p.many[h] = append(hs, holder{l, 1})
 		return
 	}
-	cur, ok := p.one[h]
+	cur, ok := p.one.get(h)
 	switch {
 	case !ok:
-		p.one[h] = holder{l, 1}
+		p.one.set(h, holder{l, 1})
 	case cur.link == l:
 		cur.count++
-		p.one[h] = cur
+		p.one.set(h, cur)
 	default:
-		delete(p.one, h)
+		p.one.del(h)
 		p.many[h] = []holder{cur, {l, 1}}
 	}
 }
 
 // remove records that link holds one name fewer with this hash.
 func (p *presence) remove(h uint64, l linkID) {
-	if cur, ok := p.one[h]; ok {
+	if cur, ok := p.one.get(h); ok {
 		if cur.link == l {
 			if cur.count--; cur.count == 0 {
-				delete(p.one, h)
+				p.one.del(h)
 			} else {
-				p.one[h] = cur
+				p.one.set(h, cur)
 			}
 		}
 		return
@@ -117,7 +117,7 @@ func (p *presence) remove(h uint64, l linkID) {
 		delete(p.many, h)
 	case 1:
 		delete(p.many, h)
-		p.one[h] = hs[0]
+		p.one.set(h, hs[0])
 	default:
 		p.many[h] = hs
 	}
@@ -125,7 +125,7 @@ func (p *presence) remove(h uint64, l linkID) {
 
 // each calls fn for every link holding a name with this hash.
 func (p *presence) each(h uint64, fn func(linkID)) {
-	if cur, ok := p.one[h]; ok {
+	if cur, ok := p.one.get(h); ok {
 		fn(cur.link)
 		return
 	}
@@ -136,10 +136,14 @@ func (p *presence) each(h uint64, fn func(linkID)) {
 
 // dropLink forgets everything link held (its process is gone).
 func (p *presence) dropLink(l linkID) {
-	for h, cur := range p.one {
+	var gone []uint64
+	p.one.each(func(h uint64, cur holder) {
 		if cur.link == l {
-			delete(p.one, h)
+			gone = append(gone, h)
 		}
+	})
+	for _, h := range gone {
+		p.one.del(h)
 	}
 	for h, hs := range p.many {
 		for _, hc := range hs {
@@ -156,11 +160,11 @@ func (p *presence) dropLink(l linkID) {
 // heldBy lists link's hashes with their counts, for a hand-over.
 func (p *presence) heldBy(l linkID) []hashCount {
 	var out []hashCount
-	for h, cur := range p.one {
+	p.one.each(func(h uint64, cur holder) {
 		if cur.link == l {
 			out = append(out, hashCount{h, cur.count})
 		}
-	}
+	})
 	for h, hs := range p.many {
 		for _, hc := range hs {
 			if hc.link == l {

@@ -49,7 +49,7 @@ func TestPresenceCountsPerLink(t *testing.T) {
 			}
 		}
 	}
-	if len(next.one) != len(p.one) || len(next.many) != len(p.many) {
-		t.Errorf("hand-over: %d/%d entries, want %d/%d", len(next.one), len(next.many), len(p.one), len(p.many))
+	if next.one.len() != p.one.len() || len(next.many) != len(p.many) {
+		t.Errorf("hand-over: %d/%d entries, want %d/%d", next.one.len(), len(next.many), p.one.len(), len(p.many))
 	}
 }

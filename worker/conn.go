@@ -46,18 +46,17 @@ const (
 )
 
 // conn is the loop's state for one connection. It is kept small - an idle
-// client costs this struct, its id string and a map entry, and nothing else
-// (no goroutine, no buffers) - and what only some connections need lives in
-// connExtra.
+// client costs this struct (80 bytes: keep it in that size class), its id
+// string and an index slot, and nothing else (no goroutine, no buffers) -
+// and what only some connections need lives in connExtra. Its descriptor is
+// evio's (evioFD).
 type conn struct {
 	ec     evio.Conn
 	id     string // the subscribed client id, "" when not subscribed
 	cursor uint64 // the last message id written to this connection
 	wnext  *conn  // timing wheel slot list
-	wprev  *conn
 	inext  *conn      // next connection subscribed to the same id
 	x      *connExtra // nil almost always
-	fd     int32
 	due    uint32 // tick at which its timer fires
 	token  uint32 // the pending replay's token
 	lastTx uint32 // tick of the last message or heartbeat written
@@ -111,7 +110,7 @@ func (w *Worker) send(cc *conn, b []byte) {
 	}
 	if cc.idle() {
 		for len(b) > 0 {
-			n, err := syscall.Write(int(cc.fd), b)
+			n, err := syscall.Write(evioFD(cc.ec), b)
 			if err == syscall.EINTR {
 				continue
 			}
@@ -210,7 +209,7 @@ func (w *Worker) linger(cc *conn) {
 		cc.tidy()
 	}
 	if cc.idle() {
-		syscall.Shutdown(int(cc.fd), syscall.SHUT_WR)
+		syscall.Shutdown(evioFD(cc.ec), syscall.SHUT_WR)
 	}
 	w.schedule(cc, w.tick+lingerTicks)
 }
@@ -225,7 +224,7 @@ func (w *Worker) kill(cc *conn) {
 	w.unschedule(cc)
 	cc.state = stDead
 	cc.x = nil
-	syscall.Shutdown(int(cc.fd), syscall.SHUT_RDWR)
+	syscall.Shutdown(evioFD(cc.ec), syscall.SHUT_RDWR)
 }
 
 // forget drops every reference to a closed client.

@@ -23,30 +23,32 @@ func ticksOf(d time.Duration) uint32 { return max(1, uint32(d/tickEvery)) }
 
 // schedule (re)sets cc's timer to fire at tick due.
 func (w *Worker) schedule(cc *conn, due uint32) {
+	if cc.flags&fWheel != 0 && cc.due&wheelMask == due&wheelMask {
+		cc.due = due // same slot: nothing to relink
+		return
+	}
 	w.unschedule(cc)
 	cc.due = due
 	slot := &w.wheel[due&wheelMask]
-	cc.wnext, cc.wprev = *slot, nil
-	if *slot != nil {
-		(*slot).wprev = cc
-	}
+	cc.wnext = *slot
 	*slot = cc
 	cc.flags |= fWheel
 }
 
+// unschedule unlinks cc. Slot lists are singly linked to keep conn small;
+// a slot holds connections/wheelSize of them on average (~5 at 19,000), and
+// a timer firing is the head of its list, so the walk is short.
 func (w *Worker) unschedule(cc *conn) {
 	if cc.flags&fWheel == 0 {
 		return
 	}
-	if cc.wprev != nil {
-		cc.wprev.wnext = cc.wnext
-	} else {
-		w.wheel[cc.due&wheelMask] = cc.wnext
+	for p := &w.wheel[cc.due&wheelMask]; *p != nil; p = &(*p).wnext {
+		if *p == cc {
+			*p = cc.wnext
+			break
+		}
 	}
-	if cc.wnext != nil {
-		cc.wnext.wprev = cc.wprev
-	}
-	cc.wnext, cc.wprev = nil, nil
+	cc.wnext = nil
 	cc.flags &^= fWheel
 }
 

@@ -312,7 +312,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 	}
 	w.counts.Accepted++
 	evioForgetPeer(c)
-	cc := &conn{ec: c, fd: int32(evioFD(c))}
+	cc := &conn{ec: c}
 	c.SetContext(cc)
 	w.schedule(cc, w.tick+requestTicks)
 	return nil, opts, evio.None
