@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/megacomet/megacomet/internal/memtrim"
 	"github.com/shirou/gopsutil/v3/load"
 	"github.com/shirou/gopsutil/v3/mem"
 	"github.com/shirou/gopsutil/v3/process"
@@ -102,9 +103,14 @@ func newSampler() *sampler {
 func (m *Manager) runSampler(stop <-chan struct{}) {
 	t := time.NewTicker(sampleEvery)
 	defer t.Stop()
+	// The routing table grows by copying: once the number of ids settles,
+	// give the old copies' pages back.
+	trim := memtrim.Trimmer{Settle: 5 * time.Second, Min: 10000}
 	for {
 		m.sampleOnce()
 		m.hub.expire()
+		_, _, ids, _ := m.hub.counters()
+		trim.Observe(time.Since(m.started), ids)
 		select {
 		case <-stop:
 			return

@@ -52,14 +52,14 @@ const (
 // evio's (evioFD).
 type conn struct {
 	ec     evio.Conn
-	id     string // the subscribed client id, "" when not subscribed
-	cursor uint64 // the last message id written to this connection
-	wnext  *conn  // timing wheel slot list
+	id     string     // the subscribed client id, "" when not subscribed
+	cursor uint64     // the last message id written to this connection
+	wnext  *conn      // timing wheel slot list
 	inext  *conn      // next connection subscribed to the same id
 	x      *connExtra // nil almost always
-	due    uint32 // tick at which its timer fires
-	token  uint32 // the pending replay's token
-	lastTx uint32 // tick of the last message or heartbeat written
+	due    uint32     // tick at which its timer fires
+	token  uint32     // the pending replay's token
+	lastTx uint32     // tick of the last message or heartbeat written
 	kind   connKind
 	state  connState
 	tr     transport
