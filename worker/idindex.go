@@ -53,7 +53,7 @@ func find[K string | []byte](x *idIndex, h uint64, id K) *conn {
 // put makes head the first connection of head.id, adding the id if new.
 func (x *idIndex) put(head *conn) {
 	if (x.used+1)*4 > len(x.slots)*3 {
-		x.resize(max(minIndexSize, 4*(x.live+1)))
+		x.resize(2 * (x.live + 1)) // doubles at 3/4: 3/8 full after
 	}
 	mask := len(x.slots) - 1
 	free := -1
@@ -92,7 +92,7 @@ func (x *idIndex) del(id string) {
 			x.slots[i] = tombstone
 			x.live--
 			if len(x.slots) > 1024 && x.live*8 < len(x.slots) {
-				x.resize(4 * x.live) // after a mass disconnect, give the memory back
+				x.resize(2 * x.live) // after a mass disconnect, give the memory back
 			}
 			return
 		}

@@ -45,7 +45,7 @@ func TestIDIndexGrowsAndShrinks(t *testing.T) {
 		conns[i] = &conn{id: "c" + strconv.Itoa(i)}
 		x.put(conns[i])
 	}
-	if x.len() != len(conns) || len(x.slots) > 4*len(conns) || x.used*4 > len(x.slots)*3 {
+	if x.len() != len(conns) || len(x.slots) > 8*len(conns)/3 || x.used*4 > len(x.slots)*3 {
 		t.Fatalf("%d entries in %d slots (%d used)", x.len(), len(x.slots), x.used)
 	}
 	for i, c := range conns {
