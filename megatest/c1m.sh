@@ -69,5 +69,5 @@ stats=$!
 
 echo "== megatest a 127.0.0.1 -n $N -rate $RATE -broadcast $BROADCAST -hold $HOLD"
 "$BIN/megatest" a 127.0.0.1 -port "$PORT" -api "127.0.0.1:$API_PORT" -transport "$TRANSPORT" \
-	-n "$N" -rate "$RATE" -broadcast "$BROADCAST" -round-wait 60s -hold "$HOLD" -report 5s -json "$OUT"
+	-n "$N" -rate "$RATE" -broadcast "$BROADCAST" -round-wait 60s -hold "$HOLD" -ping 100ms -report 5s -json "$OUT"
 echo "== summary in $OUT"

@@ -24,6 +24,7 @@ type Options struct {
 	Rate      float64       // -rate: new connections per second (≤ 0: unlimited)
 	Src       string        // -src: source addresses
 	Hold      time.Duration // -hold: how long to hold once all are open (0 = until interrupted)
+	Ping      time.Duration // -ping: GET /ping this often once all are open (0 = never)
 	Report    time.Duration // -report: progress line interval
 	API       string        // -api: manager API host:port (default HOST:9000)
 	Pub       float64       // -pub: messages per second to our own ids
@@ -80,6 +81,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "new connections per second, all processes together (0 = as fast as possible)")
 	fs.StringVar(&o.Src, "src", o.Src, "local source addresses: `127.0.1.1-127.0.1.40` or a comma list (on loopback: picked automatically)")
 	fs.DurationVar(&o.Hold, "hold", o.Hold, "how long to hold once all are open (0 = until interrupted)")
+	fs.DurationVar(&o.Ping, "ping", o.Ping, "once all are open, GET /ping this often on a new connection and report its latency (0 = never)")
 	fs.DurationVar(&o.Report, "report", o.Report, "progress line interval")
 	fs.StringVar(&o.API, "api", o.API, "manager API `host:port`, for -pub and -broadcast (default HOST:9000)")
 	fs.Float64Var(&o.Pub, "pub", o.Pub, "messages per second published to our own ids; delivery latency is measured")
@@ -136,6 +138,8 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -report %s: must be positive", o.Report)
 	case o.Hold < 0:
 		return fmt.Errorf("megatest: -hold %s: must not be negative", o.Hold)
+	case o.Ping < 0:
+		return fmt.Errorf("megatest: -ping %s: must not be negative", o.Ping)
 	case o.Pub < 0 || o.Broadcast < 0:
 		return fmt.Errorf("megatest: -pub and -broadcast must not be negative")
 	case o.Procs < 0:

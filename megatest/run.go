@@ -43,6 +43,7 @@ type runner struct {
 	start  time.Time
 	rampAt time.Time // when the ramp was over
 
+	ping     pinger
 	mu       sync.Mutex
 	expected []int64 // per broadcast round; -1: the publish failed
 	prevTag  hist    // tagged histogram at the previous progress line
@@ -118,6 +119,9 @@ wait:
 				rampDone, r.rampAt = true, time.Now()
 				if r.o.Hold > 0 {
 					holdC = time.After(r.o.Hold)
+				}
+				if r.o.Ping > 0 {
+					go r.ping.run(ctx, "http://"+joinHostPort(r.o.Host, r.o.Port)+"/ping", r.o.Ping)
 				}
 				if r.o.Broadcast > 0 {
 					bcastDone = make(chan struct{})
@@ -290,6 +294,11 @@ type Summary struct {
 	RSSPerConn     float64 `json:"rss_per_conn"`
 	PSSBytes       int64   `json:"pss_bytes"` // the same, shared pages (the binary) counted once
 	PSSPerConn     float64 `json:"pss_per_conn"`
+
+	// With -ping: GET /ping round trips while the connections were held.
+	PingMs     *LatencyMs `json:"ping_ms,omitempty"`
+	Pings      int64      `json:"pings,omitempty"`
+	PingErrors int64      `json:"ping_errors,omitempty"`
 }
 
 type LatencyMs struct {
@@ -327,6 +336,10 @@ func (r *runner) summary() int {
 		Published: t.Published, PublishErrors: t.PubErrors, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
 		Processes: r.procs, DurationS: time.Since(r.start).Seconds(),
 		RSSBytes: t.RSS, PSSBytes: t.PSS,
+	}
+	if r.o.Ping > 0 {
+		lat, n, errs := r.ping.latency()
+		s.PingMs, s.Pings, s.PingErrors = &lat, n, errs
 	}
 	if r.split {
 		rss, pss := memory()

@@ -110,14 +110,17 @@ type summary struct {
 		Received int64 `json:"received"`
 		Expected int64 `json:"expected"`
 	} `json:"broadcast_ms"`
-	Active         int64   `json:"active"`
-	ProtocolErrors int64   `json:"protocol_errors"`
-	HTTPErrors     int64   `json:"http_errors"`
-	Published      int64   `json:"published"`
-	PublishErrors  int64   `json:"publish_errors"`
-	Processes      int     `json:"processes"`
-	RSSBytes       int64   `json:"rss_bytes"`
-	RSSPerConn     float64 `json:"rss_per_conn"`
+	Active         int64    `json:"active"`
+	ProtocolErrors int64    `json:"protocol_errors"`
+	HTTPErrors     int64    `json:"http_errors"`
+	Published      int64    `json:"published"`
+	PublishErrors  int64    `json:"publish_errors"`
+	Processes      int      `json:"processes"`
+	RSSBytes       int64    `json:"rss_bytes"`
+	RSSPerConn     float64  `json:"rss_per_conn"`
+	PingMs         *latency `json:"ping_ms"`
+	Pings          int64    `json:"pings"`
+	PingErrors     int64    `json:"ping_errors"`
 }
 
 type latency struct {
@@ -312,5 +315,14 @@ func TestMegatestInterruptWritesSummary(t *testing.T) {
 	checkContractFields(t, raw)
 	if sum.PeakActive != 100 || sum.ClosedUnexpected != 0 {
 		t.Errorf("peak_active %d closed_unexpected %d", sum.PeakActive, sum.ClosedUnexpected)
+	}
+}
+
+// -ping measures GET /ping while the connections are held.
+func TestMegatestPing(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	_, sum := runMegatest(t, s, "p", "-n", "2000", "-hold", "2s", "-ping", "50ms").wait(t, time.Minute)
+	if sum.PingMs == nil || sum.Pings < 10 || sum.PingErrors != 0 || sum.PingMs.P99 <= 0 {
+		t.Errorf("ping: %+v over %d pings, %d errors", sum.PingMs, sum.Pings, sum.PingErrors)
 	}
 }

@@ -1,12 +1,7 @@
 package test
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,75 +9,6 @@ import (
 	"github.com/megacomet/megacomet/internal/testutil"
 	"github.com/megacomet/megacomet/manager"
 )
-
-// loadRun is megatest running against a test server.
-type loadRun struct {
-	cmd  *exec.Cmd
-	out  *testutil.SyncBuffer
-	json string
-	done chan struct{}
-}
-
-// loadSummary is the part of megatest's summary JSON these tests read.
-type loadSummary struct {
-	Connections      int `json:"connections"`
-	ConnectFailed    int `json:"connect_failed"`
-	ClosedUnexpected int `json:"closed_unexpected"`
-	Reconnects       int `json:"reconnects"`
-	Messages         int `json:"messages"`
-	Lost             int `json:"lost"`
-	Duplicates       int `json:"duplicates"`
-	Published        int `json:"published"`
-	PublishErrors    int `json:"publish_errors"`
-}
-
-// startLoad runs `megatest LETTER 127.0.0.1 -port … -api … args…`.
-func startLoad(t *testing.T, s *testutil.Server, letter string, args ...string) *loadRun {
-	t.Helper()
-	bin := testutil.Binary(t, "megatest")
-	_, port, _ := strings.Cut(s.Listen, ":")
-	r := &loadRun{out: &testutil.SyncBuffer{}, json: filepath.Join(t.TempDir(), "summary.json"), done: make(chan struct{})}
-	all := append([]string{letter, "127.0.0.1", "-port", port, "-api", s.API, "-json", r.json, "-report", "1s"}, args...)
-	r.cmd = exec.Command(bin, all...)
-	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.cmd.Wait(); close(r.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-r.done:
-		default:
-			r.cmd.Process.Kill()
-			<-r.done
-		}
-		if t.Failed() {
-			t.Logf("megatest output:\n%s", r.out.String())
-		}
-	})
-	return r
-}
-
-// wait waits for megatest to finish and returns its summary.
-func (r *loadRun) wait(t *testing.T, timeout time.Duration) loadSummary {
-	t.Helper()
-	select {
-	case <-r.done:
-	case <-time.After(timeout):
-		r.cmd.Process.Signal(syscall.SIGINT)
-		<-r.done
-		t.Errorf("megatest ran past %s", timeout)
-	}
-	var sum loadSummary
-	b, err := os.ReadFile(r.json)
-	if err != nil {
-		t.Fatalf("no summary: %v\n%s", err, r.out.String())
-	}
-	if err := json.Unmarshal(b, &sum); err != nil {
-		t.Fatalf("summary: %v\n%s", err, b)
-	}
-	return sum
-}
 
 // waitConnections polls stats until the workers hold n connections.
 func waitConnections(t *testing.T, s *testutil.Server, n uint64, wait time.Duration) manager.Stats {
@@ -112,7 +38,7 @@ func TestMegatestAcrossTwoReloads(t *testing.T) {
 	defer restore()
 	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"2s\""})
 	const n = 10000
-	load := startLoad(t, s, "h", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "12s")
+	load := runMegatest(t, s, "h", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "12s")
 	first := waitConnections(t, s, n, 30*time.Second)
 
 	s.Signal(syscall.SIGHUP)
@@ -135,7 +61,7 @@ func TestMegatestAcrossTwoReloads(t *testing.T) {
 		}
 		return nil
 	})
-	sum := load.wait(t, 60*time.Second)
+	_, sum := load.wait(t, 60*time.Second)
 	t.Logf("megatest: %+v", sum)
 	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
 		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
@@ -174,7 +100,7 @@ func TestMegatestAcrossWorkerKill(t *testing.T) {
 	defer restore()
 	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
 	const n = 10000
-	load := startLoad(t, s, "k", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "8s")
+	load := runMegatest(t, s, "k", "-n", "10000", "-rate", "20000", "-pub", "300", "-hold", "8s")
 	st := waitConnections(t, s, n, 30*time.Second)
 	victim := st.Workers[0]
 	syscall.Kill(victim.PID, syscall.SIGKILL)
@@ -188,12 +114,12 @@ func TestMegatestAcrossWorkerKill(t *testing.T) {
 		}
 		return nil
 	})
-	sum := load.wait(t, 60*time.Second)
+	_, sum := load.wait(t, 60*time.Second)
 	t.Logf("megatest: %+v", sum)
 	if sum.Lost != 0 || sum.Duplicates != 0 || sum.ConnectFailed != 0 {
 		t.Errorf("lost %d, duplicates %d, connect_failed %d: all must be 0", sum.Lost, sum.Duplicates, sum.ConnectFailed)
 	}
-	if sum.ClosedUnexpected != int(victim.Connections) {
+	if sum.ClosedUnexpected != int64(victim.Connections) {
 		t.Errorf("closed_unexpected %d, want the %d connections of the killed worker", sum.ClosedUnexpected, victim.Connections)
 	}
 }
