@@ -10,7 +10,8 @@
 // append to a caller's buffer (Begin/End patch the length in place), and
 // Reader decodes payloads without copying, so a worker's event loop can speak
 // IPC without allocating. Frames are batches: one Presence frame carries many
-// subscribe/unsubscribe operations and one Deliver frame many messages.
+// presence and replay records (presence.go) and one Deliver frame many
+// messages and replays (deliver.go).
 //
 // This package knows the bytes, not the processes: who sends which frame and
 // when is written down in manager/ and worker/.
