@@ -6,7 +6,8 @@
 # `megatest a 127.0.0.1 -n N` with a few broadcast rounds, prints the
 # server's stats while the connections are held, and stops everything.
 # Environment: N (1000000), RATE (15000), BROADCAST (3), HOLD (30s),
-# TRANSPORT (sse), PORT (8000), API_PORT (9000), BIN (bin), OUT (c1m.json).
+# TRANSPORT (sse), PORT (8000), API_PORT (9000), BIN (bin), OUT (c1m.json),
+# HEARTBEAT (15s: a million streams then cost ~67k writes a second).
 set -eu
 
 N=${N:-1000000}
@@ -18,6 +19,7 @@ PORT=${PORT:-8000}
 API_PORT=${API_PORT:-9000}
 BIN=${BIN:-bin}
 OUT=${OUT:-c1m.json}
+HEARTBEAT=${HEARTBEAT:-15s}
 
 if [ "$(id -u)" = 0 ]; then
 	echo "== kernel tuning (etc/sysctl.d/60-megacomet.conf)"
@@ -39,6 +41,8 @@ listen = "127.0.0.1:$PORT"
 workers = $workers
 [api]
 listen = "127.0.0.1:$API_PORT"
+[comet]
+heartbeat = "$HEARTBEAT"
 [manager]
 socket = "$dir/stats.sock"
 pid_file = "$dir/megacomet.pid"
