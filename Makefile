@@ -35,13 +35,14 @@ vet:
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
 # What the tests need beyond Go, installed when missing: curl and Debian's
-# chromium, Node's ws package (clients nobody here wrote).
+# chromium, Node's ws package (clients nobody here wrote), systemd-analyze.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
-	@command -v curl >/dev/null && command -v chromium >/dev/null && command -v node >/dev/null && command -v npm >/dev/null || { \
-	  echo "installing test dependencies: curl chromium nodejs npm"; \
+	@command -v curl >/dev/null && command -v chromium >/dev/null && command -v node >/dev/null && \
+	  command -v npm >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  echo "installing test dependencies: curl chromium nodejs npm systemd"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium nodejs npm; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium nodejs npm systemd; }
 	@cd test/node && npm ci --no-audit --no-fund --loglevel=error
 
 # Every test, with the race detector (the server binaries the integration
