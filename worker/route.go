@@ -26,12 +26,14 @@ var (
 	keySince     = []byte("since")
 	keyCallback  = []byte("callback")
 	keyChannels  = []byte("channels")
+	keyCursor    = []byte("cursor")
 )
 
 // query is what a comet request's query string may say.
 type query struct {
 	since    uint64
 	hasSince bool
+	cursor   bool // cursor=1: WebSocket's first frame tells the cursor
 	callback []byte
 	chans    [maxChannels][]byte
 	nchans   int
@@ -243,6 +245,8 @@ func parseQuery(q []byte, out *query) *httpError {
 				return errBadSince
 			}
 			out.since, out.hasSince = n, true
+		case bytes.Equal(k, keyCursor):
+			out.cursor = len(v) > 0 && v[0] != '0'
 		case bytes.Equal(k, keyCallback):
 			if !validCallback(v) {
 				return errBadCallback

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"unicode/utf8"
 	"unsafe"
 
@@ -154,6 +155,15 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 		}
 		w.reject(cc, e)
 		return
+	}
+	if q.cursor {
+		// Browsers cannot read the 101 answer's X-Megacomet-Cursor; asked
+		// with cursor=1, the first frame carries it, so a page can resume
+		// without a gap even before its first message.
+		w.body = strconv.AppendUint(append(w.body[:0], `{"cursor":`...), since, 10)
+		w.body = append(w.body, '}')
+		hs.out = appendWSText(hs.out, w.body)
+		w.scratch = hs.out
 	}
 	w.send(cc, hs.out)
 	if cc.state == stDead {

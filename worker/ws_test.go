@@ -194,6 +194,18 @@ func TestWSCursorHeader(t *testing.T) {
 	}
 }
 
+// With cursor=1 the first frame tells a browser (which cannot read the
+// header) the cursor it starts from.
+func TestWSCursorFrame(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	c := &wsClient{rawConn: h.dialRaw()}
+	c.write([]byte(wsRequest("/ws/a?since=42&cursor=1", "")))
+	c.readHead()
+	if hd, p := c.mustNext(); hd.OpCode != ws.OpText || string(p) != `{"cursor":42}` {
+		t.Errorf("first frame %v %q", hd.OpCode, p)
+	}
+}
+
 // Frames sent right behind the handshake, in the same segment, are read.
 func TestWSFramesWithTheHandshake(t *testing.T) {
 	h := startWorker(t, noHeartbeat)
