@@ -42,25 +42,9 @@ func TestMegatestAcrossTwoReloads(t *testing.T) {
 	first := waitConnections(t, s, n, 30*time.Second)
 
 	s.Signal(syscall.SIGHUP)
-	var second manager.Stats
-	testutil.CheckFor(t, 20*time.Second, func() error {
-		var err error
-		if second, err = s.Stats(); err != nil || second.Generation != 2 {
-			return fmt.Errorf("generation %d (%v)", second.Generation, err)
-		}
-		return nil
-	})
+	second := waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 	syscall.Kill(second.Manager.PID, syscall.SIGHUP) // during the first drain
-	testutil.CheckFor(t, 30*time.Second, func() error {
-		st, err := s.Stats()
-		if err != nil {
-			return err
-		}
-		if st.Generation != 3 || len(st.Workers) != 2 || st.Connections != n {
-			return fmt.Errorf("generation %d, %d workers, %d connections", st.Generation, len(st.Workers), st.Connections)
-		}
-		return nil
-	})
+	waitGeneration(t, s, 3, 2, n, 30*time.Second)
 	_, sum := load.wait(t, 60*time.Second)
 	t.Logf("megatest: %+v", sum)
 	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
@@ -70,21 +54,7 @@ func TestMegatestAcrossTwoReloads(t *testing.T) {
 	if sum.Published == 0 || sum.Reconnects < n {
 		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
 	}
-	var old []int
-	for _, st := range []manager.Stats{first, second} {
-		old = append(old, st.Manager.PID)
-		for _, w := range st.Workers {
-			old = append(old, w.PID)
-		}
-	}
-	testutil.CheckFor(t, 10*time.Second, func() error {
-		for _, pid := range old {
-			if testutil.PIDAlive(pid) {
-				return fmt.Errorf("pid %d of an old generation still runs", pid)
-			}
-		}
-		return nil
-	})
+	waitGone(t, first, second)
 	if st := statsCLI(t, s); st.Generation != 3 || st.Manager.PID != s.ManagerPID() {
 		t.Errorf("stats: generation %d, manager %d; pid file %d", st.Generation, st.Manager.PID, s.ManagerPID())
 	}

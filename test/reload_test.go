@@ -229,36 +229,9 @@ func TestReloadTwiceLosesNothing(t *testing.T) {
 	// Two reloads back to back: the second arrives while the first one's
 	// workers drain; it is queued until the first manager has gone.
 	s.Signal(syscall.SIGHUP)
-	var second manager.Stats
-	testutil.CheckFor(t, 20*time.Second, func() error {
-		st, err := s.Stats()
-		if err != nil {
-			return err
-		}
-		if st.Generation != 2 {
-			return fmt.Errorf("generation %d", st.Generation)
-		}
-		second = st
-		return nil
-	})
+	second := waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 	syscall.Kill(second.Manager.PID, syscall.SIGHUP)
-	var third manager.Stats
-	testutil.CheckFor(t, 30*time.Second, func() error {
-		st, err := s.Stats()
-		if err != nil {
-			return err
-		}
-		if st.Generation != 3 || len(st.Workers) != 2 || st.Connections != n {
-			return fmt.Errorf("generation %d, %d workers, %d connections", st.Generation, len(st.Workers), st.Connections)
-		}
-		for _, w := range st.Workers {
-			if w.Generation != 3 || w.State != "ready" {
-				return fmt.Errorf("worker %d: generation %d %s", w.PID, w.Generation, w.State)
-			}
-		}
-		third = st
-		return nil
-	})
+	third := waitGeneration(t, s, 3, 2, n, 30*time.Second)
 	time.Sleep(200 * time.Millisecond) // keep publishing to the new generation a little
 	pub.halt()
 	checkExactlyOnce(t, clients, pub, 15*time.Second)
@@ -274,26 +247,64 @@ func TestReloadTwiceLosesNothing(t *testing.T) {
 		c.mu.Unlock()
 	}
 	// The old managers and workers are gone; stats name the new ones.
-	gone := []int{first.Manager.PID, second.Manager.PID}
-	for _, st := range []manager.Stats{first, second} {
-		for _, w := range st.Workers {
-			gone = append(gone, w.PID)
-		}
-	}
-	testutil.CheckFor(t, 10*time.Second, func() error {
-		for _, pid := range gone {
-			if testutil.PIDAlive(pid) {
-				return fmt.Errorf("pid %d of an old generation is still running", pid)
-			}
-		}
-		return nil
-	})
+	waitGone(t, first, second)
 	if pid := s.ManagerPID(); pid != third.Manager.PID || statsCLI(t, s).Manager.PID != pid {
 		t.Errorf("pid file names %d, stats %d", pid, third.Manager.PID)
 	}
 	if pub.errs.Load() != 0 {
 		t.Errorf("%d publishes failed during the reloads", pub.errs.Load())
 	}
+}
+
+// waitGeneration waits until the live manager is of generation gen and,
+// when workers > 0, has that many workers, all of generation gen and ready,
+// holding conns connections between them.
+func waitGeneration(t *testing.T, s *testutil.Server, gen uint64, workers int, conns uint64, wait time.Duration) manager.Stats {
+	t.Helper()
+	var st manager.Stats
+	testutil.CheckFor(t, wait, func() error {
+		var err error
+		if st, err = s.Stats(); err != nil {
+			return err
+		}
+		if st.Generation != gen {
+			return fmt.Errorf("generation %d, want %d", st.Generation, gen)
+		}
+		if workers == 0 {
+			return nil
+		}
+		if len(st.Workers) != workers || st.Connections != conns {
+			return fmt.Errorf("%d workers, %d connections", len(st.Workers), st.Connections)
+		}
+		for _, w := range st.Workers {
+			if w.Generation != gen || w.State != "ready" {
+				return fmt.Errorf("worker %d: generation %d %s", w.PID, w.Generation, w.State)
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+// waitGone waits until every manager and worker named in these stats has
+// exited.
+func waitGone(t *testing.T, old ...manager.Stats) {
+	t.Helper()
+	var pids []int
+	for _, st := range old {
+		pids = append(pids, st.Manager.PID)
+		for _, w := range st.Workers {
+			pids = append(pids, w.PID)
+		}
+	}
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		for _, pid := range pids {
+			if testutil.PIDAlive(pid) {
+				return fmt.Errorf("pid %d of an old generation is still running", pid)
+			}
+		}
+		return nil
+	})
 }
 
 // enableMigrateReq sets net.ipv4.tcp_migrate_req = 1, as
@@ -338,13 +349,7 @@ func TestReloadWithBadConfigKeepsServing(t *testing.T) {
 	}
 	os.WriteFile(s.Config, good, 0o644)
 	s.Signal(syscall.SIGHUP)
-	testutil.CheckFor(t, 20*time.Second, func() error {
-		st, err := s.Stats()
-		if err != nil || st.Generation != 2 {
-			return fmt.Errorf("generation %d (%v)", st.Generation, err)
-		}
-		return nil
-	})
+	waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 }
 
 // A worker killed with SIGKILL is replaced; its clients reconnect with
@@ -406,13 +411,7 @@ func TestIdempotentPublishAcrossReload(t *testing.T) {
 		t.Errorf("same key, other body: %d %s", status, resp)
 	}
 	s.Signal(syscall.SIGHUP)
-	testutil.CheckFor(t, 20*time.Second, func() error {
-		st, err := s.Stats()
-		if err != nil || st.Generation != 2 {
-			return fmt.Errorf("generation %d (%v)", st.Generation, err)
-		}
-		return nil
-	})
+	waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 	if again := publish(t, s.API, body, key...); again[0] != first[0] {
 		t.Errorf("after the reload a repeat got id %d, first %d", again[0], first[0])
 	}

@@ -77,9 +77,15 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 	c := h.openSSE("a")
 	h.waitJoins(1)
 	body := []byte(`{"id":0,"data":"x"}`)
+	checkDeliverAllocs(t, h, c, body, len(sseEvent(nowID(), body)))
+}
+
+// checkDeliverAllocs delivers body to client id "a" (read back as want
+// bytes) again and again: the worker must allocate nothing for it.
+func checkDeliverAllocs(t *testing.T, h *harness, c *rawConn, body []byte, want int) {
+	t.Helper()
 	frame := make([]byte, 0, 256)
 	id := nowID()
-	want := len(sseEvent(id+1, body))
 	deliver := func() {
 		id++
 		frame = appendDeliver(frame[:0], "a", id, body)

@@ -261,19 +261,7 @@ func TestWSDeliverAllocatesNothing(t *testing.T) {
 	c := h.openWS("/ws/a")
 	h.waitJoins(1)
 	body := []byte(`{"id":0,"data":"x"}`)
-	frame := make([]byte, 0, 256)
-	id := nowID()
-	want := len(appendWSText(nil, body))
-	deliver := func() {
-		id++
-		frame = appendDeliver(frame[:0], "a", id, body)
-		h.send(frame)
-		c.readN(want)
-	}
-	deliver()
-	if n := testing.AllocsPerRun(1000, deliver); n != 0 {
-		t.Errorf("%.2f allocations per delivered message", n)
-	}
+	checkDeliverAllocs(t, h, c.rawConn, body, len(appendWSText(nil, body)))
 }
 
 // Client frames - ping with payload, pong, a command that changes nothing,
