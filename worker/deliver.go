@@ -75,11 +75,8 @@ func (w *Worker) push(cc *conn, id uint64, body []byte) {
 	if cc.flags&fAwaiting != 0 || id <= cc.cursor || cc.state == stDead {
 		return // its replay will carry it, or it already has it
 	}
-	if w.dropEvery > 0 { // test fault: MEGACOMET_FAULT_DROP_EVERY
-		if w.dropped++; w.dropped%w.dropEvery == 0 {
-			cc.cursor = id
-			return
-		}
+	if cc.tr != trLP && w.faultDrop(cc, id) { // long-polls: in addPoll
+		return
 	}
 	switch cc.tr {
 	case trSSE:
@@ -108,6 +105,20 @@ func (w *Worker) push(cc *conn, id uint64, body []byte) {
 	cc.cursor = id
 	cc.lastTx = w.tick
 	w.counts.MessagesOut++
+}
+
+// faultDrop is the test fault MEGACOMET_FAULT_DROP_EVERY=N: every Nth
+// delivery is skipped as if it had been written, so clients must notice a
+// loss (megatest's loss accounting is tested with it).
+func (w *Worker) faultDrop(cc *conn, id uint64) bool {
+	if w.dropEvery == 0 {
+		return false
+	}
+	if w.dropped++; w.dropped%w.dropEvery != 0 {
+		return false
+	}
+	cc.cursor = id
+	return true
 }
 
 // render returns a message in one transport's framing, from the cache when
@@ -181,14 +192,8 @@ func (w *Worker) startPoll(cc *conn) {
 }
 
 func (w *Worker) addPoll(cc *conn, id uint64, body []byte) {
-	if id <= cc.cursor {
+	if id <= cc.cursor || w.faultDrop(cc, id) {
 		return
-	}
-	if w.dropEvery > 0 {
-		if w.dropped++; w.dropped%w.dropEvery == 0 {
-			cc.cursor = id
-			return
-		}
 	}
 	if last := w.body[len(w.body)-1]; last != '[' {
 		w.body = append(w.body, ',')

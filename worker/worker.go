@@ -127,7 +127,7 @@ type Worker struct {
 
 	drainStart, drainEnd time.Duration
 	drainList            []*conn // who to hand over, in order (drainStep)
-	drainTotal, drained  int
+	drained              int     // how many of drainList are handed over
 	draining, stopping   bool
 	exitAt               time.Duration // hard deadline once stopping or draining
 }
@@ -490,18 +490,18 @@ func (w *Worker) startDrain(d time.Duration) {
 	}
 	w.drainStart, w.drainEnd = w.now, w.now+d
 	w.drainList = w.liveConns()
-	w.drainTotal, w.drained = len(w.drainList), 0
+	w.drained = 0
 	w.exitAt = w.drainEnd + 5*time.Second
-	w.log.Info("draining", "clients", w.drainTotal, "over", d)
+	w.log.Info("draining", "clients", len(w.drainList), "over", d)
 }
 
 // drainStep hands over the share of the drain list due by now. A
 // connection that closed meanwhile is skipped by handOff (dead) and the
 // list holds it only until the drain ends.
 func (w *Worker) drainStep() {
-	due := w.drainTotal
+	due := len(w.drainList)
 	if span := w.drainEnd - w.drainStart; w.now < w.drainEnd && span > 0 {
-		due = int(int64(w.drainTotal) * int64(w.now-w.drainStart) / int64(span))
+		due = int(int64(due) * int64(w.now-w.drainStart) / int64(span))
 	}
 	for ; w.drained < due; w.drained++ {
 		w.handOff(w.drainList[w.drained])
