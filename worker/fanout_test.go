@@ -1,0 +1,183 @@
+package worker
+
+import (
+	"bytes"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/megacomet/megacomet/config"
+
+	"github.com/megacomet/megacomet/ipc"
+)
+
+// fanoutConns is how many clients the fan-out benchmarks hold: enough that
+// every socket is cold in the CPU's caches, as at a million.
+const fanoutConns = 5000
+
+// needFanoutFiles skips a benchmark that cannot open both ends of
+// fanoutConns connections under this process's open-file limit (Go raises
+// the soft limit to the hard one at start).
+func needFanoutFiles(b *testing.B) {
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < 2*fanoutConns+256 {
+		b.Skipf("needs %d open files, the limit is %d", 2*fanoutConns+256, rl.Cur)
+	}
+}
+
+// BenchmarkBroadcastFanout is a broadcast through a real worker loop: one
+// Deliver frame in, an SSE event out to each of 5,000 connections, read by
+// clients in this process (so both ends' kernel work is in the figure, as
+// with megatest on the same box). ns/conn is wall time per connection; a
+// million connections at 2 s needs 2,000 over the whole box.
+func BenchmarkBroadcastFanout(b *testing.B) {
+	needFanoutFiles(b)
+	// no heartbeat comes between the events being read
+	h := startWorker(b, func(o *config.Options) { o.Comet.Heartbeat = config.Duration(time.Hour) })
+	fds := openSSEFds(b, h, fanoutConns)
+	body := []byte(`{"hello":"world"}`)
+	buf := make([]byte, 4096)
+	id := nowID()
+	cpu := processCPU()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id++
+		frame, start := ipc.Begin(nil, ipc.TypeDeliver)
+		frame = ipc.AppendMsgHead(frame, id, ipc.KindBroadcast, "")
+		frame = ipc.End(ipc.AppendBytes(frame, body), start)
+		h.send(frame)
+		want := sseEvent(id, body)
+		for _, fd := range fds {
+			if got := readFull(b, fd, buf[:len(want)]); !bytes.Equal(got, want) {
+				b.Fatalf("got %q, want %q", got, want)
+			}
+		}
+	}
+	reportPerConn(b, cpu)
+}
+
+// BenchmarkLoopbackFloor is the kernel's part of a fan-out alone: the same
+// event written to and read from each of 5,000 loopback TCP connections
+// by one thread, with no event loop and no wake-ups. A broadcast cannot go
+// faster than this per connection per core.
+func BenchmarkLoopbackFloor(b *testing.B) {
+	needFanoutFiles(b)
+	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer syscall.Close(ln)
+	loopback := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	if err := syscall.Bind(ln, loopback); err != nil {
+		b.Fatal(err)
+	}
+	if err := syscall.Listen(ln, 1024); err != nil {
+		b.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(ln)
+	type pair struct{ srv, cli int }
+	pairs := make([]pair, 0, fanoutConns)
+	defer func() {
+		for _, p := range pairs {
+			syscall.Close(p.srv)
+			syscall.Close(p.cli)
+		}
+	}()
+	for range fanoutConns {
+		cli, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := syscall.Connect(cli, sa); err != nil {
+			b.Fatal(err)
+		}
+		srv, _, err := syscall.Accept(ln)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pairs = append(pairs, pair{srv, cli})
+	}
+	msg := sseEvent(nowID(), []byte(`{"hello":"world"}`))
+	buf := make([]byte, 4096)
+	cpu := processCPU()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, p := range pairs {
+			if _, err := syscall.Write(p.srv, msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for _, p := range pairs {
+			readFull(b, p.cli, buf[:len(msg)])
+		}
+	}
+	reportPerConn(b, cpu)
+}
+
+// reportPerConn reports wall time and CPU time (user and system, every
+// thread of this process: the worker's and the clients') per connection
+// reached, since cpu was taken.
+func reportPerConn(b *testing.B, cpu time.Duration) {
+	n := float64(b.N * fanoutConns)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/n, "ns/conn")
+	b.ReportMetric(float64((processCPU()-cpu).Nanoseconds())/n, "cpu-ns/conn")
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// openSSEFds opens n raw SSE clients without a Go object each and reads
+// their openings.
+func openSSEFds(b *testing.B, h *harness, n int) []int {
+	addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
+	tv := syscall.Timeval{Sec: 5}
+	fds := make([]int, 0, n)
+	b.Cleanup(func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	})
+	for j := range n {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fds = append(fds, fd)
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+		if err := syscall.Connect(fd, addr); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := syscall.Write(fd, []byte("GET /sse/fan"+strconv.Itoa(j)+" HTTP/1.1\r\n\r\n")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h.waitJoins(int64(n))
+	buf := make([]byte, 4096)
+	for _, fd := range fds {
+		got := 0
+		for !(bytes.Contains(buf[:got], []byte("\nid: ")) && bytes.HasSuffix(buf[:got], []byte("\n\n"))) {
+			m, err := syscall.Read(fd, buf[got:])
+			if err != nil || m == 0 {
+				b.Fatalf("opening: %v after %q", err, buf[:got])
+			}
+			got += m
+		}
+	}
+	return fds
+}
+
+// readFull reads exactly len(buf) bytes from fd.
+func readFull(b *testing.B, fd int, buf []byte) []byte {
+	for got := 0; got < len(buf); {
+		m, err := syscall.Read(fd, buf[got:])
+		if err != nil || m == 0 {
+			b.Fatalf("read after %d of %d bytes: %v", got, len(buf), err)
+		}
+		got += m
+	}
+	return buf
+}
