@@ -76,20 +76,21 @@ type engine struct {
 	pubAllow  float64
 	pubCursor int
 
-	st        stats
-	lat       hist // publish → delivery, our -pub messages
-	tagged    hist // every message of this run: -pub and broadcasts
-	rounds    []round
-	latV      uint64 // bumped when lat changes, so a snapshot sends it only then
-	taggedV   uint64
-	sentLatV  uint64
-	sentTagV  uint64
-	lastSnap  int64
-	failLogAt int64 // when a connect failure was last logged
-	memAt     int64 // when memory was last read
-	rss, pss  int64
-	rampStart int64 // unix ns of the first connect
-	rampEnd   int64 // unix ns when the last connection first opened
+	st         stats
+	lat        hist // publish → delivery, our -pub messages
+	tagged     hist // every message of this run: -pub and broadcasts
+	rounds     []round
+	latV       uint64 // bumped when lat changes, so a snapshot sends it only then
+	taggedV    uint64
+	sentLatV   uint64
+	sentTagV   uint64
+	lastSnap   int64
+	failLogAt  int64 // when a connect failure was last logged
+	closeLogAt int64 // when an unexpected close was last logged
+	memAt      int64 // when memory was last read
+	rss, pss   int64
+	rampStart  int64 // unix ns of the first connect
+	rampEnd    int64 // unix ns when the last connection first opened
 }
 
 type round struct {
@@ -158,7 +159,11 @@ func parseTransport(s string) transport {
 }
 
 const (
-	maxConnecting = 4096                  // connects in flight per process
+	// Connects in flight per process. More only lets a process that is
+	// short of CPU fall behind the handshakes the kernel completes for it:
+	// at 4096, a million on 2 cores left requests unsent for over 30 s,
+	// and the server closed those connections as silent.
+	maxConnecting = 1024
 	maxWait       = 20 * time.Millisecond // longest epoll wait
 	snapEvery     = 500 * time.Millisecond
 	backoffBase   = 100 * time.Millisecond
@@ -448,7 +453,10 @@ func (e *engine) write(idx int32, c *conn, b []byte) bool {
 	n, err := unix.Write(int(c.fd), b)
 	if err != nil || n != len(b) {
 		e.st.writeErrs++
-		e.closeConn(idx, c, whyUnexpected)
+		if err == nil {
+			err = unix.EAGAIN // short: the send buffer is full
+		}
+		e.closeUnexpected(idx, c, "write", err)
 		return false
 	}
 	return true
@@ -476,6 +484,24 @@ func (e *engine) backoff(idx int32, c *conn) {
 func (e *engine) schedule(idx int32, c *conn, delay int64) {
 	c.state = stWaiting
 	e.waiting.push(reopen{due: e.mono() + delay, idx: idx})
+}
+
+// errEOF is the server's FIN where no close was announced.
+var errEOF = errors.New("EOF")
+
+// closeUnexpected closes a connection the server ended without notice
+// (unless it was announced after all) and says so: one line for the first,
+// then at most one per logEvery, with what was being done, the error, and
+// whether the server had answered the connection yet.
+func (e *engine) closeUnexpected(idx int32, c *conn, op string, err error) {
+	if c.flags&fAnnounced == 0 {
+		if now := e.mono(); e.st.unexpected == 0 || now-e.closeLogAt >= int64(logEvery) {
+			e.log.Warn("connection closed unexpectedly", "op", op, "err", err,
+				"answered", c.flags&fReady != 0, "path", string(e.path)+strconv.Itoa(e.first+int(idx)), "unexpected", e.st.unexpected+1)
+			e.closeLogAt = now
+		}
+	}
+	e.closeConn(idx, c, whyUnexpected)
 }
 
 // closeConn closes an open connection and schedules its reopen, like a
@@ -542,10 +568,10 @@ func (e *engine) readable(idx int32, c *conn, events uint32) {
 			if e.tr == trLP && c.flags&fReady != 0 && len(c.in) == 0 {
 				c.flags |= fAnnounced
 			}
-			e.closeConn(idx, c, whyUnexpected) // announced, if it was
+			e.closeUnexpected(idx, c, "read", errEOF) // announced, if it was
 			return
 		default:
-			e.closeConn(idx, c, whyUnexpected)
+			e.closeUnexpected(idx, c, "read", err)
 			return
 		}
 	}
@@ -568,7 +594,7 @@ func (e *engine) input(idx int32, c *conn, b []byte, now int64) bool {
 		case errStatus, errType, errUpgrade:
 			e.closeConn(idx, c, whyHTTP)
 		case errWSClosed:
-			e.closeConn(idx, c, whyUnexpected)
+			e.closeUnexpected(idx, c, "read", err)
 		default:
 			e.closeConn(idx, c, whyProtocol)
 		}

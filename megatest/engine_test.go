@@ -5,6 +5,7 @@ package megatest
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary play a megatest child (tableflip's trick):
@@ -385,4 +388,47 @@ func inputBench(t testing.TB, n int) (*engine, *conn, [][]byte) {
 		bufs[i] = fmt.Appendf(nil, "id: %d\ndata: {\"id\":%[1]d,\"data\":%s}\n\n:\n\n", 1764000000000000+i, data)
 	}
 	return e, c, bufs
+}
+
+// A close the server did not announce is said in one line, with what was
+// being done, the error, whether the server had answered, and the id; the
+// next ones within logEvery are counted, not logged. An announced close
+// says nothing.
+func TestUnexpectedClosesAreLogged(t *testing.T) {
+	o := defaultOptions()
+	o.Letter, o.Host = "a", "127.0.0.1"
+	var logs strings.Builder
+	e, err := newEngine(&o, 40, 3, netip.MustParseAddrPort("127.0.0.1:1"), nil, 0, 0, func(*Snapshot) {},
+		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: dropTime})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range e.conns {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fds[1])
+		e.conns[i].fd, e.conns[i].state = int32(fds[0]), stHead
+		e.st.active++
+	}
+	e.conns[1].flags |= fReady
+	e.conns[2].flags |= fAnnounced
+	e.closeUnexpected(0, &e.conns[0], "read", errEOF)
+	e.closeUnexpected(1, &e.conns[1], "read", unix.ECONNRESET)
+	e.closeUnexpected(2, &e.conns[2], "read", errEOF)
+	want := `level=WARN msg="connection closed unexpectedly" op=read err=EOF answered=false path=/sse/a40 unexpected=1` + "\n"
+	if logs.String() != want {
+		t.Fatalf("logged\n%s\nwant\n%s", logs.String(), want)
+	}
+	if e.st.unexpected != 2 || e.st.recon != 1 || e.st.active != 0 {
+		t.Fatalf("unexpected %d reconnects %d active %d, want 2 1 0", e.st.unexpected, e.st.recon, e.st.active)
+	}
+}
+
+func dropTime(_ []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return a
 }
