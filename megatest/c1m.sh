@@ -7,7 +7,8 @@
 # server's stats while the connections are held, and stops everything.
 # Environment: N (1000000), RATE (15000), BROADCAST (3), HOLD (30s),
 # TRANSPORT (sse), PORT (8000), API_PORT (9000), BIN (bin), OUT (c1m.json),
-# HEARTBEAT (15s: a million streams then cost ~67k writes a second).
+# HEARTBEAT (15s: a million streams then cost ~67k writes a second),
+# WORKERS (enough for N under the open-file limit), MEGATEST_FLAGS (extra).
 set -eu
 
 N=${N:-1000000}
@@ -33,6 +34,7 @@ fi
 per=$(( $(ulimit -Hn) - 64 ))
 workers=$(( (N * 105 / 100 + per - 1) / per ))
 [ "$workers" -lt "$(nproc)" ] && workers=$(nproc)
+workers=${WORKERS:-$workers}
 
 dir=$(mktemp -d)
 cat > "$dir/c1m.toml" <<TOML
@@ -73,5 +75,5 @@ stats=$!
 
 echo "== megatest a 127.0.0.1 -n $N -rate $RATE -broadcast $BROADCAST -hold $HOLD"
 "$BIN/megatest" a 127.0.0.1 -port "$PORT" -api "127.0.0.1:$API_PORT" -transport "$TRANSPORT" \
-	-n "$N" -rate "$RATE" -broadcast "$BROADCAST" -round-wait 60s -hold "$HOLD" -ping 100ms -report 5s -json "$OUT"
+	-n "$N" -rate "$RATE" -broadcast "$BROADCAST" -round-wait 60s -hold "$HOLD" -ping 100ms -report 5s -json "$OUT" ${MEGATEST_FLAGS:-}
 echo "== summary in $OUT"

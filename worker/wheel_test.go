@@ -2,6 +2,7 @@ package worker
 
 import (
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -64,5 +65,19 @@ func TestWheelFiresDueTimersOnly(t *testing.T) {
 func TestConnStaysSmall(t *testing.T) {
 	if n := unsafe.Sizeof(conn{}); n > 80 {
 		t.Errorf("conn is %d bytes, past the 80-byte size class", n)
+	}
+}
+
+// A worker whose clients are only being held ticks every tickQuiet, not
+// every tickEvery: each tick wakes its threads about ten times, which 53
+// workers on two CPUs feel.
+func TestIdleWorkerTicksQuietly(t *testing.T) {
+	h := startWorker(t, nil)
+	h.openSSE("quiet")
+	time.Sleep(presenceQuiet + 3*tickQuiet) // the subscription's busy second, then a quiet tick or two
+	n0 := h.w.ticks.Load()
+	time.Sleep(time.Second)
+	if n := h.w.ticks.Load() - n0; n > uint32(time.Second/tickQuiet)+3 {
+		t.Fatalf("%d ticks in a quiet second, want at most %d", n, time.Second/tickQuiet+3)
 	}
 }
