@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/config"
-
 	"github.com/megacomet/megacomet/ipc"
 )
 
