@@ -15,4 +15,13 @@
 //
 // This package knows the bytes, not the processes: who sends which frame and
 // when is written down in manager/ and worker/.
+//
+// A reload hands running workers to a manager built from a newer binary,
+// so the format is versioned (Version). The framing above and the Drain
+// and Stop frames (type numbers and payloads) never change; every other
+// frame may, with a new Version. A manager that adopts workers of another
+// version only drains them (manager/handover.go).
 package ipc
+
+// Version is this build's IPC protocol version.
+const Version = 1

@@ -119,6 +119,20 @@ type workerState struct {
 type handoverState struct {
 	Hub     hubState      `json:"hub"`
 	Workers []workerState `json:"workers"`
+	// IPC is the workers' ipc.Version; 0 (absent) is version 1, which
+	// did not write it.
+	IPC int `json:"ipc,omitempty"`
+}
+
+// handoverIPCEnv makes a manager claim another IPC version when it hands
+// its workers over: the test of a reload across versions.
+const handoverIPCEnv = "MEGACOMET_TEST_HANDOVER_IPC"
+
+func handoverIPC() int {
+	if v, err := strconv.Atoi(os.Getenv(handoverIPCEnv)); err == nil {
+		return v
+	}
+	return ipc.Version
 }
 
 // handOver gives every worker and the hub's state to the new manager.
@@ -142,6 +156,11 @@ func (m *Manager) handOver(sock *os.File) error {
 		<-p.readDone
 		select {
 		case <-p.outDone:
+			if p.foreign {
+				// Already draining. Our exit closes its IPC: it finishes
+				// the drain and exits without a manager.
+				continue
+			}
 			live = append(live, p)
 		case <-time.After(5 * time.Second):
 			m.log.Error("worker does not read its IPC; not handing it over", "slot", p.slot.idx, "pid", p.pid)
@@ -153,7 +172,7 @@ func (m *Manager) handOver(sock *os.File) error {
 		links[i] = p.link
 	}
 	hs, names := m.hub.snapshot(links)
-	st := handoverState{Hub: hs}
+	st := handoverState{Hub: hs, IPC: handoverIPC()}
 	fds := make([]int, 0, len(live))
 	m.mu.Lock()
 	for _, p := range live {
@@ -289,9 +308,18 @@ func (m *Manager) receiveHandover(f *os.File) error {
 		return fmt.Errorf("bad state from the previous manager (%d workers, %d sockets): %v", len(st.Workers), len(fds), err)
 	}
 	m.hub.restore(&st.Hub)
+	version := st.IPC
+	if version == 0 {
+		version = 1
+	}
+	foreign := version != ipc.Version
+	if foreign && len(st.Workers) > 0 {
+		m.log.Warn("the previous workers speak another IPC version: draining them without routing to them; their clients come back here with their cursors",
+			"their_version", version, "ours", ipc.Version, "workers", len(st.Workers))
+	}
 	drain := ipc.AppendUvarint(nil, uint64(m.opts.Server.Drain.D()/time.Millisecond))
 	for i, ws := range st.Workers {
-		p, err := m.adopt(ws, fds[i])
+		p, err := m.adopt(ws, fds[i], foreign)
 		if err != nil {
 			m.log.Error("cannot adopt worker", "slot", ws.Slot, "pid", ws.PID, "err", err)
 			continue
@@ -309,8 +337,10 @@ func closeAll(fds []int) {
 }
 
 // adopt takes over a predecessor's worker: it routes to it until the
-// worker has drained and exits.
-func (m *Manager) adopt(ws workerState, fd int) (*proc, error) {
+// worker has drained and exits. A foreign worker (another IPC version) is
+// only told to drain: nothing is routed to it and what it sends is
+// discarded, its frames being of a format this build may not know.
+func (m *Manager) adopt(ws workerState, fd int, foreign bool) (*proc, error) {
 	f := os.NewFile(uintptr(fd), "ipc")
 	conn, err := net.FileConn(f)
 	f.Close()
@@ -321,9 +351,22 @@ func (m *Manager) adopt(ws workerState, fd int) (*proc, error) {
 	p.state = stateDraining
 	p.hello = ipc.Hello{PID: uint64(ws.PID), Slot: uint64(ws.Slot), Generation: ws.Gen, MaxConns: ws.MaxConns}
 	close(p.readyc)
+	p.foreign = foreign
 	m.mu.Lock()
 	m.retiring = append(m.retiring, p)
 	m.mu.Unlock()
+	if foreign {
+		go func() {
+			p.out.Run(p.conn)
+			close(p.outDone)
+		}()
+		go func() {
+			io.Copy(io.Discard, p.conn)
+			close(p.readDone)
+		}()
+		go m.watchAdopted(p)
+		return p, nil
+	}
 	// Presence frames wait for the hub to be primed, so the routing
 	// table can be filled after the reader starts.
 	m.startLink(p, ws.Leftover)

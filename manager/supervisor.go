@@ -77,6 +77,7 @@ type proc struct {
 	outDone  chan struct{} // closed when the outbox writer returns
 	handing  atomic.Bool   // reading stops at a frame boundary: hand-over
 	leftover []byte        // bytes read but not parsed when reading stopped
+	foreign  bool          // adopted from a manager of another IPC version
 	started  time.Time
 
 	state  procState

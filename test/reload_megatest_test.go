@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -92,4 +93,33 @@ func TestMegatestAcrossWorkerKill(t *testing.T) {
 	if sum.ClosedUnexpected != int64(victim.Connections) {
 		t.Errorf("closed_unexpected %d, want the %d connections of the killed worker", sum.ClosedUnexpected, victim.Connections)
 	}
+}
+
+// A reload to a binary whose IPC protocol differs (the old manager claims
+// another version through a test hook): the new manager routes nothing to
+// the old workers and only drains them; their clients come back to the new
+// workers with their cursors and lose nothing.
+func TestReloadAcrossIPCVersions(t *testing.T) {
+	restore := enableMigrateReq(t)
+	defer restore()
+	t.Setenv("MEGACOMET_TEST_HANDOVER_IPC", "99")
+	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"1s\""})
+	const n = 2000
+	load := runMegatest(t, s, "v", "-n", fmt.Sprint(n), "-pub", "300", "-hold", "6s")
+	first := waitConnections(t, s, n, 30*time.Second)
+	s.Signal(syscall.SIGHUP)
+	waitGeneration(t, s, 2, 2, n, 30*time.Second)
+	_, sum := load.wait(t, 60*time.Second)
+	t.Logf("megatest: %+v", sum)
+	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
+		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
+			sum.ConnectFailed, sum.ClosedUnexpected, sum.Lost, sum.Duplicates, sum.PublishErrors)
+	}
+	if sum.Published == 0 || sum.Reconnects < n {
+		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
+	}
+	if log := s.Log.String(); !strings.Contains(log, "the previous workers speak another IPC version") || !strings.Contains(log, "their_version=99") {
+		t.Errorf("the new manager did not say it met another IPC version:\n%s", log)
+	}
+	waitGone(t, first)
 }
