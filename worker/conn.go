@@ -74,6 +74,7 @@ type connExtra struct {
 	callback []byte     // long-poll JSONP callback
 	origin   []byte     // long-poll: the Access-Control-Allow-Origin to answer with
 	ws       *wsMessage // a fragmented WebSocket message being assembled
+	cmdAt    uint32     // WebSocket: the command rate limit's state (ws.go)
 }
 
 func (cc *conn) extra() *connExtra {
@@ -85,7 +86,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 {
 		cc.x = nil
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 	"unicode/utf8"
 	"unsafe"
 
@@ -323,6 +324,30 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 	}
 }
 
+// Each command that changes something makes the connection join again,
+// which costs the manager a history lookup, so a client may send
+// wsCommandBurst of those at once and then wsCommandRate a second.
+const (
+	wsCommandRate  = 10
+	wsCommandBurst = 32
+)
+
+// wsCommandAllowed is the rate limit, a GCRA in ticks: x.cmdAt is the tick
+// at which the bucket would be empty again (0: never used).
+func (w *Worker) wsCommandAllowed(cc *conn) bool {
+	const every = uint32(time.Second / wsCommandRate / tickEvery)
+	x := cc.extra()
+	at := x.cmdAt
+	if x.cmdAt == 0 || int32(at-w.tick) < 0 {
+		at = w.tick
+	}
+	if at-w.tick > (wsCommandBurst-1)*every {
+		return false
+	}
+	x.cmdAt = at + every
+	return true
+}
+
 // resubscribe joins again with cursor since and the channel set changed by
 // add or drop; the manager answers with the replay after since, and live
 // messages wait for it as on a new connection (subs.go).
@@ -356,6 +381,11 @@ func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
 			return
 		}
 		chans = append(chans, add)
+	}
+	if !w.wsCommandAllowed(cc) {
+		clear(w.q.chans[:])
+		w.wsFail(cc, errWSRate)
+		return
 	}
 	w.unsubscribe(cc)
 	w.subscribe(cc, stringBytes(id), chans, since)

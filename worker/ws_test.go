@@ -329,6 +329,28 @@ func TestWSCommands(t *testing.T) {
 	}
 }
 
+// A client may send 32 commands that change its subscription at once, then
+// 10 a second; one that keeps sending faster is closed with 1008 and says
+// why. Another client is not affected.
+func TestWSCommandRateLimit(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	calm, busy := h.openWS("/ws/calm"), h.openWS("/ws/busy")
+	h.waitJoins(2)
+	for i := 0; i < wsCommandBurst/2; i++ { // the whole burst, as fast as it goes
+		busy.write(text(`{"subscribe":"a"}`))
+		busy.write(text(`{"unsubscribe":"a"}`))
+	}
+	busy.alive()
+	calm.write(text(`{"subscribe":"a"}`))
+	for i := 0; i < 2*wsCommandBurst; i++ {
+		busy.write(text(`{"since":1}`))
+	}
+	if r := busy.expectClose(ws.StatusPolicyViolation); !strings.Contains(r, "too many commands") {
+		t.Errorf("reason %q", r)
+	}
+	calm.alive()
+}
+
 // Pings go out every interval; a client that answers them stays, one that
 // does not is closed once its ping is two intervals old.
 func TestWSHeartbeat(t *testing.T) {

@@ -146,7 +146,7 @@ func TestParseFrameAllocatesNothing(t *testing.T) {
 func TestWSErrorsCarryTheirCloseFrame(t *testing.T) {
 	for _, e := range []*wsError{errWSReserved, errWSControlLen, errWSControlFrag, errWSRsv, errWSUnmasked,
 		errWSInterleaved, errWSContinuation, errWSLength, errWSCloseBody, errWSNoPong, errWSTooBig,
-		errWSBinary, errWSUTF8, errWSCommand, errWSChannel, errWSChannels} {
+		errWSBinary, errWSUTF8, errWSCommand, errWSChannel, errWSChannels, errWSRate} {
 		r := bytes.NewReader(e.frame)
 		h, err := ws.ReadHeader(r)
 		p, _ := io.ReadAll(r)
