@@ -440,8 +440,17 @@ func (e *engine) sendRequest(idx int32, c *conn) bool {
 	b := append(e.wbuf[:0], "GET "...)
 	b = append(b, e.path...)
 	b = strconv.AppendInt(b, int64(e.first)+int64(idx), 10)
+	sep := byte('?')
+	if e.o.Channels > 0 {
+		b = append(b, "?channels="...)
+		b = append(b, e.o.Letter...)
+		b = append(b, "-c"...)
+		b = strconv.AppendInt(b, int64((e.first+int(idx))%e.o.Channels), 10)
+		sep = '&'
+	}
 	if c.flags&fCursor != 0 {
-		b = append(b, "?since="...)
+		b = append(b, sep)
+		b = append(b, "since="...)
 		b = strconv.AppendUint(b, c.lastID, 10)
 	}
 	b = append(b, e.reqTail...)

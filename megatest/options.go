@@ -29,6 +29,7 @@ type Options struct {
 	API       string        // -api: manager API host:port (default HOST:9000)
 	Pub       float64       // -pub: messages per second to our own ids
 	Broadcast int           // -broadcast: broadcast rounds
+	Channels  int           // -channels: connection i subscribes to channel LETTER-c(i mod N); rounds go to the channels
 	JSON      string        // -json: summary file
 
 	Token     string        // -token: API bearer token
@@ -56,6 +57,15 @@ func defaultOptions() Options {
 }
 
 const tokenEnv = "MEGATEST_TOKEN"
+
+// maxChannels bounds -channels: a round is one publish batch of that many
+// messages.
+const maxChannels = 10000
+
+// channelName is the channel -channels puts connection index i on.
+func (o *Options) channelName(i int) string {
+	return o.Letter + "-c" + strconv.Itoa(i%o.Channels)
+}
 
 var errUsage = errors.New("megatest: usage")
 
@@ -86,6 +96,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.StringVar(&o.API, "api", o.API, "manager API `host:port`, for -pub and -broadcast (default HOST:9000)")
 	fs.Float64Var(&o.Pub, "pub", o.Pub, "messages per second published to our own ids; delivery latency is measured")
 	fs.IntVar(&o.Broadcast, "broadcast", o.Broadcast, "broadcast rounds; fan-out latency to every held connection is measured")
+	fs.IntVar(&o.Channels, "channels", o.Channels, "subscribe connection i to channel LETTER-c<i mod N>; each -broadcast round is then one message to each of the N channels (at most 10000)")
 	fs.StringVar(&o.JSON, "json", o.JSON, "write the summary JSON to this `file`")
 	fs.StringVar(&o.Token, "token", o.Token, "API bearer token (or environment MEGATEST_TOKEN)")
 	fs.IntVar(&o.Procs, "procs", o.Procs, "processes to split over (0 = as many as the open-file limit needs)")
@@ -142,6 +153,8 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -ping %s: must not be negative", o.Ping)
 	case o.Pub < 0 || o.Broadcast < 0:
 		return fmt.Errorf("megatest: -pub and -broadcast must not be negative")
+	case o.Channels < 0 || o.Channels > maxChannels:
+		return fmt.Errorf("megatest: -channels %d: use 0 to %d", o.Channels, maxChannels)
 	case o.Procs < 0:
 		return fmt.Errorf("megatest: -procs %d: must not be negative", o.Procs)
 	}
@@ -182,6 +195,7 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-pub", fmtRate(pub),
 		"-grace", o.Grace.String(),
 		"-run", o.Run,
+		"-channels", fmt.Sprint(o.Channels),
 	}
 	return a // the token goes by environment, not where ps shows it
 }

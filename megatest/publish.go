@@ -205,3 +205,16 @@ func (p *publisher) post(body []byte, targets []uint32) []byte {
 func broadcastBody(round int, run string, t int64) []byte {
 	return fmt.Appendf(nil, `{"broadcast":true,"data":{"t":%d,"b":%d,"r":%q}}`, t, round, run)
 }
+
+// channelRoundBody is one round with -channels: a batch of one message to
+// each channel, so every connection gets exactly one, as with a broadcast.
+func channelRoundBody(o *Options, round int, t int64) []byte {
+	b := []byte{'['}
+	for k := 0; k < o.Channels; k++ {
+		if k > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, `{"channel":%q,"data":{"t":%d,"b":%d,"r":%q}}`, o.channelName(k), t, round, o.Run)
+	}
+	return append(b, ']')
+}

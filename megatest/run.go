@@ -218,7 +218,12 @@ func (r *runner) broadcasts(ctx context.Context) {
 	}
 	for round := 1; round <= r.o.Broadcast; round++ {
 		expected := r.agg.total(false).Ready
-		_, err := api.publish(broadcastBody(round, r.o.Run, time.Now().UnixNano()), false)
+		var err error
+		if r.o.Channels > 0 {
+			_, err = api.publish(channelRoundBody(r.o, round, time.Now().UnixNano()), true)
+		} else {
+			_, err = api.publish(broadcastBody(round, r.o.Run, time.Now().UnixNano()), false)
+		}
 		if err != nil {
 			logger().Warn("broadcast failed", "round", round, "err", err)
 			expected = -1

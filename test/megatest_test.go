@@ -277,6 +277,42 @@ func TestMegatestPublishAndBroadcast(t *testing.T) {
 	}
 }
 
+// -channels N puts each connection on one of N channels, and each round is
+// one message to every channel: every connection gets exactly one, over
+// SSE and WebSocket alike, and the server holds N channels meanwhile.
+func TestMegatestChannels(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	for _, tr := range []string{"sse", "ws"} {
+		t.Run(tr, func(t *testing.T) {
+			const n, channels = 1200, 7
+			r := runMegatest(t, s, "ch"+tr, "-transport", tr, "-n", fmt.Sprint(n), "-channels", fmt.Sprint(channels),
+				"-broadcast", "2", "-hold", "2s")
+			testutil.CheckFor(t, 30*time.Second, func() error {
+				st, err := s.Stats()
+				if err != nil {
+					return err
+				}
+				if st.Channels != channels || st.Connections != n {
+					return fmt.Errorf("%d channels, %d connections", st.Channels, st.Connections)
+				}
+				return nil
+			})
+			_, sum := r.wait(t, 60*time.Second)
+			if len(sum.BroadcastMs) != 2 {
+				t.Fatalf("%d rounds, want 2", len(sum.BroadcastMs))
+			}
+			for i, b := range sum.BroadcastMs {
+				if b.Expected != n || b.Received != n {
+					t.Errorf("round %d: received %d of %d, want %d", i+1, b.Received, b.Expected, n)
+				}
+			}
+			if sum.Messages != 2*n || sum.Duplicates != 0 || sum.ClosedUnexpected != 0 {
+				t.Errorf("messages %d duplicates %d closed_unexpected %d, want %d 0 0", sum.Messages, sum.Duplicates, sum.ClosedUnexpected, 2*n)
+			}
+		})
+	}
+}
+
 // A server that silently drops every 40th delivery (the workers' test
 // hook) shows up as loss: published ids never checked off and broadcast
 // rounds short of their count, about one in forty.
