@@ -333,7 +333,8 @@ const (
 )
 
 // wsCommandAllowed is the rate limit, a GCRA in ticks: x.cmdAt is the tick
-// at which the bucket would be empty again (0: never used).
+// by which the client will have earned back its whole burst (0: never
+// used); a command is refused when that is more than a burst ahead.
 func (w *Worker) wsCommandAllowed(cc *conn) bool {
 	const every = uint32(time.Second / wsCommandRate / tickEvery)
 	x := cc.extra()
