@@ -120,16 +120,9 @@ func scanData(b []byte, i int, d *dataInfo) (int, error) {
 
 // scanObject walks the object at b[i], calling field for each member with
 // i at the start of its value; field returns the index past the value.
-// The func literal does not escape, so this allocates nothing.
+// The func literals do not escape, so this allocates nothing.
 func scanObject(b []byte, i int, field func(key, b []byte, i int) (int, error)) (int, error) {
-	if i >= len(b) || b[i] != '{' {
-		return 0, errJSON
-	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return i + 1, nil
-	}
-	for {
+	return scanList(b, i, '{', '}', func(b []byte, i int) (int, error) {
 		s, e, j, err := scanString(b, i)
 		if err != nil {
 			return 0, err
@@ -138,23 +131,8 @@ func scanObject(b []byte, i int, field func(key, b []byte, i int) (int, error)) 
 		if j >= len(b) || b[j] != ':' {
 			return 0, errJSON
 		}
-		j, err = field(b[s:e], b, skipWS(b, j+1))
-		if err != nil {
-			return 0, err
-		}
-		j = skipWS(b, j)
-		if j >= len(b) {
-			return 0, errJSON
-		}
-		switch b[j] {
-		case ',':
-			i = skipWS(b, j+1)
-		case '}':
-			return j + 1, nil
-		default:
-			return 0, errJSON
-		}
-	}
+		return field(b[s:e], b, skipWS(b, j+1))
+	})
 }
 
 // scanUint reads a JSON number that is a plain unsigned integer fitting
@@ -252,15 +230,21 @@ func skipValue(b []byte, i, depth int) (int, error) {
 // scanArray walks the array at b[i], calling elem at the start of each
 // element; elem returns the index past it.
 func scanArray(b []byte, i int, elem func(b []byte, i int) (int, error)) (int, error) {
-	if i >= len(b) || b[i] != '[' {
+	return scanList(b, i, '[', ']', elem)
+}
+
+// scanList walks what open and close enclose at b[i]: items separated by
+// commas, each read by item from its start to the index past it.
+func scanList(b []byte, i int, open, close byte, item func(b []byte, i int) (int, error)) (int, error) {
+	if i >= len(b) || b[i] != open {
 		return 0, errJSON
 	}
 	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == ']' {
+	if i < len(b) && b[i] == close {
 		return i + 1, nil
 	}
 	for {
-		j, err := elem(b, i)
+		j, err := item(b, i)
 		if err != nil {
 			return 0, err
 		}
@@ -271,7 +255,7 @@ func scanArray(b []byte, i int, elem func(b []byte, i int) (int, error)) (int, e
 		switch b[j] {
 		case ',':
 			i = skipWS(b, j+1)
-		case ']':
+		case close:
 			return j + 1, nil
 		default:
 			return 0, errJSON
