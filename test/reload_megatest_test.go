@@ -28,6 +28,22 @@ func waitConnections(t *testing.T, s *testutil.Server, n uint64, wait time.Durat
 	return st
 }
 
+// checkHandedOver waits for a megatest run that held n connections across
+// a reload: none failed or closed without notice, every one was handed
+// over, and every published message arrived exactly once.
+func checkHandedOver(t *testing.T, load *megatestRun, n int64) {
+	t.Helper()
+	_, sum := load.wait(t, 60*time.Second)
+	t.Logf("megatest: %+v", sum)
+	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
+		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
+			sum.ConnectFailed, sum.ClosedUnexpected, sum.Lost, sum.Duplicates, sum.PublishErrors)
+	}
+	if sum.Published == 0 || sum.Reconnects < n {
+		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
+	}
+}
+
 // The check: megatest holds 10,000 SSE connections and publishes
 // continuously; two SIGHUPs in a row; no connect fails, every published id
 // reaches its client exactly once, the old processes are gone.
@@ -46,15 +62,7 @@ func TestMegatestAcrossTwoReloads(t *testing.T) {
 	second := waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 	syscall.Kill(second.Manager.PID, syscall.SIGHUP) // during the first drain
 	waitGeneration(t, s, 3, 2, n, 30*time.Second)
-	_, sum := load.wait(t, 60*time.Second)
-	t.Logf("megatest: %+v", sum)
-	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
-		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
-			sum.ConnectFailed, sum.ClosedUnexpected, sum.Lost, sum.Duplicates, sum.PublishErrors)
-	}
-	if sum.Published == 0 || sum.Reconnects < n {
-		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
-	}
+	checkHandedOver(t, load, n)
 	waitGone(t, first, second)
 	if st := statsCLI(t, s); st.Generation != 3 || st.Manager.PID != s.ManagerPID() {
 		t.Errorf("stats: generation %d, manager %d; pid file %d", st.Generation, st.Manager.PID, s.ManagerPID())
@@ -109,15 +117,7 @@ func TestReloadAcrossIPCVersions(t *testing.T) {
 	first := waitConnections(t, s, n, 30*time.Second)
 	s.Signal(syscall.SIGHUP)
 	waitGeneration(t, s, 2, 2, n, 30*time.Second)
-	_, sum := load.wait(t, 60*time.Second)
-	t.Logf("megatest: %+v", sum)
-	if sum.ConnectFailed != 0 || sum.ClosedUnexpected != 0 || sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 {
-		t.Errorf("connect_failed %d, closed_unexpected %d, lost %d, duplicates %d, publish_errors %d: all must be 0",
-			sum.ConnectFailed, sum.ClosedUnexpected, sum.Lost, sum.Duplicates, sum.PublishErrors)
-	}
-	if sum.Published == 0 || sum.Reconnects < n {
-		t.Errorf("published %d, reconnects %d: every connection should have been handed over", sum.Published, sum.Reconnects)
-	}
+	checkHandedOver(t, load, n)
 	if log := s.Log.String(); !strings.Contains(log, "the previous workers speak another IPC version") || !strings.Contains(log, "their_version=99") {
 		t.Errorf("the new manager did not say it met another IPC version:\n%s", log)
 	}
