@@ -36,16 +36,20 @@ func (h *harness) stalledSSE(id string) *rawConn {
 
 // readOpening reads an SSE answer's head and its opening block
 // ("retry: 2000\nid: <cursor>\n\n").
-func (c *rawConn) readOpening() []byte {
+func (c *rawConn) readOpening() []byte { return readSSEOpening(c.t, c.fd, c.buf) }
+
+// readSSEOpening reads an SSE answer's head and opening block from fd into
+// buf.
+func readSSEOpening(t testing.TB, fd int, buf []byte) []byte {
 	got := 0
-	for !(bytes.Contains(c.buf[:got], []byte("\nretry: 2000\nid: ")) && bytes.HasSuffix(c.buf[:got], []byte("\n\n"))) {
-		n, err := syscall.Read(c.fd, c.buf[got:])
+	for !(bytes.Contains(buf[:got], []byte("\nretry: 2000\nid: ")) && bytes.HasSuffix(buf[:got], []byte("\n\n"))) {
+		n, err := syscall.Read(fd, buf[got:])
 		if err != nil || n == 0 {
-			c.t.Fatalf("read: %v after %q", err, c.buf[:got])
+			t.Fatalf("read: %v after %q", err, buf[:got])
 		}
 		got += n
 	}
-	return c.buf[:got]
+	return buf[:got]
 }
 
 // readUntil reads until the bytes read so far end with suffix.
@@ -181,6 +185,26 @@ func TestSlowConsumerIsDropped(t *testing.T) {
 	}
 }
 
+// dialRequests opens a raw client for each request, sends it, and appends
+// the descriptors to fds; with room in fds it allocates nothing.
+func (h *harness) dialRequests(fds []int, reqs [][]byte) []int {
+	addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
+	for _, req := range reqs {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		fds = append(fds, fd)
+		if err := syscall.Connect(fd, addr); err != nil {
+			h.t.Fatal(err)
+		}
+		if _, err := syscall.Write(fd, req); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	return fds
+}
+
 // BenchmarkIdleConnBytes reports the worker's Go heap per idle SSE
 // connection (subscribed, heartbeat scheduled), measured in-process with a
 // client that keeps nothing on the Go heap per connection.
@@ -200,21 +224,10 @@ func benchIdleConns(b *testing.B, request func(j int) string) {
 		for j := range reqs {
 			reqs[j] = []byte(request(j))
 		}
-		addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		for j := 0; j < n; j++ {
-			fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := syscall.Connect(fd, addr); err != nil {
-				b.Fatal(err)
-			}
-			syscall.Write(fd, reqs[j])
-			fds = append(fds, fd)
-		}
+		fds = h.dialRequests(fds, reqs)
 		h.waitJoins(n)
 		h.countsWhere(func(c ipc.Counts) bool { return c.Conns == n })
 		runtime.GC()

@@ -132,51 +132,23 @@ func processCPU() time.Duration {
 // openSSEFds opens n raw SSE clients without a Go object each and reads
 // their openings.
 func openSSEFds(b *testing.B, h *harness, n int) []int {
-	addr := &syscall.SockaddrInet4{Port: h.port, Addr: [4]byte{127, 0, 0, 1}}
-	tv := syscall.Timeval{Sec: 5}
+	reqs := make([][]byte, n)
+	for j := range reqs {
+		reqs[j] = []byte("GET /sse/fan" + strconv.Itoa(j) + " HTTP/1.1\r\n\r\n")
+	}
 	fds := make([]int, 0, n)
 	b.Cleanup(func() {
 		for _, fd := range fds {
 			syscall.Close(fd)
 		}
 	})
-	for j := range n {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fds = append(fds, fd)
-		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-		if err := syscall.Connect(fd, addr); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := syscall.Write(fd, []byte("GET /sse/fan"+strconv.Itoa(j)+" HTTP/1.1\r\n\r\n")); err != nil {
-			b.Fatal(err)
-		}
-	}
+	fds = h.dialRequests(fds, reqs)
 	h.waitJoins(int64(n))
+	tv := syscall.Timeval{Sec: 5}
 	buf := make([]byte, 4096)
 	for _, fd := range fds {
-		got := 0
-		for !(bytes.Contains(buf[:got], []byte("\nid: ")) && bytes.HasSuffix(buf[:got], []byte("\n\n"))) {
-			m, err := syscall.Read(fd, buf[got:])
-			if err != nil || m == 0 {
-				b.Fatalf("opening: %v after %q", err, buf[:got])
-			}
-			got += m
-		}
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+		readSSEOpening(b, fd, buf)
 	}
 	return fds
-}
-
-// readFull reads exactly len(buf) bytes from fd.
-func readFull(b *testing.B, fd int, buf []byte) []byte {
-	for got := 0; got < len(buf); {
-		m, err := syscall.Read(fd, buf[got:])
-		if err != nil || m == 0 {
-			b.Fatalf("read after %d of %d bytes: %v", got, len(buf), err)
-		}
-		got += m
-	}
-	return buf
 }

@@ -235,16 +235,18 @@ func (c *rawConn) write(b []byte) {
 }
 
 // readN reads exactly n bytes into the connection's buffer.
-func (c *rawConn) readN(n int) []byte {
-	got := 0
-	for got < n {
-		m, err := syscall.Read(c.fd, c.buf[got:n])
+func (c *rawConn) readN(n int) []byte { return readFull(c.t, c.fd, c.buf[:n]) }
+
+// readFull reads exactly len(buf) bytes from fd.
+func readFull(t testing.TB, fd int, buf []byte) []byte {
+	for got := 0; got < len(buf); {
+		m, err := syscall.Read(fd, buf[got:])
 		if err != nil || m == 0 {
-			c.t.Fatalf("read after %d of %d bytes: %v", got, n, err)
+			t.Fatalf("read after %d of %d bytes: %v", got, len(buf), err)
 		}
 		got += m
 	}
-	return c.buf[:n]
+	return buf
 }
 
 // readAll reads until the server closes.
