@@ -356,14 +356,7 @@ func (m *Manager) adopt(ws workerState, fd int, foreign bool) (*proc, error) {
 	m.retiring = append(m.retiring, p)
 	m.mu.Unlock()
 	if foreign {
-		go func() {
-			p.out.Run(p.conn)
-			close(p.outDone)
-		}()
-		go func() {
-			io.Copy(io.Discard, p.conn)
-			close(p.readDone)
-		}()
+		runLink(p, func() { io.Copy(io.Discard, p.conn) })
 		go m.watchAdopted(p)
 		return p, nil
 	}

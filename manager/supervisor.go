@@ -114,12 +114,17 @@ func (p *proc) kill() {
 // startLink starts routing to p and its IPC reader and writer.
 func (m *Manager) startLink(p *proc, leftover []byte) {
 	m.hub.addLink(p)
+	runLink(p, func() { m.readLink(p, leftover) })
+}
+
+// runLink starts p's outbox writer and its reader, read.
+func runLink(p *proc, read func()) {
 	go func() {
 		p.out.Run(p.conn)
 		close(p.outDone)
 	}()
 	go func() {
-		m.readLink(p, leftover)
+		read()
 		close(p.readDone)
 	}()
 }
