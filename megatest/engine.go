@@ -442,10 +442,7 @@ func (e *engine) sendRequest(idx int32, c *conn) bool {
 	b = strconv.AppendInt(b, int64(e.first)+int64(idx), 10)
 	sep := byte('?')
 	if e.o.Channels > 0 {
-		b = append(b, "?channels="...)
-		b = append(b, e.o.Letter...)
-		b = append(b, "-c"...)
-		b = strconv.AppendInt(b, int64((e.first+int(idx))%e.o.Channels), 10)
+		b = e.o.appendChannel(append(b, "?channels="...), e.first+int(idx))
 		sep = '&'
 	}
 	if c.flags&fCursor != 0 {
@@ -476,12 +473,21 @@ func (e *engine) write(idx int32, c *conn, b []byte) bool {
 
 func (e *engine) connectFailed(idx int32, c *conn, op string, err error) {
 	e.st.failed++
-	// One line for the first failure, then at most one per logEvery.
-	if now := e.mono(); e.st.failed == 1 || now-e.failLogAt >= int64(logEvery) {
+	if e.logDue(&e.failLogAt, e.st.failed == 1) {
 		e.log.Warn("connect failed", "op", op, "err", err, "failures", e.st.failed)
-		e.failLogAt = now
 	}
 	e.backoff(idx, c)
+}
+
+// logDue says whether a kind of event last logged at *at is to be logged
+// now: the first one, then at most one per logEvery.
+func (e *engine) logDue(at *int64, first bool) bool {
+	now := e.mono()
+	if !first && now-*at < int64(logEvery) {
+		return false
+	}
+	*at = now
+	return true
 }
 
 // backoff schedules a reopen after an exponential, jittered wait.
@@ -506,12 +512,9 @@ var errEOF = errors.New("EOF")
 // then at most one per logEvery, with what was being done, the error, and
 // whether the server had answered the connection yet.
 func (e *engine) closeUnexpected(idx int32, c *conn, op string, err error) {
-	if c.flags&fAnnounced == 0 {
-		if now := e.mono(); e.st.unexpected == 0 || now-e.closeLogAt >= int64(logEvery) {
-			e.log.Warn("connection closed unexpectedly", "op", op, "err", err,
-				"answered", c.flags&fReady != 0, "path", string(e.path)+strconv.Itoa(e.first+int(idx)), "unexpected", e.st.unexpected+1)
-			e.closeLogAt = now
-		}
+	if c.flags&fAnnounced == 0 && e.logDue(&e.closeLogAt, e.st.unexpected == 0) {
+		e.log.Warn("connection closed unexpectedly", "op", op, "err", err,
+			"answered", c.flags&fReady != 0, "path", string(e.path)+strconv.Itoa(e.first+int(idx)), "unexpected", e.st.unexpected+1)
 	}
 	e.closeConn(idx, c, whyUnexpected)
 }

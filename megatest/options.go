@@ -62,9 +62,11 @@ const tokenEnv = "MEGATEST_TOKEN"
 // messages.
 const maxChannels = 10000
 
-// channelName is the channel -channels puts connection index i on.
-func (o *Options) channelName(i int) string {
-	return o.Letter + "-c" + strconv.Itoa(i%o.Channels)
+// appendChannel appends the name of the channel -channels puts connection
+// index i on.
+func (o *Options) appendChannel(dst []byte, i int) []byte {
+	dst = append(append(dst, o.Letter...), "-c"...)
+	return strconv.AppendInt(dst, int64(i%o.Channels), 10)
 }
 
 var errUsage = errors.New("megatest: usage")

@@ -214,7 +214,7 @@ func channelRoundBody(o *Options, round int, t int64) []byte {
 		if k > 0 {
 			b = append(b, ',')
 		}
-		b = fmt.Appendf(b, `{"channel":%q,"data":{"t":%d,"b":%d,"r":%q}}`, o.channelName(k), t, round, o.Run)
+		b = fmt.Appendf(b, `{"channel":"%s","data":{"t":%d,"b":%d,"r":%q}}`, o.appendChannel(nil, k), t, round, o.Run)
 	}
 	return append(b, ']')
 }
