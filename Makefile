@@ -34,16 +34,11 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
-# What the tests need beyond Go, installed when missing: curl and Debian's
-# chromium, Node's ws package (clients nobody here wrote), systemd-analyze.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# What the tests need beyond Go (curl, Debian's chromium, systemd-analyze,
+# npm ws), each installed only when its command is missing; never replaces
+# the machine's own Node.js or npm. A second run installs nothing.
 deps:
-	@command -v curl >/dev/null && command -v chromium >/dev/null && command -v node >/dev/null && \
-	  command -v npm >/dev/null && command -v systemd-analyze >/dev/null || { \
-	  echo "installing test dependencies: curl chromium nodejs npm systemd"; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl chromium nodejs npm systemd; }
-	@cd test/node && npm ci --no-audit --no-fund --loglevel=error
+	@test/deps.sh
 
 # Every test, with the race detector (the server binaries the integration
 # tests start are race-built too).
