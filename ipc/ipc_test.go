@@ -10,7 +10,8 @@ import (
 
 func TestHelloAndCountsRoundTrip(t *testing.T) {
 	h := Hello{PID: 123, Slot: 52, Generation: 7, MaxConns: 19936, FDLimit: 20000, Listen: "127.0.0.1:8000"}
-	c := Counts{Conns: 1, Accepted: 2, Refused: 3, MessagesOut: 1 << 40, SlowConsumers: 5, Heartbeats: 6, Requests: 7, BadRequests: 8}
+	c := Counts{Conns: 1, Accepted: 2, Refused: 3, MessagesOut: 1 << 40, SlowConsumers: 5, Heartbeats: 6, Requests: 7, BadRequests: 8,
+		HeapBytes: 9, GoBytes: 10, SilentClosed: 11, LoopLagMs: 12}
 	b := AppendCounts(AppendHello(nil, &h), &c)
 
 	typ, p, n, err := Parse(b)

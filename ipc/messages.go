@@ -42,10 +42,13 @@ type Counts struct {
 	BadRequests   uint64 // total requests answered with a 4xx
 	HeapBytes     uint64 // Go heap held by live objects
 	GoBytes       uint64 // all memory the Go runtime holds from the OS
+	SilentClosed  uint64 // total WebSocket clients closed for not answering pings
+	LoopLagMs     uint64 // the loop's worst lateness since the previous Counts
 }
 
-func (c *Counts) fields() [10]*uint64 {
-	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes}
+func (c *Counts) fields() [12]*uint64 {
+	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
+		&c.SilentClosed, &c.LoopLagMs}
 }
 
 // AppendCounts appends a Counts frame.

@@ -39,6 +39,8 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_heartbeats_total", "Heartbeats a worker wrote."},
 	{"worker_slow_consumers_total", "Clients a worker dropped for not reading."},
 	{"worker_bad_requests_total", "Requests a worker rejected."},
+	{"worker_silent_closed_total", "WebSocket clients a worker closed for not answering its pings."},
+	{"worker_loop_lag_seconds", "The worst lateness of a worker's event loop in the last second."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -91,6 +93,8 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_heartbeats_total", float64(w.Heartbeats), l...)
 		put("worker_slow_consumers_total", float64(w.SlowConsumers), l...)
 		put("worker_bad_requests_total", float64(w.BadRequests), l...)
+		put("worker_silent_closed_total", float64(w.SilentClosed), l...)
+		put("worker_loop_lag_seconds", float64(w.LoopLagMs)/1000, l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

@@ -58,6 +58,12 @@ type WorkerStats struct {
 	SlowConsumers uint64 `json:"slow_consumers"`
 	Heartbeats    uint64 `json:"heartbeats"`
 	BadRequests   uint64 `json:"bad_requests"`
+	// SilentClosed counts WebSocket clients closed for not answering two
+	// pings, silence measured in the time the worker kept up (its own lag
+	// is not the client's); LoopLagMs is the loop's worst lateness in the
+	// last second.
+	SilentClosed uint64 `json:"silent_closed"`
+	LoopLagMs    uint64 `json:"loop_lag_ms"`
 }
 
 // ManagerStats describes the manager process.
@@ -202,6 +208,7 @@ func (m *Manager) Snapshot() Stats {
 			c := p.counts
 			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
+			ws.SilentClosed, ws.LoopLagMs = c.SilentClosed, c.LoopLagMs
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

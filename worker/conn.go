@@ -4,6 +4,7 @@ import (
 	"syscall"
 
 	"github.com/tidwall/evio"
+	"golang.org/x/sys/unix"
 )
 
 type connKind uint8
@@ -96,6 +97,18 @@ func (cc *conn) pendingLen() int {
 		return 0
 	}
 	return len(cc.x.pending)
+}
+
+// unread reports whether the client's socket holds bytes the loop has not
+// read yet. A timeout or silence check asks it first: bytes sitting unread
+// mean the worker is behind, not the client, so judgment waits until the
+// loop has read them.
+func (cc *conn) unread() bool { return unreadInput(evioFD(cc.ec)) }
+
+// unreadInput reports whether socket fd holds received bytes not read yet.
+func unreadInput(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
 }
 
 // idle reports whether nothing of ours or evio's waits to be written.

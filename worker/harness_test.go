@@ -227,6 +227,9 @@ func (h *harness) dialRaw() *rawConn {
 func (c *rawConn) write(b []byte) {
 	for len(b) > 0 {
 		n, err := syscall.Write(c.fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
 		if err != nil {
 			c.t.Fatal(err)
 		}
@@ -241,6 +244,9 @@ func (c *rawConn) readN(n int) []byte { return readFull(c.t, c.fd, c.buf[:n]) }
 func readFull(t testing.TB, fd int, buf []byte) []byte {
 	for got := 0; got < len(buf); {
 		m, err := syscall.Read(fd, buf[got:])
+		if err == syscall.EINTR {
+			continue
+		}
 		if err != nil || m == 0 {
 			t.Fatalf("read after %d of %d bytes: %v", got, len(buf), err)
 		}
@@ -254,6 +260,9 @@ func (c *rawConn) readAll() []byte {
 	got := 0
 	for {
 		m, err := syscall.Read(c.fd, c.buf[got:])
+		if err == syscall.EINTR {
+			continue
+		}
 		if err != nil {
 			c.t.Fatalf("read: %v", err)
 		}

@@ -43,6 +43,9 @@ var (
 	errMethod     = newHTTPError(405, "Method Not Allowed", "method not allowed", "Allow: GET, HEAD, OPTIONS")
 	errTooLarge   = newHTTPError(431, "Request Header Fields Too Large", "request header fields too large")
 	errVersion    = newHTTPError(505, "HTTP Version Not Supported", "HTTP version not supported")
+	// errRetryNow answers a connection a worker hands over before it has
+	// answered it (reload, stop): come back at once, another worker takes it.
+	errRetryNow = newHTTPError(503, "Service Unavailable", "this worker is handing its clients over: retry now", "Retry-After: 0")
 )
 
 // request is one parsed request head. Every slice aliases the input buffer

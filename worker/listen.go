@@ -12,12 +12,22 @@ import (
 // leaveReusePortGroup stops this worker from accepting new connections while
 // it keeps the ones it has. evio has no such mode, and its listener lives in
 // two descriptors (the net.Listener's and a dup). Each TCP descriptor of this
-// process that is listening is replaced, in place, by a fresh unbound socket
-// with dup3: the number stays valid for evio and the runtime, but the
-// listening socket is closed, so the kernel hands new connections to the
-// other workers in the SO_REUSEPORT group. Established connections are
-// separate sockets and are untouched.
-func leaveReusePortGroup() error {
+// process that is listening is replaced, in place, by another socket with
+// dup3: the number stays valid for evio and the runtime, but the listening
+// socket is closed, so the kernel hands new connections to the other
+// workers in the SO_REUSEPORT group. Established connections are separate
+// sockets and are untouched.
+//
+// The replacement is a non-blocking, listening Unix socket (autobound to an
+// abstract name nobody knows), not an unbound TCP socket: this runs inside
+// an evio callback, and the rest of the batch of events evio is working
+// through may still name the listener's number. evio then calls accept on
+// it, and any error but EAGAIN - EINVAL from an unbound socket - stops its
+// loop, closing every client. accept on this one says EAGAIN.
+//
+// Only listeners on port (the worker's client port) are replaced: tests run
+// several workers in one process.
+func leaveReusePortGroup(port int) error {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return err
@@ -25,14 +35,10 @@ func leaveReusePortGroup() error {
 	replaced := 0
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
-		if err != nil || !isTCPListener(fd) {
+		if err != nil || !isTCPListener(fd) || localPort(fd) != port {
 			continue
 		}
-		dom, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
-		if err != nil {
-			continue
-		}
-		s, err := unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		s, err := idleListener()
 		if err != nil {
 			return fmt.Errorf("leave listener fd %d: %w", fd, err)
 		}
@@ -47,6 +53,34 @@ func leaveReusePortGroup() error {
 		return fmt.Errorf("leave listener: no listening TCP socket found")
 	}
 	return nil
+}
+
+// idleListener is a listening socket that never has a connection to
+// accept: a Unix one, autobound to an abstract address (an empty name).
+func idleListener() (int, error) {
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(s, &unix.SockaddrUnix{}); err != nil {
+		unix.Close(s)
+		return -1, err
+	}
+	if err := unix.Listen(s, 1); err != nil {
+		unix.Close(s)
+		return -1, err
+	}
+	return s, nil
+}
+
+func localPort(fd int) int {
+	switch sa, _ := unix.Getsockname(fd); a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return a.Port
+	case *unix.SockaddrInet6:
+		return a.Port
+	}
+	return -1
 }
 
 func isTCPListener(fd int) bool {

@@ -74,7 +74,15 @@ func (w *Worker) expire(cc *conn) {
 	case stPolling:
 		w.startPoll(cc)
 		w.finishPoll(cc) // nothing came: []
-	default: // reading (idle keep-alive, slow request) or lingering
+	case stReading: // an idle keep-alive, or a request still coming
+		if cc.unread() {
+			// The request may be sitting in the socket because the loop
+			// is behind: read first, then judge.
+			w.schedule(cc, w.tick+1)
+			return
+		}
+		w.kill(cc)
+	default: // lingering
 		w.kill(cc)
 	}
 }
@@ -122,9 +130,13 @@ func (w *Worker) heartbeat(cc *conn) {
 }
 
 // handOff ends a client's connection with its transport's reconnect hint
-// (reload, stop, manager gone): it resumes elsewhere with its cursor.
+// (reload, stop, manager gone): it resumes elsewhere with its cursor. One
+// not answered yet - its request still coming, or an idle keep-alive
+// between requests - is answered 503 with Retry-After: never a bare FIN.
 func (w *Worker) handOff(cc *conn) {
 	switch cc.state {
+	case stReading:
+		w.send(cc, errRetryNow.resp)
 	case stStreaming:
 		switch {
 		case cc.tr == trWS:

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -119,6 +120,9 @@ type Worker struct {
 	wheel     [wheelSize]*conn // timers (wheel.go)
 	wheelAt   uint32           // last tick the wheel has fired
 	tick      uint32           // now, in ticks
+	live      uint32           // ticks the loop kept up: tick minus the loop's own lag (clock.go)
+	asked     uint32           // the tick period last asked of evio, in ticks
+	lagMax    time.Duration    // the latest tick's lateness, max since the last counts
 	hbTicks   uint32
 	pollTicks uint32
 	rng       uint32
@@ -147,6 +151,8 @@ type Worker struct {
 	drainList            []*conn // who to hand over, in order (drainStep)
 	drained              int     // how many of drainList are handed over
 	draining, stopping   bool
+	left                 bool          // no longer accepting (leave)
+	port                 int           // the client port, once bound
 	exitAt               time.Duration // hard deadline once stopping or draining
 }
 
@@ -310,6 +316,9 @@ func (w *Worker) signals() {
 // serving runs once the listeners are bound, before the loop starts.
 func (w *Worker) serving(s evio.Server, ctlAddr string) evio.Action {
 	w.log.Info("worker serving", "listen", s.Addrs[clientListener].String(), "max_conns", w.maxConns, "cpu", w.cfg.CPU)
+	if a, ok := s.Addrs[clientListener].(*net.TCPAddr); ok {
+		w.port = a.Port
+	}
 	w.ipcOut = ipc.AppendHello(w.ipcOut, &ipc.Hello{
 		PID:        uint64(os.Getpid()),
 		Slot:       uint64(w.cfg.Slot),
@@ -338,7 +347,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		return nil, opts, evio.Shutdown
 	}
 	w.open++
-	if w.open > w.maxConns || w.draining || w.stopping {
+	if w.open > w.maxConns {
 		w.counts.Refused++
 		return nil, opts, evio.Close
 	}
@@ -346,6 +355,12 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 	evioForgetPeer(c)
 	cc := &conn{ec: c}
 	c.SetContext(cc)
+	if w.draining || w.stopping {
+		// Accepted although the worker has left the port (it was already
+		// queued): a real answer, never a bare close.
+		w.handOff(cc)
+		return nil, opts, evio.None
+	}
 	w.schedule(cc, w.tick+requestTicks)
 	return nil, opts, evio.None
 }
@@ -390,8 +405,7 @@ func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
 // onTick is the loop's housekeeping; evio runs it on the loop goroutine.
 func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.ticks.Add(1)
-	w.now = time.Since(w.start)
-	w.tick = uint32(w.now / tickEvery)
+	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
 	w.advance(w.tick)
 	if w.draining {
@@ -414,9 +428,9 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 		return 0, evio.Shutdown
 	}
 	if w.quiet() {
-		return w.tickQuiet, evio.None
+		return w.askTick(w.tickQuiet), evio.None
 	}
-	return tickEvery, evio.None
+	return w.askTick(tickEvery), evio.None
 }
 
 // quiet: nothing waits for the next tick (presence, IPC output, backlogged
@@ -432,6 +446,8 @@ var memSamples = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, 
 
 func (w *Worker) queueCounts() {
 	w.counts.Conns = uint64(w.open)
+	w.counts.LoopLagMs = uint64(w.lagMax / time.Millisecond)
+	w.lagMax = 0
 	metrics.Read(memSamples)
 	w.counts.HeapBytes, w.counts.GoBytes = memSamples[0].Value.Uint64(), memSamples[1].Value.Uint64()
 	w.ipcOut = ipc.AppendCounts(w.ipcOut, &w.counts)
@@ -491,6 +507,7 @@ func (w *Worker) stop() {
 		return
 	}
 	w.stopping = true
+	w.leave("stopping")
 	w.exitAt = w.now + 5*time.Second
 	w.log.Info("stopping", "connections", w.open)
 	for _, cc := range w.liveConns() {
@@ -512,6 +529,17 @@ func (w *Worker) liveConns() []*conn {
 	return live
 }
 
+// leave stops accepting: the port's other workers get the new connections.
+func (w *Worker) leave(why string) {
+	if w.left {
+		return
+	}
+	w.left = true
+	if err := leaveReusePortGroup(w.port); err != nil {
+		w.log.Error("cannot stop accepting; "+why+" anyway", "err", err)
+	}
+}
+
 // startDrain leaves the port's SO_REUSEPORT group, so new connections go to
 // the other workers, and hands the clients over evenly over d so they do
 // not all reconnect at once.
@@ -520,9 +548,7 @@ func (w *Worker) startDrain(d time.Duration) {
 		return
 	}
 	w.draining = true
-	if err := leaveReusePortGroup(); err != nil {
-		w.log.Error("cannot stop accepting; draining anyway", "err", err)
-	}
+	w.leave("draining")
 	w.drainStart, w.drainEnd = w.now, w.now+d
 	w.drainList = w.liveConns()
 	w.drained = 0

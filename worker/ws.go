@@ -28,9 +28,10 @@ import (
 //     connExtra.in, and only a fragmented message in progress holds a
 //     wsMessage. An idle WebSocket connection costs what an idle SSE one
 //     does.
-//   - Liveness: fPing says a ping is unanswered and lastTx holds the tick
-//     the oldest unanswered one went out; a pong clears it. A connection
-//     whose ping is two heartbeat intervals old is failed (wsHeartbeat).
+//   - Liveness: fPing says a ping is unanswered and lastTx holds the live
+//     tick (clock.go) the oldest unanswered one went out; a pong clears
+//     it. A connection whose ping is two heartbeat intervals of live time
+//     old, with nothing unread in its socket, is failed (wsHeartbeat).
 //
 // Text messages from the client are commands: {"since":N} resumes after N,
 // {"subscribe":"c"} and {"unsubscribe":"c"} change the channel set; each
@@ -424,14 +425,25 @@ func (w *Worker) wsHandOff(cc *conn) {
 
 // wsHeartbeat pings every interval, whether or not messages went out: a
 // ping is also how the server learns the client still reads (§5.5.2).
+//
+// Silence is what the worker has read, in the time it kept up: the age of
+// the oldest unanswered ping is counted on the live clock, which leaves
+// out the loop's own lag (a stopped or starved worker), and a client whose
+// bytes sit unread in its socket - perhaps the pong - is not judged until
+// the loop has read them.
 func (w *Worker) wsHeartbeat(cc *conn) {
-	if cc.flags&fPing != 0 && w.tick-cc.lastTx >= 2*w.hbTicks {
-		w.wsFail(cc, errWSNoPong)
+	if cc.flags&fPing != 0 && w.live-cc.lastTx >= 2*w.hbTicks {
+		if cc.unread() {
+			w.schedule(cc, w.tick+1) // read first, then judge
+			return
+		}
+		w.counts.SilentClosed++ // not a bad request: counted apart
+		w.wsClose(cc, errWSNoPong.frame)
 		return
 	}
 	if cc.flags&fPing == 0 {
 		cc.flags |= fPing
-		cc.lastTx = w.tick // the oldest unanswered ping
+		cc.lastTx = w.live // the oldest unanswered ping
 	}
 	w.send(cc, wsPing)
 	if cc.state == stDead {
