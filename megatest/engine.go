@@ -58,14 +58,15 @@ type engine struct {
 	wsKey   []byte
 	wsAcc   []byte
 
-	t0        time.Time
-	rate      float64 // new connections per second, this process
-	allow     float64 // ramp token bucket
-	lastTurn  int64
-	nextNew   int // next index to open for the first time
-	waiting   reopenHeap
-	retryHint int64 // ms, from the server's SSE retry field
-	rng       uint64
+	t0         time.Time
+	rate       float64 // new connections per second, this process
+	allow      float64 // ramp token bucket
+	lastTurn   int64
+	nextNew    int // next index to open for the first time
+	waiting    reopenHeap
+	retryHint  int64 // ms, from the server's SSE retry field
+	retryAfter int64 // ms, from the Retry-After of the 503 being handled
+	rng        uint64
 
 	stopFlag atomic.Bool
 	stopping bool
@@ -184,6 +185,7 @@ const (
 	whyUnexpected                 // the server closed without notice
 	whyProtocol                   // we closed: broken framing or JSON
 	whyHTTP                       // we closed: an unexpected status
+	whyRetryAfter                 // the server said 503, come back after Retry-After: a reconnect
 	whyStop                       // the run is over
 )
 
@@ -535,10 +537,13 @@ func (e *engine) closeConn(idx int32, c *conn, why closeWhy) {
 	c.flags &^= fReady | fAnnounced
 	c.in = nil
 	switch why {
-	case whyAnnounced:
+	case whyAnnounced, whyRetryAfter:
 		e.st.recon++
 		c.fails = 0
 		d := e.retryHint * int64(time.Millisecond)
+		if why == whyRetryAfter {
+			d = e.retryAfter * int64(time.Millisecond)
+		}
 		e.schedule(idx, c, d+int64(e.rand()%uint64(d/10+int64(50*time.Millisecond))))
 	case whyUnexpected:
 		e.st.unexpected++
@@ -605,6 +610,8 @@ func (e *engine) input(idx int32, c *conn, b []byte, now int64) bool {
 		switch err {
 		case errEnd:
 			e.closeConn(idx, c, whyAnnounced)
+		case errRetryAfter:
+			e.closeConn(idx, c, whyRetryAfter)
 		case errClosed:
 		case errStatus, errType, errUpgrade:
 			e.closeConn(idx, c, whyHTTP)

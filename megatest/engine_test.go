@@ -224,6 +224,33 @@ func TestEngineCountsFailures(t *testing.T) {
 	})
 }
 
+// A 503 with Retry-After is the server's "come back": a draining worker
+// answers so a connection it hands over before answering it. It counts as
+// a reconnect, on every transport, not as an error or an unexpected close.
+func TestEngineTakes503RetryAfterAsAReconnect(t *testing.T) {
+	for _, tr := range []string{"sse", "stream", "ws", "lp"} {
+		t.Run(tr, func(t *testing.T) {
+			f := newFake(t, func(f *fake) { f.busyFirst = 1 })
+			s, _ := runMegatest(t, f, "-transport "+tr+" -n 5 -hold 300ms")
+			if s.Reconnects != 5 || s.HTTPErrors != 0 || s.ConnectFailed != 0 || s.ClosedUnexpected != 0 || s.Ready != 5 {
+				t.Errorf("reconnects %d http_errors %d connect_failed %d closed_unexpected %d ready %d; want 5 0 0 0 5",
+					s.Reconnects, s.HTTPErrors, s.ConnectFailed, s.ClosedUnexpected, s.Ready)
+			}
+		})
+	}
+}
+
+// -hold counts from when the server has answered every connection, not
+// from when they are open: a slow server makes the run longer, and the
+// hold still holds them all.
+func TestHoldStartsOnceEveryConnectionIsAnswered(t *testing.T) {
+	f := newFake(t, func(f *fake) { f.slowHead = time.Second })
+	s, _ := runMegatest(t, f, "-n 4 -hold 100ms")
+	if s.Ready != 4 || s.ClosedUnexpected != 0 {
+		t.Errorf("ready %d of 4 at the end of the hold, closed_unexpected %d", s.Ready, s.ClosedUnexpected)
+	}
+}
+
 func statusServer(t *testing.T, status int) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

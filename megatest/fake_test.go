@@ -35,6 +35,8 @@ type fake struct {
 	requests  []string // request targets, in order
 	connects  map[string]int
 	dropEvery int // skip every Nth delivery (but keep it in history)
+	busyFirst int // answer each id's first busyFirst connects 503 with Retry-After: 0, as a draining worker does
+	slowHead  time.Duration // wait this long before answering a request, like a server that is behind
 	delivered int
 
 	// onOpen runs when a client connects (n: how many times this id has);
@@ -118,6 +120,11 @@ func (f *fake) serve(nc net.Conn) {
 	n := f.connects[c.id]
 	f.clients[c.id] = c
 	f.mu.Unlock()
+	time.Sleep(f.slowHead)
+	if n <= f.busyFirst {
+		io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 6\r\nConnection: close\r\n\r\nretry\n")
+		return
+	}
 	defer func() {
 		f.mu.Lock()
 		if f.clients[c.id] == c {

@@ -34,6 +34,7 @@ type respHead struct {
 	upgradeTo     []byte
 	cursor        uint64 // X-Megacomet-Cursor: where this client starts (long-poll: the cursor after the answer)
 	hasCursor     bool
+	retryAfter    int64 // Retry-After in seconds; -1 when absent (or an HTTP date)
 }
 
 var (
@@ -44,6 +45,7 @@ var (
 	hdrWSAccept      = []byte("sec-websocket-accept")
 	hdrUpgrade       = []byte("upgrade")
 	hdrCursor        = []byte("x-megacomet-cursor")
+	hdrRetryAfter    = []byte("retry-after")
 	tokClose         = []byte("close")
 	tokKeepAlive     = []byte("keep-alive")
 	tokUpgrade       = []byte("upgrade")
@@ -64,7 +66,7 @@ func parseHead(b []byte, h *respHead) (int, error) {
 	if end > maxHead {
 		return 0, errHeadLarge
 	}
-	*h = respHead{contentLength: -1}
+	*h = respHead{contentLength: -1, retryAfter: -1}
 	head := b[:end-lf]
 	line, rest := cutLine(head)
 	// HTTP/1.1 200 OK
@@ -113,6 +115,10 @@ func parseHead(b []byte, h *respHead) (int, error) {
 			h.upgradeTo = val
 		case equalFold(name, hdrWSAccept):
 			h.wsAccept = val
+		case equalFold(name, hdrRetryAfter):
+			if n, ok := atoi64(val); ok { // delta-seconds; a date is ignored
+				h.retryAfter = n
+			}
 		case equalFold(name, hdrCursor):
 			v, end, ok := scanUint(val, 0)
 			if !ok || end != len(val) {

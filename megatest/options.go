@@ -23,7 +23,7 @@ type Options struct {
 	Transport string        // -transport: sse, stream, lp, ws
 	Rate      float64       // -rate: new connections per second (≤ 0: unlimited)
 	Src       string        // -src: source addresses
-	Hold      time.Duration // -hold: how long to hold once all are open (0 = until interrupted)
+	Hold      time.Duration // -hold: how long to hold once all are open and answered (0 = until interrupted)
 	Ping      time.Duration // -ping: GET /ping this often once all are open (0 = never)
 	Report    time.Duration // -report: progress line interval
 	API       string        // -api: manager API host:port (default HOST:9000)
@@ -92,7 +92,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.StringVar(&o.Transport, "transport", o.Transport, "sse, ws, stream or lp")
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "new connections per second, all processes together (0 = as fast as possible)")
 	fs.StringVar(&o.Src, "src", o.Src, "local source addresses: `127.0.1.1-127.0.1.40` or a comma list (on loopback: picked automatically)")
-	fs.DurationVar(&o.Hold, "hold", o.Hold, "how long to hold once all are open (0 = until interrupted)")
+	fs.DurationVar(&o.Hold, "hold", o.Hold, "how long to hold once all are open and the server has answered them (0 = until interrupted)")
 	fs.DurationVar(&o.Ping, "ping", o.Ping, "once all are open, GET /ping this often on a new connection and report its latency (0 = never)")
 	fs.DurationVar(&o.Report, "report", o.Report, "progress line interval")
 	fs.StringVar(&o.API, "api", o.API, "manager API `host:port`, for -pub and -broadcast (default HOST:9000)")

@@ -28,8 +28,8 @@ type fleet interface {
 // retrying).
 var stallAfter = 10 * time.Second
 
-// settleMax bounds the wait, before the broadcast rounds, for the server to
-// answer every open connection.
+// settleMax bounds the wait, before the hold and the broadcast rounds, for
+// the server to answer every open connection.
 const settleMax = 2 * time.Minute
 
 // runner is the top of a run in the parent: it starts the fleet, prints
@@ -105,6 +105,7 @@ func (r *runner) loop(f fleet) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var holdC <-chan time.Time
+	var settled chan struct{}   // closed once the server has answered every connection
 	var bcastDone chan struct{} // closed when the broadcast rounds are over
 	bcastOver := r.o.Broadcast == 0
 	holdOver := false
@@ -117,19 +118,29 @@ wait:
 		case <-check.C:
 			if !rampDone && r.agg.rampDone(stallAfter) {
 				rampDone, r.rampAt = true, time.Now()
-				if r.o.Hold > 0 {
-					holdC = time.After(r.o.Hold)
-				}
-				if r.o.Ping > 0 {
-					go r.ping.run(ctx, "http://"+joinHostPort(r.o.Host, r.o.Port)+"/ping", r.o.Ping)
-				}
-				if r.o.Broadcast > 0 {
-					bcastDone = make(chan struct{})
-					go func() {
-						defer close(bcastDone)
-						r.broadcasts(ctx)
-					}()
-				}
+				settled = make(chan struct{})
+				go func() {
+					defer close(settled)
+					r.settle(ctx)
+				}()
+			}
+		case <-settled:
+			// The hold, the pings and the broadcasts measure what the
+			// server holds: they start once it has answered every
+			// connection, however long a slow server takes to.
+			settled = nil
+			if r.o.Hold > 0 {
+				holdC = time.After(r.o.Hold)
+			}
+			if r.o.Ping > 0 {
+				go r.ping.run(ctx, "http://"+joinHostPort(r.o.Host, r.o.Port)+"/ping", r.o.Ping)
+			}
+			if r.o.Broadcast > 0 {
+				bcastDone = make(chan struct{})
+				go func() {
+					defer close(bcastDone)
+					r.broadcasts(ctx)
+				}()
 			}
 		case <-holdC:
 			holdOver = true
@@ -190,32 +201,37 @@ func (r *runner) progress(final bool) {
 		t.Active, t.Opened, t.Closed, t.Failed, t.Msgs, t.HB, p50, p99)
 }
 
-// broadcasts runs the -broadcast rounds once the ramp is over: publish,
-// wait until every held connection has it (or -round-wait passes), next.
-func (r *runner) broadcasts(ctx context.Context) {
-	api, _ := newAPIClient(r.o.API, r.o.Token)
-	// Let the server answer every open connection first: one it has not
-	// answered yet may not be registered and could rightly miss a round,
-	// and a server still working through its accept queues would make the
-	// first round measure that instead of the fan-out.
-	settle := time.Now().Add(settleMax)
+// settle waits, after the ramp, until the server has answered every open
+// connection, or settleMax passes. A connection it has not answered yet
+// may not be registered and could rightly miss a broadcast, and a server
+// still working through its accept queues would make a hold, a ping or the
+// first round measure that instead of what it holds.
+func (r *runner) settle(ctx context.Context) {
+	deadline := time.Now().Add(settleMax)
 	for logged := time.Now(); ; {
 		t := r.agg.total(false)
 		if t.Ready >= t.Active {
-			break
+			return
 		}
-		if time.Now().After(settle) {
-			logger().Warn("broadcasting although the server has not answered every connection", "ready", t.Ready, "active", t.Active)
-			break
+		if time.Now().After(deadline) {
+			logger().Warn("holding although the server has not answered every connection", "ready", t.Ready, "active", t.Active, "waited", settleMax)
+			return
 		}
 		if time.Since(logged) >= 10*time.Second {
-			logger().Info("waiting for the server to answer every connection before broadcasting", "ready", t.Ready, "active", t.Active)
+			logger().Info("waiting for the server to answer every connection", "ready", t.Ready, "active", t.Active)
 			logged = time.Now()
 		}
 		if !sleepCtx(ctx, 50*time.Millisecond) {
 			return
 		}
 	}
+}
+
+// broadcasts runs the -broadcast rounds once the server has answered every
+// connection: publish, wait until every held connection has it (or
+// -round-wait passes), next.
+func (r *runner) broadcasts(ctx context.Context) {
+	api, _ := newAPIClient(r.o.API, r.o.Token)
 	for round := 1; round <= r.o.Broadcast; round++ {
 		expected := r.agg.total(false).Ready
 		var err error

@@ -47,6 +47,9 @@ func (e *engine) head(c *conn, b []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := e.retryLater(&h); err != nil {
+		return n, err
+	}
 	switch e.tr {
 	case trSSE:
 		if h.status != 200 {
@@ -80,6 +83,17 @@ func (e *engine) head(c *conn, b []byte) (int, error) {
 	return n, nil
 }
 
+// retryLater recognises the server's "come back later": 503 with a
+// Retry-After, which a draining worker answers a connection it hands over
+// before answering it. That is an announced close, like a reconnect hint.
+func (e *engine) retryLater(h *respHead) error {
+	if h.status != 503 || h.retryAfter < 0 {
+		return nil
+	}
+	e.retryAfter = min(h.retryAfter, 60) * 1000
+	return errRetryAfter
+}
+
 // advance moves the cursor to what the server says this client has seen,
 // never back: a reopen then resumes without a gap even before the first
 // message.
@@ -93,6 +107,7 @@ var (
 	ctEventStream = []byte("text/event-stream")
 	tokWebsocket  = []byte("websocket")
 	errUpgrade    = errors.New("megatest: WebSocket upgrade refused")
+	errRetryAfter = errors.New("megatest: 503 with Retry-After") // announced
 )
 
 // ready: the server has answered, so it knows this client and messages
@@ -187,6 +202,9 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 	hn, err := parseHead(b, &h)
 	if err != nil {
 		return 0, err
+	}
+	if err := e.retryLater(&h); err != nil {
+		return hn, err
 	}
 	if h.status != 200 {
 		return 0, errStatus
