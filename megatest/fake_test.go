@@ -34,8 +34,8 @@ type fake struct {
 	history   map[string][]fmsg
 	requests  []string // request targets, in order
 	connects  map[string]int
-	dropEvery int // skip every Nth delivery (but keep it in history)
-	busyFirst int // answer each id's first busyFirst connects 503 with Retry-After: 0, as a draining worker does
+	dropEvery int           // skip every Nth delivery (but keep it in history)
+	busyFirst int           // answer each id's first busyFirst connects 503 with Retry-After: 0, as a draining worker does
 	slowHead  time.Duration // wait this long before answering a request, like a server that is behind
 	delivered int
 
