@@ -352,3 +352,42 @@ func PIDAlive(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
+
+// DefaultKernel is what a fresh machine of ours has for the settings that
+// decide how connections queue and migrate. A test about a default
+// machine sets these first (Sysctl), so what an earlier run or a `make c1m`
+// left tuned cannot make it pass.
+var DefaultKernel = map[string]string{
+	"net.core.somaxconn":           "4096",
+	"net.ipv4.tcp_max_syn_backlog": "2048",
+	"net.core.netdev_max_backlog":  "1000",
+	"net.ipv4.ip_local_port_range": "32768 60999",
+	"net.ipv4.tcp_migrate_req":     "0",
+}
+
+// Sysctl sets kernel settings (root only) for the rest of the test and
+// restores each one's previous value when it ends. Later maps win.
+func Sysctl(t testing.TB, settings ...map[string]string) {
+	t.Helper()
+	want := map[string]string{}
+	for _, m := range settings {
+		for k, v := range m {
+			want[k] = v
+		}
+	}
+	for key, val := range want {
+		path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+		old, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("sysctl %s: %v", key, err)
+		}
+		if err := os.WriteFile(path, []byte(val), 0o644); err != nil {
+			t.Fatalf("sysctl -w %s=%q (needs root): %v", key, val, err)
+		}
+		t.Cleanup(func() {
+			if err := os.WriteFile(path, old, 0o644); err != nil {
+				t.Errorf("restore %s: %v", key, err)
+			}
+		})
+	}
+}
