@@ -100,10 +100,12 @@ func (cc *conn) pendingLen() int {
 }
 
 // unread reports whether the client's socket holds bytes the loop has not
-// read yet. A timeout or silence check asks it first: bytes sitting unread
-// mean the worker is behind, not the client, so judgment waits until the
-// loop has read them.
-func (cc *conn) unread() bool { return unreadInput(evioFD(cc.ec)) }
+// read yet while nothing waits to be written to it. A timeout or silence
+// check asks it first: such bytes mean the worker is behind, not the
+// client, so judgment waits until the loop has read them. (evio reads a
+// socket only once its output is written, so with output waiting it is
+// the client that does not read.)
+func (cc *conn) unread() bool { return cc.idle() && unreadInput(evioFD(cc.ec)) }
 
 // unreadInput reports whether socket fd holds received bytes not read yet.
 func unreadInput(fd int) bool {
