@@ -33,9 +33,22 @@ type event struct {
 // publish posts body to the API and returns the ids it answers with.
 func publish(t testing.TB, api, body string, header ...string) []uint64 {
 	t.Helper()
-	status, resp := post(t, api, body, header...)
+	ids, err := tryPublish(api, body, header...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// tryPublish is publish for goroutines other than the test's: it returns
+// what went wrong instead of failing the test.
+func tryPublish(api, body string, header ...string) ([]uint64, error) {
+	status, resp, err := tryPost(api, body, header...)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", body, err)
+	}
 	if status != 200 {
-		t.Fatalf("publish %s: %d %s", body, status, resp)
+		return nil, fmt.Errorf("publish %s: %d %s", body, status, resp)
 	}
 	var ids []uint64
 	if strings.HasPrefix(resp, "[") {
@@ -50,25 +63,38 @@ func publish(t testing.TB, api, body string, header ...string) []uint64 {
 		ids = append(ids, out.ID)
 	}
 	if len(ids) == 0 || ids[0] == 0 {
-		t.Fatalf("publish %s: no id in %s", body, resp)
+		return nil, fmt.Errorf("publish %s: no id in %s", body, resp)
 	}
-	return ids
+	return ids, nil
 }
 
 // post sends body to /publish and returns the status and body.
 func post(t testing.TB, api, body string, header ...string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+api+"/publish", strings.NewReader(body))
+	status, resp, err := tryPost(api, body, header...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, resp
+}
+
+// tryPost is post for goroutines other than the test's: a transport error
+// is returned, not fatal.
+func tryPost(api, body string, header ...string) (int, string, error) {
+	req, err := http.NewRequest("POST", "http://"+api+"/publish", strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(b))
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b)), err
 }
 
 // streamClient reads an SSE or NDJSON stream with net/http.
@@ -357,5 +383,3 @@ func fmtIDs(ms []msg) string {
 	}
 	return b.String()
 }
-
-func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

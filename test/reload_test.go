@@ -17,7 +17,9 @@ import (
 )
 
 // resilient is an SSE client that behaves like a browser's EventSource: it
-// reconnects whenever its stream ends, resuming with Last-Event-ID.
+// reconnects whenever its stream ends, resuming with Last-Event-ID - at once
+// when the server announced the end, after reconnectDelay when the stream
+// just died.
 type resilient struct {
 	id         string
 	mu         sync.Mutex
@@ -29,6 +31,12 @@ type resilient struct {
 	stop       chan struct{}
 	done       chan struct{}
 }
+
+// reconnectDelay is how long a resilient client waits after its stream
+// died unannounced. EventSource waits the stream's retry (2000 ms); a tenth
+// of it keeps tests short and still lets messages be published while the
+// client is away, which only its cursor brings back.
+const reconnectDelay = 200 * time.Millisecond
 
 func startResilient(t *testing.T, s *testutil.Server, id string) *resilient {
 	r := &resilient{id: id, got: map[uint64]int{}, stop: make(chan struct{}), done: make(chan struct{})}
@@ -109,12 +117,21 @@ func (r *resilient) run(t *testing.T, s *testutil.Server) {
 					}
 				}
 				r.mu.Lock()
-				if c.hints {
+				hinted := c.hints
+				if hinted {
 					r.announced++
 				} else {
 					r.unexpected++
 				}
 				r.mu.Unlock()
+				c.close()
+				if !hinted {
+					select {
+					case <-time.After(reconnectDelay):
+					case <-r.stop:
+						return
+					}
+				}
 				break read
 			case <-r.stop:
 				c.close()
@@ -129,6 +146,7 @@ func (r *resilient) run(t *testing.T, s *testutil.Server) {
 type publisher struct {
 	mu   sync.Mutex
 	sent map[string][]uint64
+	n    int // messages published
 	errs atomic.Int64
 	stop chan struct{}
 	done chan struct{}
@@ -150,75 +168,144 @@ func startPublisher(t *testing.T, api string, ids []string, every time.Duration)
 			// A reload closes idle keep-alive API connections; a request
 			// sent on one just then was never read. With an
 			// Idempotency-Key, Go's client retries it on a new connection.
-			status, resp := post(t, api, body, "Idempotency-Key", strconv.Itoa(n))
-			if status != 200 {
-				p.errs.Add(1)
-				t.Errorf("publish during reload: %d %s", status, resp)
-				continue
+			out, err := tryPublish(api, body, "Idempotency-Key", strconv.Itoa(n))
+			if err == nil && len(out) != 2 {
+				err = fmt.Errorf("publish %s: %d ids, want 2", body, len(out))
 			}
-			var out []struct{ ID uint64 }
-			if err := jsonUnmarshal(resp, &out); err != nil || len(out) != 2 {
-				t.Errorf("publish answer %s", resp)
+			if err != nil {
+				p.errs.Add(1)
+				t.Errorf("publishing: %v", err)
 				continue
 			}
 			p.mu.Lock()
-			p.sent[a] = append(p.sent[a], out[0].ID)
-			p.sent[b] = append(p.sent[b], out[1].ID)
+			p.sent[a] = append(p.sent[a], out[0])
+			p.sent[b] = append(p.sent[b], out[1])
+			p.n += 2
 			p.mu.Unlock()
 		}
 	}()
+	t.Cleanup(p.halt) // also when the test fails first: it logs to t
 	return p
 }
 
 func (p *publisher) halt() {
-	close(p.stop)
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
 	<-p.done
 }
 
-// checkExactlyOnce waits until every client has every message sent to it
-// and fails on a duplicate or a stranger.
-func checkExactlyOnce(t *testing.T, clients []*resilient, p *publisher, wait time.Duration) {
+// published is how many messages have been published so far.
+func (p *publisher) published() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
+// sentCounts is how many messages have been sent to each id so far.
+func (p *publisher) sentCounts() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := make(map[string]int, len(p.sent))
+	for id, s := range p.sent {
+		c[id] = len(s)
+	}
+	return c
+}
+
+// waitSentToEach waits until every one of ids has been sent more messages
+// than before (a sentCounts snapshot; nil for none), so each is tested.
+func (p *publisher) waitSentToEach(t *testing.T, ids []string, before map[string]int, wait time.Duration) {
 	t.Helper()
 	testutil.CheckFor(t, wait, func() error {
-		missing := 0
-		for _, c := range clients {
-			c.mu.Lock()
-			for _, id := range p.sent[c.id] {
-				if c.got[id] == 0 {
-					missing++
-				}
+		now := p.sentCounts()
+		var waiting []string
+		for _, id := range ids {
+			if now[id] <= before[id] {
+				waiting = append(waiting, id)
 			}
-			c.mu.Unlock()
 		}
-		if missing > 0 {
-			return fmt.Errorf("%d published messages not received", missing)
+		if len(waiting) > 0 {
+			return fmt.Errorf("%d of %d clients not sent a message yet (%d published): %s", len(waiting), len(ids), p.published(), strings.Join(waiting, " "))
 		}
 		return nil
 	})
+}
+
+// checkExactlyOnce waits until every client has every message sent to it
+// and fails on a duplicate or a stranger. It also fails when a client was
+// sent nothing: for that client the check would pass however broken
+// delivery were.
+func checkExactlyOnce(t *testing.T, clients []*resilient, p *publisher, wait time.Duration) {
+	t.Helper()
+	p.mu.Lock()
+	sent := make(map[string][]uint64, len(p.sent))
+	for id, s := range p.sent {
+		sent[id] = s
+	}
+	p.mu.Unlock()
+	// received counts the messages sent but not received (yet), and names
+	// each client that lacks some with how many of its own it has.
+	received := func() (missing int, counts []string) {
+		for _, c := range clients {
+			c.mu.Lock()
+			has := 0
+			for _, id := range sent[c.id] {
+				if c.got[id] > 0 {
+					has++
+				}
+			}
+			c.mu.Unlock()
+			missing += len(sent[c.id]) - has
+			if has < len(sent[c.id]) {
+				counts = append(counts, fmt.Sprintf("%s got %d of %d", c.id, has, len(sent[c.id])))
+			}
+		}
+		return missing, counts
+	}
 	total := 0
+	for _, c := range clients {
+		total += len(sent[c.id])
+	}
+	if total == 0 {
+		t.Fatalf("the publisher sent nothing to %d clients (%d publishes failed)", len(clients), p.errs.Load())
+	}
+	for _, c := range clients {
+		if len(sent[c.id]) == 0 {
+			t.Errorf("%s was sent nothing, so its delivery is untested", c.id)
+		}
+	}
+	testutil.CheckFor(t, wait, func() error {
+		if missing, counts := received(); missing > 0 {
+			return fmt.Errorf("%d published messages not received: %s", missing, strings.Join(counts, ", "))
+		}
+		return nil
+	})
+	got := 0
 	for _, c := range clients {
 		c.mu.Lock()
 		want := map[uint64]bool{}
-		for _, id := range p.sent[c.id] {
+		for _, id := range sent[c.id] {
 			want[id] = true
 		}
 		for id, n := range c.got {
 			if n > 1 {
-				t.Errorf("%s received %d twice... %d times", c.id, id, n)
+				t.Errorf("%s received %d %d times", c.id, id, n)
 			}
 			if !want[id] {
 				t.Errorf("%s received %d, which was not sent to it", c.id, id)
 			}
 		}
-		total += len(c.got)
+		got += len(c.got)
 		c.mu.Unlock()
 	}
-	t.Logf("%d clients received %d messages, each exactly once", len(clients), total)
+	t.Logf("%d clients received %d messages, each exactly once", len(clients), got)
 }
 
 func TestReloadTwiceLosesNothing(t *testing.T) {
-	restore := enableMigrateReq(t)
-	defer restore()
+	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
 	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"1500ms\""})
 	first := s.MustStats()
 
@@ -232,7 +319,9 @@ func TestReloadTwiceLosesNothing(t *testing.T) {
 	second := waitGeneration(t, s, 2, 0, 0, 20*time.Second)
 	syscall.Kill(second.Manager.PID, syscall.SIGHUP)
 	third := waitGeneration(t, s, 3, 2, n, 30*time.Second)
-	time.Sleep(200 * time.Millisecond) // keep publishing to the new generation a little
+	// Keep publishing until the new generation has had a message for
+	// every client.
+	pub.waitSentToEach(t, ids, pub.sentCounts(), 30*time.Second)
 	pub.halt()
 	checkExactlyOnce(t, clients, pub, 15*time.Second)
 
@@ -307,21 +396,6 @@ func waitGone(t *testing.T, old ...manager.Stats) {
 	})
 }
 
-// enableMigrateReq sets net.ipv4.tcp_migrate_req = 1, as
-// etc/sysctl.d/60-megacomet.conf does, so connections queued on a worker
-// that stops accepting move to another; the previous value is restored.
-func enableMigrateReq(t *testing.T) func() {
-	const path = "/proc/sys/net/ipv4/tcp_migrate_req"
-	old, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("tcp_migrate_req: %v", err)
-	}
-	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-		t.Fatalf("set net.ipv4.tcp_migrate_req=1 (needs root): %v", err)
-	}
-	return func() { os.WriteFile(path, old, 0o644) }
-}
-
 // A config error on reload keeps the running processes serving and says
 // why; once the file is fixed, the reload goes through.
 func TestReloadWithBadConfigKeepsServing(t *testing.T) {
@@ -355,8 +429,7 @@ func TestReloadWithBadConfigKeepsServing(t *testing.T) {
 // A worker killed with SIGKILL is replaced; its clients reconnect with
 // their cursor and miss nothing.
 func TestWorkerKillLosesNothing(t *testing.T) {
-	restore := enableMigrateReq(t)
-	defer restore()
+	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
 	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
 	const n = 60
 	clients, ids := startResilients(t, s, "wk", n)
@@ -372,7 +445,9 @@ func TestWorkerKillLosesNothing(t *testing.T) {
 	if victim.Connections == 0 {
 		victim = before.Workers[1]
 	}
-	time.Sleep(100 * time.Millisecond) // publish a little first
+	// Every client has been sent something before the kill, and messages
+	// are in flight when it comes.
+	pub.waitSentToEach(t, ids, nil, 30*time.Second)
 	syscall.Kill(victim.PID, syscall.SIGKILL)
 	testutil.CheckFor(t, 10*time.Second, func() error {
 		st := s.MustStats()
@@ -381,8 +456,12 @@ func TestWorkerKillLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(100 * time.Millisecond)
+	// And every client is sent more once all are back.
+	pub.waitSentToEach(t, ids, pub.sentCounts(), 30*time.Second)
 	pub.halt()
+	if pub.errs.Load() != 0 {
+		t.Errorf("%d publishes failed while a worker was killed", pub.errs.Load())
+	}
 	checkExactlyOnce(t, clients, pub, 15*time.Second)
 	unexpected := 0
 	for _, c := range clients {
