@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/megacomet/megacomet/config"
 	"github.com/megacomet/megacomet/internal/testutil"
 )
 
@@ -157,28 +158,48 @@ func closeReceiver(r receiver) {
 // A long-poll client polling in a loop while messages are published as
 // fast as possible receives every message exactly once, in order.
 func TestLongPollLoopGetsEveryMessageOnce(t *testing.T) {
+	// More history than the default 100: between two polls a long-poll
+	// client is not subscribed, and what is published meanwhile reaches it
+	// only through its id's history. Four publishers flat out put up to 55
+	// messages into one such gap here (race-built, both cores busy), so on
+	// a machine twice as slow the default would drop some: this test is
+	// about the poll loop, not retention (TestDefaultHistoryKeepsTheLast100
+	// is about that).
 	s := testutil.Start(t, map[string]string{"server": "workers = 2", "comet": "history_size = 100000"})
 	p := startPollerAt(t, s.Listen, "/lp/looper", 0)
 	waitLive(t, s.API, p, "looper")
 
 	const publishers, each = 4, 500
-	idc := make(chan []uint64, publishers)
+	type result struct {
+		ids []uint64
+		err error
+	}
+	results := make(chan result, publishers)
 	for g := 0; g < publishers; g++ {
 		go func() {
-			var ids []uint64
+			var r result
 			for i := 0; i < each; i++ {
 				body := fmt.Sprintf(`{"to":"looper","data":%d}`, g*each+i)
 				if i%10 == 0 {
 					body = "[" + body + "," + body + "]" // batches too
 				}
-				ids = append(ids, publish(t, s.API, body)...)
+				ids, err := tryPublish(s.API, body)
+				if err != nil {
+					r.err = err
+					break
+				}
+				r.ids = append(r.ids, ids...)
 			}
-			idc <- ids
+			results <- r
 		}()
 	}
 	want := map[uint64]bool{}
 	for g := 0; g < publishers; g++ {
-		for _, id := range <-idc {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		for _, id := range r.ids {
 			want[id] = true
 		}
 	}
@@ -199,6 +220,52 @@ func TestLongPollLoopGetsEveryMessageOnce(t *testing.T) {
 		t.Fatalf("extra message %d", m.ID)
 	}
 	t.Logf("%d messages, each received once", len(got))
+}
+
+// With the default comet.history_size a client id keeps its last 100
+// messages for replay: a client that comes with since=0 after 150 were
+// published to it gets the last 100, oldest first, and then live ones.
+func TestDefaultHistoryKeepsTheLast100(t *testing.T) {
+	const size = 100 // the default etc/megacomet.toml documents
+	if d := config.Default().Comet.HistorySize; d != size {
+		t.Fatalf("default comet.history_size is %d, etc/megacomet.toml says %d", d, size)
+	}
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	var sent []msg // what was published to the id, oldest first
+	for i := 0; i < size+50; i++ {
+		data := strconv.Itoa(i)
+		id := publish(t, s.API, `{"to":"kept","data":`+data+`}`)[0]
+		sent = append(sent, msg{ID: id, Data: []byte(data)})
+	}
+	check := func(what string, got []msg) {
+		t.Helper()
+		kept := sent[len(sent)-size:]
+		if len(got) != len(kept) {
+			t.Fatalf("%s: %d messages replayed, want the last %d of %d: %s", what, len(got), size, len(sent), fmtIDs(got))
+		}
+		for i, m := range got {
+			if m.ID != kept[i].ID || string(m.Data) != string(kept[i].Data) {
+				t.Fatalf("%s: replay %d is %d %s, want %d %s", what, i, m.ID, m.Data, kept[i].ID, kept[i].Data)
+			}
+		}
+	}
+
+	cl := &http.Client{Timeout: time.Minute}
+	check("long-poll", poll(t, cl, s.Listen, "/lp/kept?since=0"))
+	for _, path := range []string{"/sse/kept?since=0", "/stream/kept?since=0"} {
+		c := openStream(t, s.Listen, path)
+		var got []msg
+		for range size {
+			got = append(got, *next(t, c, 5*time.Second))
+		}
+		check(path, got)
+		live := publish(t, s.API, `{"to":"kept","data":"live"}`)[0]
+		if m := next(t, c, 5*time.Second); m.ID != live {
+			t.Fatalf("%s: after the replay got %d %s, want the live %d", path, m.ID, m.Data, live)
+		}
+		sent = append(sent, msg{ID: live, Data: []byte(`"live"`)})
+		c.close()
+	}
 }
 
 func TestHeartbeatsArrive(t *testing.T) {
