@@ -3,8 +3,10 @@ package worker
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -43,7 +45,7 @@ func (c *rawConn) readOpening() []byte { return readSSEOpening(c.t, c.fd, c.buf)
 func readSSEOpening(t testing.TB, fd int, buf []byte) []byte {
 	got := 0
 	for !(bytes.Contains(buf[:got], []byte("\nretry: 2000\nid: ")) && bytes.HasSuffix(buf[:got], []byte("\n\n"))) {
-		n, err := syscall.Read(fd, buf[got:])
+		n, err := readSock(fd, buf[got:])
 		if err != nil || n == 0 {
 			t.Fatalf("read: %v after %q", err, buf[:got])
 		}
@@ -59,13 +61,26 @@ func (c *rawConn) readUntil(suffix []byte) []byte {
 		if got == len(c.buf) {
 			c.t.Fatalf("no %q in %d bytes", suffix, got)
 		}
-		n, err := syscall.Read(c.fd, c.buf[got:])
+		n, err := readSock(c.fd, c.buf[got:])
 		if err != nil || n == 0 {
 			c.t.Fatalf("read: %v after %q", err, c.buf[:got])
 		}
 		got += n
 	}
 	return c.buf[:got]
+}
+
+// readSock reads from a client socket, again when a signal interrupts the
+// read: with SO_RCVTIMEO set the kernel does not restart it (signal(7)),
+// and the runtime signals threads often when the worker in this process
+// allocates.
+func readSock(fd int, buf []byte) (int, error) {
+	for {
+		n, err := syscall.Read(fd, buf)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }
 
 // nowID is a message id newer than any connection's start cursor.
@@ -134,7 +149,7 @@ func TestSlowReaderGetsEveryByteInOrder(t *testing.T) {
 		if got.Len()%(1<<20) < len(buf) {
 			time.Sleep(10 * time.Millisecond) // a slow reader: pauses now and then
 		}
-		m, err := syscall.Read(c.fd, buf)
+		m, err := readSock(c.fd, buf)
 		if err != nil || m == 0 {
 			t.Fatalf("read after %d of %d bytes: %v", got.Len(), want.Len(), err)
 		}
@@ -176,12 +191,105 @@ func TestSlowConsumerIsDropped(t *testing.T) {
 	}
 	h.send(frame)
 	h.countsWhere(func(c ipc.Counts) bool { return c.SlowConsumers == 1 && c.Conns == 0 })
-	// the client sees its connection end
+	c.readToEnd() // what the kernel already held, then the end
+}
+
+// With the default comet.max_pending a client that stops reading is dropped
+// once more than max_pending waits unsent in the worker; a client reading
+// the same messages at the same time is not.
+func TestSlowConsumerIsDroppedAtDefaultMaxPending(t *testing.T) {
+	const maxPending = 1 << 20 // the default etc/megacomet.toml documents
+	if d := config.Default().Comet.MaxPending; d != maxPending {
+		t.Fatalf("default comet.max_pending is %d, etc/megacomet.toml says %d", d, maxPending)
+	}
+	h := startWorker(t, nil)
+	reader := h.openSSE("reader")
+	stuck := h.stalledSSE("stuck")
+	h.waitJoins(2)
+
+	// Before anything waits in the worker the kernel takes the server's
+	// send buffer (up to tcp_wmem's max) and the stalled client's receive
+	// buffer, and evio holds one hand-over (at most max_pending) besides
+	// the worker's own pending bytes: push twice all of that.
+	budget := 2 * (tcpWmemMax(t) + 2*(64<<10) + 2*maxPending)
+	body := fmt.Appendf(nil, `{"data":"%s"}`, bytes.Repeat([]byte("y"), 32<<10))
+	var frame []byte
+	base := nowID()
+	pushed := 0
+	for i := uint64(1); pushed <= budget; i++ {
+		frame = appendDeliverIDs(frame[:0], []string{"stuck", "reader"}, base+i, body)
+		h.send(frame)
+		// In step with the reader, so nothing ever waits for it: it
+		// must not be dropped, and the stalled client's message was
+		// handled before the reader's.
+		ev := sseEvent(base+i, body)
+		reader.readEvent(ev)
+		pushed += len(ev)
+	}
+	// The stalled client dropped and closed, the reader open.
+	h.countsWhere(func(c ipc.Counts) bool { return c.SlowConsumers == 1 && c.Conns == 1 })
+	stuck.readToEnd()
+	// The reader still takes live messages.
+	h.deliverTo("reader", base+1<<20, body)
+	reader.readEvent(sseEvent(base+1<<20, body))
+}
+
+// appendDeliverIDs appends a Deliver frame of one message to several ids.
+func appendDeliverIDs(dst []byte, ids []string, msgID uint64, body []byte) []byte {
+	dst, start := ipc.Begin(dst, ipc.TypeDeliver)
+	dst = ipc.AppendMsgHead(dst, msgID, ipc.KindIDs, "")
+	dst = ipc.AppendUvarint(dst, uint64(len(ids)))
+	for _, id := range ids {
+		dst = ipc.AppendString(dst, id)
+	}
+	return ipc.End(ipc.AppendBytes(dst, body), start)
+}
+
+// tcpWmemMax is net.ipv4.tcp_wmem's max: how far the kernel lets a TCP
+// send buffer grow.
+func tcpWmemMax(t *testing.T) int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	n, err := strconv.Atoi(f[len(f)-1])
+	if err != nil {
+		t.Fatalf("tcp_wmem %q: %v", b, err)
+	}
+	return n
+}
+
+// readEvent reads one SSE event, skipping heartbeats ahead of it, and fails
+// unless it is want.
+func (c *rawConn) readEvent(want []byte) {
+	c.t.Helper()
+	got := c.readUntil(want[len(want)-min(len(want), 32):])
+	for bytes.HasPrefix(got, hbSSE) {
+		got = got[len(hbSSE):]
+	}
+	if !bytes.Equal(got, want) {
+		c.t.Fatalf("read %.80q..., want %.80q...", got, want)
+	}
+}
+
+// readToEnd reads until the server ends the connection, as a client sees it:
+// end of stream, or a reset. A read that times out (SO_RCVTIMEO) means the
+// connection is still open, and fails the test.
+func (c *rawConn) readToEnd() {
+	c.t.Helper()
+	n := 0
 	for {
-		n, err := syscall.Read(c.fd, c.buf)
-		if n == 0 || err != nil {
-			break
+		m, err := readSock(c.fd, c.buf)
+		switch {
+		case err == syscall.EAGAIN:
+			c.t.Fatalf("connection still open after %d bytes: the read timed out", n)
+		case err == syscall.ECONNRESET || err == nil && m == 0:
+			return
+		case err != nil:
+			c.t.Fatalf("read after %d bytes: %v", n, err)
 		}
+		n += m
 	}
 }
 
