@@ -1,9 +1,14 @@
 package worker
 
 import (
+	"bytes"
+	"fmt"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/megacomet/megacomet/config"
 )
 
 // Heartbeats of connections that all arrive at once are spread over the
@@ -68,16 +73,87 @@ func TestConnStaysSmall(t *testing.T) {
 	}
 }
 
-// A worker whose clients are only being held ticks every tickQuiet, not
-// every tickEvery: each tick wakes its threads about ten times, which 53
-// workers on two CPUs feel.
+// A worker whose clients are only being held goes quiet: it ticks every
+// tickQuiet, not every tickEvery. Each tick wakes its threads about ten
+// times, which 53 workers on two CPUs feel.
 func TestIdleWorkerTicksQuietly(t *testing.T) {
-	h := startWorker(t, nil)
+	h := startWorker(t, nil) // default heartbeat and poll_timeout: quiet ticks are tickQuiet
 	h.openSSE("quiet")
-	time.Sleep(presenceQuiet + 3*tickQuiet) // the subscription's busy second, then a quiet tick or two
-	n0 := h.w.ticks.Load()
-	time.Sleep(time.Second)
-	if n := h.w.ticks.Load() - n0; n > uint32(time.Second/tickQuiet)+3 {
-		t.Fatalf("%d ticks in a quiet second, want at most %d", n, time.Second/tickQuiet+3)
+	h.waitQuiet()
+}
+
+// A quiet worker still fires its timers, and never before they are due: a
+// long-poll that arrives while the loop ticks every tickQuiet is answered
+// with [] once poll_timeout has passed on the loop's clock, not sooner.
+func TestQuietWorkerFiresTimersWhenDue(t *testing.T) {
+	// Longer than presenceQuiet, so the timer comes due when the loop is
+	// quiet again after the poll's subscription; a tenth of it is more
+	// than tickQuiet, so quiet ticks stay tickQuiet.
+	const pollTimeout = 3 * time.Second
+	h := startWorker(t, func(o *config.Options) { o.Comet.PollTimeout = config.Duration(pollTimeout) })
+	h.openSSE("quiet")
+	h.waitQuiet()
+
+	c := h.dialRaw()
+	tv := syscall.NsecToTimeval((10 * pollTimeout).Nanoseconds())
+	syscall.SetsockoptTimeval(c.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	// The loop's clock stands still between ticks, and a quiet loop ticks
+	// only every tickQuiet (later when starved), so a timer set between two
+	// ticks counts from the earlier one. For a bound that holds by
+	// construction the request goes out only after a tick that began after
+	// sent: its timer counts from no earlier than sent, less the loop's
+	// 10 ms resolution.
+	sent := time.Now()
+	ticks := h.w.ticks.Load()
+	pollUntil(t, 10*time.Second, func() error {
+		if h.w.ticks.Load() == ticks {
+			return fmt.Errorf("no tick since %d", ticks)
+		}
+		return nil
+	})
+	c.write([]byte("GET /lp/timer HTTP/1.1\r\nHost: x\r\n\r\n"))
+	answer := c.readUntil([]byte("\r\n\r\n[]"))
+	held := time.Since(sent)
+	if !bytes.HasPrefix(answer, []byte("HTTP/1.1 200 ")) {
+		t.Fatalf("poll answered %q", answer)
 	}
+	if held < pollTimeout-tickEvery {
+		t.Errorf("a poll held for poll_timeout = %s was answered after %s", pollTimeout, held)
+	}
+}
+
+// waitQuiet waits until the worker ticks no more often than a quiet loop
+// can. evio sleeps the period onTick asks for between one tick and the
+// next, so a quiet loop's ticks are at least tickQuiet apart and those in a
+// span of time number at most span/tickQuiet + 1, however slow the machine;
+// a loop ticking every tickEvery makes ten times that.
+func (h *harness) waitQuiet() {
+	h.t.Helper()
+	type sample struct {
+		before, after time.Time // around reading ticks
+		ticks         uint32
+	}
+	var samples []sample
+	pollUntil(h.t, 30*time.Second, func() error {
+		s := sample{before: time.Now()}
+		s.ticks = h.w.ticks.Load()
+		s.after = time.Now()
+		samples = append(samples, s)
+		// the span from the newest sample at least a second before this
+		first := -1
+		for i, p := range samples {
+			if s.before.Sub(p.after) >= time.Second {
+				first = i
+			}
+		}
+		if first < 0 {
+			return fmt.Errorf("%d ticks, not yet a second measured", s.ticks)
+		}
+		samples = samples[first:]
+		span, n := s.after.Sub(samples[0].before), s.ticks-samples[0].ticks
+		if most := uint32(span/tickQuiet) + 1; n > most {
+			return fmt.Errorf("%d ticks in %s, where a loop ticking every %s makes at most %d", n, span.Round(time.Millisecond), tickQuiet, most)
+		}
+		return nil
+	})
 }
