@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
 )
 
 func get(t *testing.T, url string) (int, string, http.Header) {
@@ -84,11 +86,35 @@ func TestMetricsAndStatusPage(t *testing.T) {
 			t.Errorf("/metrics: %d, no %q", code, want)
 		}
 	}
-	code, body, h := get(t, base+"/status?access_token=t0k")
-	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "fetch(url") {
-		t.Errorf("/status: %d %s", code, h.Get("Content-Type"))
-	}
 	if code, body, _ := get(t, base+"/nothing?access_token=t0k"); code != 404 || !strings.Contains(body, `"error"`) {
 		t.Errorf("unknown path: %d %s", code, body)
+	}
+
+	// The status page is HTML whose script reads "stats" - relative to
+	// /status, so /stats - with the page's own access_token. What it reads
+	// there is the live server: the connection held now, each worker.
+	// (TestBrowserStatusPage renders it as a browser does.)
+	code, page, h := get(t, base+"/status?access_token=t0k")
+	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") {
+		t.Fatalf("/status: %d %s", code, h.Get("Content-Type"))
+	}
+	if !strings.Contains(page, `"stats"`) || !strings.Contains(page, "access_token") {
+		t.Errorf("the status page does not read stats with its access_token:\n%s", page)
+	}
+	hold(t, s.Listen, "watched")
+	live := waitHeld(t, s, 1, 10*time.Second)
+	code, body, h = get(t, base+"/stats?access_token=t0k")
+	var st manager.Stats
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "application/json") || err != nil {
+		t.Fatalf("/stats as the page reads it: %d %s %v: %s", code, h.Get("Content-Type"), err, body)
+	}
+	if st.Connections != 1 || st.Manager.PID != s.Cmd.Process.Pid || len(st.Workers) != len(live.Workers) {
+		t.Errorf("/stats: %d connections, manager %d, %d workers; the server has 1, %d, %d",
+			st.Connections, st.Manager.PID, len(st.Workers), s.Cmd.Process.Pid, len(live.Workers))
+	}
+	for i, w := range st.Workers {
+		if i < len(live.Workers) && (w.PID != live.Workers[i].PID || w.State != "ready") {
+			t.Errorf("/stats worker %d: pid %d %s; the server's is pid %d", w.Slot, w.PID, w.State, live.Workers[i].PID)
+		}
 	}
 }

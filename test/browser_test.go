@@ -1,6 +1,8 @@
 package test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -18,16 +20,7 @@ import (
 // (MEGACOMET_SKIP_BROWSER=1 skips it on a machine that cannot have one).
 func chromium(t *testing.T, url string) {
 	t.Helper()
-	if os.Getenv("MEGACOMET_SKIP_BROWSER") != "" {
-		t.Skip("MEGACOMET_SKIP_BROWSER is set")
-	}
-	bin, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium is needed (make test installs it: apt-get install chromium)")
-	}
-	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-		"--no-first-run", "--disable-background-networking", "--disable-component-update",
-		"--disable-sync", "--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(), url)
+	cmd := exec.Command(chromiumBin(t), append(chromiumFlags(t), url)...)
 	var log testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
@@ -40,6 +33,44 @@ func chromium(t *testing.T, url string) {
 			t.Logf("chromium output:\n%s", log.String())
 		}
 	})
+}
+
+// chromiumBin is the browser's path; it skips or fails the test without one.
+func chromiumBin(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("MEGACOMET_SKIP_BROWSER") != "" {
+		t.Skip("MEGACOMET_SKIP_BROWSER is set")
+	}
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is needed (make test installs it: apt-get install chromium)")
+	}
+	return bin
+}
+
+func chromiumFlags(t *testing.T) []string {
+	return []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+		"--no-first-run", "--disable-background-networking", "--disable-component-update",
+		"--disable-sync", "--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}
+}
+
+// renderedDOM loads url in headless Chromium and returns the page as its
+// scripts left it. Virtual time runs for two seconds of the page's timers,
+// and stands still while a fetch is under way, so a page that renders what
+// it fetched shows it, however slow the machine.
+func renderedDOM(t *testing.T, url string) (string, error) {
+	t.Helper()
+	bin := chromiumBin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(chromiumFlags(t), "--virtual-time-budget=2000", "--dump-dom", url)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("chromium --dump-dom %s: %v\n%s", url, err, stderr.Bytes())
+	}
+	return string(out), nil
 }
 
 // page serves html (with WORKER replaced by the worker address) from its
@@ -142,4 +173,41 @@ func TestBrowserEventSource(t *testing.T) {
 	if _, err := fmt.Sscanf(got, "%d %s", &id, &data); err != nil || !strings.Contains(got, fmt.Sprintf(`{"id":%d,"data":"from the server"}`, id)) {
 		t.Errorf("the page reported %q", got)
 	}
+}
+
+// The status page in a browser shows the live server: the connection held
+// now, each worker's pid and state, no error - behind api.token too, which
+// the page takes from its own URL to read /stats.
+func TestBrowserStatusPage(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2", "api": `token = "t0k"`})
+	hold(t, s.Listen, "watched")
+	st := waitHeld(t, s, 1, 10*time.Second)
+	want := []string{
+		fmt.Sprintf("manager pid %d · generation 1", st.Manager.PID),
+		"connections<b>1</b>",
+		`<p id="err"></p>`, // the page's fetch worked
+	}
+	for _, w := range st.Workers {
+		want = append(want, fmt.Sprintf("<td>%d</td><td>%d</td>", w.Slot, w.PID))
+	}
+	testutil.CheckFor(t, 2*time.Minute, func() error {
+		dom, err := renderedDOM(t, "http://"+s.API+"/status?access_token=t0k")
+		if err != nil {
+			return err
+		}
+		var missing []string
+		for _, w := range want {
+			if !strings.Contains(dom, w) {
+				missing = append(missing, w)
+			}
+		}
+		if ready := strings.Count(dom, "<td>ready</td>"); ready != len(st.Workers) {
+			missing = append(missing, fmt.Sprintf("%d workers ready (it shows %d)", len(st.Workers), ready))
+		}
+		if len(missing) > 0 {
+			body, _, _ := strings.Cut(dom, "<script>")
+			return fmt.Errorf("the status page does not show %q:\n%s", missing, body)
+		}
+		return nil
+	})
 }
