@@ -121,8 +121,10 @@ type Worker struct {
 	wheelAt   uint32           // last tick the wheel has fired
 	tick      uint32           // now, in ticks
 	live      uint32           // ticks the loop kept up: tick minus the loop's own lag (clock.go)
+	liveFor   time.Duration    // live, exactly
+	tickAt    time.Duration    // when the last tick ran
 	asked     uint32           // the tick period last asked of evio, in ticks
-	lagMax    time.Duration    // the latest tick's lateness, max since the last counts
+	lagMax    time.Duration    // the worst lateness of a tick since the last counts
 	hbTicks   uint32
 	pollTicks uint32
 	rng       uint32
@@ -333,6 +335,7 @@ func (w *Worker) serving(s evio.Server, ctlAddr string) evio.Action {
 }
 
 func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
+	w.syncClock(time.Since(w.start))
 	opts := evio.Options{ReuseInputBuffer: true}
 	if c.AddrIndex() == ctlListener {
 		if w.ctl != nil {
@@ -388,6 +391,7 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 }
 
 func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
+	w.syncClock(time.Since(w.start))
 	cc, _ := c.Context().(*conn)
 	if cc == nil {
 		return nil, evio.Close
