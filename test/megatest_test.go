@@ -98,24 +98,23 @@ func (r *megatestRun) waitMessages(t *testing.T, n int64) {
 // machine only makes this take longer, hence the generous deadlines.
 func waitHeld(t *testing.T, s *testutil.Server, n int, wait time.Duration) manager.Stats {
 	t.Helper()
-	var st manager.Stats
-	testutil.CheckFor(t, wait, func() error {
-		var err error
-		if st, err = s.Stats(); err != nil {
-			return err
-		}
+	return s.WaitStats(t, wait, func(st manager.Stats) error {
 		if st.Connections != uint64(n) || st.IDs != n {
 			return fmt.Errorf("the server holds %d of %d connections, %d subscribed", st.Connections, n, st.IDs)
 		}
 		return nil
 	})
-	return st
 }
 
 // heartbeats is how many heartbeats the server's workers have written.
-func heartbeats(st manager.Stats) (n uint64) {
+func heartbeats(st manager.Stats) uint64 {
+	return workerSum(st, func(w manager.WorkerStats) uint64 { return w.Heartbeats })
+}
+
+// workerSum adds up one figure over the workers.
+func workerSum(st manager.Stats, field func(manager.WorkerStats) uint64) (n uint64) {
 	for _, w := range st.Workers {
-		n += w.Heartbeats
+		n += field(w)
 	}
 	return n
 }

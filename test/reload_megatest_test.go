@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
 )
 
 // migrateKernel is a default kernel with the one setting
@@ -72,11 +73,7 @@ func TestMegatestAcrossWorkerKill(t *testing.T) {
 	load.waitMessages(t, 300)
 	victim := st.Workers[0]
 	syscall.Kill(victim.PID, syscall.SIGKILL)
-	testutil.CheckFor(t, time.Minute, func() error {
-		now, err := s.Stats()
-		if err != nil {
-			return err
-		}
+	s.WaitStats(t, time.Minute, func(now manager.Stats) error {
 		if w := now.Workers[0]; w.PID == victim.PID || w.State != "ready" || now.Connections != n {
 			return fmt.Errorf("slot 0 pid %d %s, %d connections", w.PID, w.State, now.Connections)
 		}

@@ -350,12 +350,7 @@ func TestReloadTwiceLosesNothing(t *testing.T) {
 // holding conns connections between them.
 func waitGeneration(t *testing.T, s *testutil.Server, gen uint64, workers int, conns uint64, wait time.Duration) manager.Stats {
 	t.Helper()
-	var st manager.Stats
-	testutil.CheckFor(t, wait, func() error {
-		var err error
-		if st, err = s.Stats(); err != nil {
-			return err
-		}
+	return s.WaitStats(t, wait, func(st manager.Stats) error {
 		if st.Generation != gen {
 			return fmt.Errorf("generation %d, want %d", st.Generation, gen)
 		}
@@ -372,7 +367,6 @@ func waitGeneration(t *testing.T, s *testutil.Server, gen uint64, workers int, c
 		}
 		return nil
 	})
-	return st
 }
 
 // waitGone waits until every manager and worker named in these stats has

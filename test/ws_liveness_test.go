@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,15 +34,7 @@ type fleetReport struct {
 
 func startFleet(t *testing.T, base string, n int, pongDelay time.Duration) *wsFleet {
 	t.Helper()
-	if os.Getenv("MEGACOMET_SKIP_NODE") != "" {
-		t.Skip("MEGACOMET_SKIP_NODE is set")
-	}
-	if err := nodeWS(); err != nil {
-		t.Fatal(err)
-	}
-	abs, _ := filepath.Abs("node/wsfleet.js")
-	f := &wsFleet{}
-	f.cmd = exec.Command("node", abs, base, fmt.Sprint(n), fmt.Sprint(pongDelay.Milliseconds()))
+	f := &wsFleet{cmd: nodeCommand(t, "wsfleet.js", base, fmt.Sprint(n), fmt.Sprint(pongDelay.Milliseconds()))}
 	f.cmd.Stderr = &f.stderr
 	f.stdin, _ = f.cmd.StdinPipe()
 	stdout, _ := f.cmd.StdoutPipe()
@@ -89,13 +79,6 @@ func (f *wsFleet) report() (fleetReport, []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.last, append([]string(nil), f.closes...)
-}
-
-func workerSum(st manager.Stats, field func(manager.WorkerStats) uint64) (n uint64) {
-	for _, w := range st.Workers {
-		n += field(w)
-	}
-	return n
 }
 
 // The fresh-machine issue's check: a worker that is itself behind does not
@@ -171,8 +154,7 @@ func TestWSLivenessAcrossAStoppedWorker(t *testing.T) {
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("the silent client was never closed")
 	}
-	testutil.CheckFor(t, 30*time.Second, func() error {
-		st := s.MustStats()
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
 		if silentClosed := workerSum(st, func(w manager.WorkerStats) uint64 { return w.SilentClosed }); silentClosed != 1 {
 			return fmt.Errorf("silent_closed %d, want 1 (the silent client)", silentClosed)
 		}
@@ -182,8 +164,8 @@ func TestWSLivenessAcrossAStoppedWorker(t *testing.T) {
 	if len(closes) > 0 || r.Closed != 0 {
 		t.Errorf("the server closed %d answering clients after a stop of its own; first: %v", r.Closed, closes)
 	}
-	testutil.CheckFor(t, 30*time.Second, func() error { // the silent one's socket lingers a moment
-		if st := s.MustStats(); st.IDs != n || st.Connections != n {
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error { // the silent one's socket lingers a moment
+		if st.IDs != n || st.Connections != n {
 			return fmt.Errorf("the server holds %d ids on %d connections, want %d", st.IDs, st.Connections, n)
 		}
 		return nil

@@ -60,7 +60,9 @@ type nodeClient struct {
 	closed chan nodeEvent // the close event, once
 }
 
-func startNode(t *testing.T, url string, protocols ...string) *nodeClient {
+// nodeCommand is `node node/SCRIPT args…`, once the ws package is in place
+// (skipped with MEGACOMET_SKIP_NODE).
+func nodeCommand(t *testing.T, script string, args ...string) *exec.Cmd {
 	t.Helper()
 	if os.Getenv("MEGACOMET_SKIP_NODE") != "" {
 		t.Skip("MEGACOMET_SKIP_NODE is set")
@@ -68,8 +70,13 @@ func startNode(t *testing.T, url string, protocols ...string) *nodeClient {
 	if err := nodeWS(); err != nil {
 		t.Fatal(err)
 	}
-	abs, _ := filepath.Abs("node/wsclient.js")
-	cmd := exec.Command("node", append([]string{abs, url}, protocols...)...)
+	abs, _ := filepath.Abs(filepath.Join("node", script))
+	return exec.Command("node", append([]string{abs}, args...)...)
+}
+
+func startNode(t *testing.T, url string, protocols ...string) *nodeClient {
+	t.Helper()
+	cmd := nodeCommand(t, "wsclient.js", append([]string{url}, protocols...)...)
 	var stderr testutil.SyncBuffer
 	cmd.Stderr = &stderr
 	stdin, _ := cmd.StdinPipe()

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/internal/check"
 )
 
 // Heartbeats of connections that all arrive at once are spread over the
@@ -137,7 +138,7 @@ func (h *harness) waitQuiet() {
 		ticks         uint32
 	}
 	var samples []sample
-	pollUntil(h.t, 30*time.Second, func() error {
+	check.For(h.t, 30*time.Second, func() error {
 		s := sample{before: time.Now()}
 		s.ticks = h.w.ticks.Load()
 		s.after = time.Now()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/internal/check"
 	"github.com/megacomet/megacomet/ipc"
 )
 
@@ -403,7 +404,7 @@ func TestWSHeartbeat(t *testing.T) {
 	// The answering client outlives four more pings; the silent one is
 	// counted as such, not as a bad request.
 	after := answered.Load()
-	pollUntil(t, 20*time.Second, func() error {
+	check.For(t, 20*time.Second, func() error {
 		select {
 		case err := <-errc:
 			return fmt.Errorf("good client: %v", err)

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/megacomet/megacomet/internal/check"
 	"github.com/megacomet/megacomet/manager"
 )
 
@@ -89,20 +90,25 @@ func moduleRoot() (string, error) {
 }
 
 // CheckFor polls fn until it returns nil or wait passes, then fails the
-// test with fn's last error.
+// test with fn's last error (check.For).
 func CheckFor(t testing.TB, wait time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for {
-		err := fn()
-		if err == nil {
-			return
+	check.For(t, wait, fn)
+}
+
+// WaitStats polls the stats socket until ok accepts what it reads or wait
+// passes, and returns the stats it accepted.
+func (s *Server) WaitStats(t testing.TB, wait time.Duration, ok func(manager.Stats) error) manager.Stats {
+	t.Helper()
+	var st manager.Stats
+	check.For(t, wait, func() error {
+		var err error
+		if st, err = s.Stats(); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", wait, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ok(st)
+	})
+	return st
 }
 
 // Server is a running manager with its workers.
