@@ -37,6 +37,7 @@ type Server struct {
 	Drain          Duration `toml:"drain" json:"drain"`
 	MaxConns       int      `toml:"max_conns" json:"max_conns"`
 	AllowedOrigins []string `toml:"allowed_origins" json:"allowed_origins"`
+	HeaderTimeout  Duration `toml:"header_timeout" json:"header_timeout"`
 }
 
 // API configures the manager's publish and admin HTTP endpoint.
@@ -101,6 +102,7 @@ func Default() Options {
 			Drain:          Duration(30 * time.Second),
 			MaxConns:       0,
 			AllowedOrigins: []string{"*"},
+			HeaderTimeout:  Duration(30 * time.Second),
 		},
 		API: API{
 			Listen: "127.0.0.1:9000",
@@ -192,6 +194,9 @@ func (o *Options) check() error {
 	}
 	if o.Server.MaxConns < 0 {
 		return bad("server.max_conns", "must be >= 0, got %d", o.Server.MaxConns)
+	}
+	if o.Server.HeaderTimeout < Duration(10*time.Millisecond) {
+		return bad("server.header_timeout", "must be at least 10ms, got %s", o.Server.HeaderTimeout.D())
 	}
 	for _, origin := range o.Server.AllowedOrigins {
 		if origin == "*" {

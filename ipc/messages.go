@@ -44,11 +44,14 @@ type Counts struct {
 	GoBytes       uint64 // all memory the Go runtime holds from the OS
 	SilentClosed  uint64 // total WebSocket clients closed for not answering pings
 	LoopLagMs     uint64 // the loop's worst lateness since the previous Counts
+	// TicksOverBudget counts ticks that left due timers (heartbeats) for
+	// the next tick, to serve the loop's other events first.
+	TicksOverBudget uint64
 }
 
-func (c *Counts) fields() [12]*uint64 {
+func (c *Counts) fields() [13]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
-		&c.SilentClosed, &c.LoopLagMs}
+		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget}
 }
 
 // AppendCounts appends a Counts frame.

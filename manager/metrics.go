@@ -41,6 +41,7 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_bad_requests_total", "Requests a worker rejected."},
 	{"worker_silent_closed_total", "WebSocket clients a worker closed for not answering its pings."},
 	{"worker_loop_lag_seconds", "The worst lateness of a worker's event loop in the last second."},
+	{"worker_ticks_over_budget_total", "Ticks of a worker that left due heartbeats for the next one, to serve other events first."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -95,6 +96,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_bad_requests_total", float64(w.BadRequests), l...)
 		put("worker_silent_closed_total", float64(w.SilentClosed), l...)
 		put("worker_loop_lag_seconds", float64(w.LoopLagMs)/1000, l...)
+		put("worker_ticks_over_budget_total", float64(w.TicksOverBudget), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

@@ -64,6 +64,9 @@ type WorkerStats struct {
 	// last second.
 	SilentClosed uint64 `json:"silent_closed"`
 	LoopLagMs    uint64 `json:"loop_lag_ms"`
+	// TicksOverBudget counts ticks that left due heartbeats for the next
+	// one, to answer new connections and messages first.
+	TicksOverBudget uint64 `json:"ticks_over_budget"`
 }
 
 // ManagerStats describes the manager process.
@@ -208,7 +211,7 @@ func (m *Manager) Snapshot() Stats {
 			c := p.counts
 			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
-			ws.SilentClosed, ws.LoopLagMs = c.SilentClosed, c.LoopLagMs
+			ws.SilentClosed, ws.LoopLagMs, ws.TicksOverBudget = c.SilentClosed, c.LoopLagMs, c.TicksOverBudget
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

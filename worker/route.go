@@ -216,7 +216,7 @@ func (w *Worker) afterAnswer(cc *conn) {
 		return
 	}
 	cc.state = stReading
-	w.schedule(cc, w.tick+requestTicks)
+	w.schedule(cc, w.tick+w.reqTicks)
 }
 
 // reject answers with a prebuilt error and closes gracefully.

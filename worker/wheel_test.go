@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -160,4 +161,34 @@ func (h *harness) waitQuiet() {
 		}
 		return nil
 	})
+}
+
+// A request that was sent is never timed out unread: the loop is held up
+// (inside a tick, as by a long batch of other work) past the client's
+// header timeout while the request sits in the socket; when the loop goes
+// on, the expired timer sees the bytes, lets the loop read them first, and
+// the request is answered.
+func TestRequestSentIsNeverTimedOutUnread(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	h := startWorker(t, func(o *config.Options) { o.Server.HeaderTimeout = config.Duration(timeout) })
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hold := func() { // on the loop: hold the first tick after the accept
+		if h.w.open > 0 {
+			once.Do(func() { close(entered); <-release })
+		}
+	}
+	h.w.tickHook.Store(&hold)
+	c := h.dialRaw()
+	<-entered // accepted, its timer set, and the loop stuck in a tick
+	stuck := time.Now()
+	c.write(pingReq)
+	for time.Since(stuck) < 2*timeout { // the scenario: held up past the timeout
+		time.Sleep(timeout / 4)
+	}
+	h.w.tickHook.Store(nil)
+	close(release)
+	if got := c.readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
+		t.Fatalf("got %q, want the pong", got)
+	}
 }

@@ -114,8 +114,9 @@ type Worker struct {
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
 	presFlushed  time.Duration
-	tickQuiet    time.Duration // the period when quiet (tickQuiet or less)
-	ticks        atomic.Uint32 // onTick calls, for tests
+	tickQuiet    time.Duration          // the period when quiet (tickQuiet or less)
+	ticks        atomic.Uint32          // onTick calls, for tests
+	tickHook     atomic.Pointer[func()] // tests: runs at the start of each tick, on the loop
 
 	wheel     [wheelSize]*conn // timers (wheel.go)
 	wheelAt   uint32           // last tick the wheel has fired
@@ -127,6 +128,7 @@ type Worker struct {
 	lagMax    time.Duration    // the worst lateness of a tick since the last counts
 	hbTicks   uint32
 	pollTicks uint32
+	reqTicks  uint32 // server.header_timeout
 	rng       uint32
 
 	// Scratch buffers reused by every request and message.
@@ -227,6 +229,7 @@ func (w *Worker) initComet() {
 	w.awaiting = make(map[uint32]*conn)
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
 	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
+	w.reqTicks = ticksOf(o.Server.HeaderTimeout.D())
 	// Quiet ticks make timers late by up to a tenth of the shortest one.
 	w.tickQuiet = min(tickQuiet, max(tickEvery, min(o.Comet.Heartbeat.D(), o.Comet.PollTimeout.D())/10))
 	w.rng = uint32(time.Now().UnixNano()) | 1
@@ -364,7 +367,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		w.handOff(cc)
 		return nil, opts, evio.None
 	}
-	w.schedule(cc, w.tick+requestTicks)
+	w.schedule(cc, w.tick+w.reqTicks)
 	return nil, opts, evio.None
 }
 
@@ -409,6 +412,9 @@ func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
 // onTick is the loop's housekeeping; evio runs it on the loop goroutine.
 func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.ticks.Add(1)
+	if hook := w.tickHook.Load(); hook != nil {
+		(*hook)()
+	}
 	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
 	w.advance(w.tick)
