@@ -27,6 +27,9 @@ const (
 	timerBudget = 2 * time.Millisecond
 	// timerCheck is how many timers fire between two looks at the clock.
 	timerCheck = 32
+	// tickBehind is the period while timers are left over: soon, but
+	// after the events that wait.
+	tickBehind = time.Millisecond
 )
 
 func ticksOf(d time.Duration) uint32 { return max(1, uint32(d/tickEvery)) }
@@ -66,7 +69,7 @@ func (w *Worker) unschedule(cc *conn) {
 // what is still due then fires at the next tick. wheelAt is the last slot
 // walked to its end; a slot left half-walked is walked again from its head
 // (what fired there is rescheduled later or gone, so it is skipped).
-func (w *Worker) advance(now uint32) {
+func (w *Worker) advance(now uint32) (behind bool) {
 	fired := 0
 	var start time.Time
 	for w.wheelAt != now {
@@ -79,7 +82,7 @@ func (w *Worker) advance(now uint32) {
 						start = time.Now()
 					} else if time.Since(start) >= timerBudget {
 						w.counts.TicksOverBudget++
-						return // the rest of this slot, and later ones, next tick
+						return true // the rest of this slot, and later ones, next tick
 					}
 				}
 				w.unschedule(cc)
@@ -89,6 +92,7 @@ func (w *Worker) advance(now uint32) {
 		}
 		w.wheelAt = slot
 	}
+	return false
 }
 
 func (w *Worker) expire(cc *conn) {

@@ -417,7 +417,7 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	}
 	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
-	w.advance(w.tick)
+	behind := w.advance(w.tick)
 	if w.draining {
 		w.drainStep()
 	}
@@ -436,6 +436,9 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 		w.queueCounts()
 		w.flushIPC()
 		return 0, evio.Shutdown
+	}
+	if behind {
+		return w.askTick(tickBehind), evio.None
 	}
 	if w.quiet() {
 		return w.askTick(w.tickQuiet), evio.None
