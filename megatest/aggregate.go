@@ -21,6 +21,7 @@ type procState struct {
 	s      Snapshot // counters; histograms are kept apart below
 	lat    sparse
 	tagged sparse
+	hbLate sparse
 	rounds []RoundSnap
 	seen   bool
 	final  bool
@@ -41,6 +42,9 @@ func (a *aggregator) update(p int, s *Snapshot) {
 	if s.Tagged != nil {
 		ps.tagged = s.Tagged
 	}
+	if s.HBLate != nil {
+		ps.hbLate = s.HBLate
+	}
 	for len(ps.rounds) < len(s.Rounds) {
 		ps.rounds = append(ps.rounds, RoundSnap{})
 	}
@@ -51,7 +55,7 @@ func (a *aggregator) update(p int, s *Snapshot) {
 		}
 	}
 	ps.s = *s
-	ps.s.Lat, ps.s.Tagged, ps.s.Rounds = nil, nil, nil
+	ps.s.Lat, ps.s.Tagged, ps.s.HBLate, ps.s.Rounds = nil, nil, nil, nil
 	ps.seen = true
 	ps.final = ps.final || s.Final
 	var active, opened int64
@@ -78,6 +82,7 @@ type totals struct {
 	peak   int64
 	lat    hist
 	tagged hist
+	hbLate hist
 	rounds []roundTotal
 	finals int
 }
@@ -143,6 +148,8 @@ func (a *aggregator) total(withHists bool) *totals {
 			t.lat.merge(&h)
 			h.fromSparse(ps.tagged)
 			t.tagged.merge(&h)
+			h.fromSparse(ps.hbLate)
+			t.hbLate.merge(&h)
 		}
 	}
 	for i := range a.procs {

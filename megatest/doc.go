@@ -22,7 +22,10 @@
 // run's tag give a latency and are checked off at the ledger (ledger.go),
 // which the publisher (publish.go) fills from the API's answers. Closed
 // connections are reopened with since=<cursor>: at once when the server
-// announced the close, with jittered exponential backoff otherwise.
+// announced the close, with jittered exponential backoff otherwise. Each
+// read that carries a heartbeat (on streams, also a message) is an arrival:
+// the gap since the connection's previous one, less -heartbeat, is a
+// heartbeat lateness sample (heartbeat.go).
 //
 // The package owns its processes and sockets. Nothing on the per-message
 // path allocates or logs.

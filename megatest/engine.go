@@ -92,6 +92,14 @@ type engine struct {
 	rss, pss   int64
 	rampStart  int64 // unix ns of the first connect
 	rampEnd    int64 // unix ns when the last connection first opened
+
+	// Heartbeat lateness (heartbeat.go).
+	hbMs        int64  // -heartbeat in ms; 0 = not measured
+	readAt      uint32 // ms since t0 of the read being parsed
+	arrived     bool   // the read being parsed carried a heartbeat (or, streams, a message)
+	hbLate      hist
+	hbLateV     uint64
+	sentHBLateV uint64
 }
 
 type round struct {
@@ -110,15 +118,17 @@ type stats struct {
 }
 
 // conn is one connection's state: 48 bytes, and no buffer unless a unit
-// (event, chunk, answer, frame) arrived split across reads.
+// (event, chunk, answer, frame) arrived split across reads. heardAt sits
+// in what was padding after fails: one byte of it is left.
 type conn struct {
-	in     []byte // unparsed input; nil almost always
-	lastID uint64 // cursor: the last message id seen
-	fd     int32
-	round  uint32 // highest broadcast round received
-	state  connState
-	flags  uint8
-	fails  uint8 // consecutive failures, for backoff
+	in      []byte // unparsed input; nil almost always
+	lastID  uint64 // cursor: the last message id seen
+	fd      int32
+	round   uint32 // highest broadcast round received
+	heardAt uint32 // ms since t0 of the last arrival, when fHeard (heartbeat.go)
+	state   connState
+	flags   uint8
+	fails   uint8 // consecutive failures, for backoff
 }
 
 type connState uint8
@@ -136,6 +146,7 @@ const (
 	fReady                  // the server has answered: it knows this client
 	fCursor                 // reopen with since=lastID
 	fAnnounced              // the server announced it is closing
+	fHeard                  // heardAt is set: a heartbeat (or message) came since the open
 )
 
 type transport uint8
@@ -200,6 +211,9 @@ func newEngine(o *Options, first, n int, dst netip.AddrPort, srcs []netip.Addr, 
 		wbuf:   make([]byte, 0, 512),
 		rng:    uint64(time.Now().UnixNano()) | 1,
 		ledger: newLedger(),
+	}
+	if o.measuresHeartbeat() {
+		e.hbMs = o.Heartbeat.Milliseconds()
 	}
 	e.dst, e.family = sockaddr(dst.Addr(), int(dst.Port()))
 	for _, a := range srcs {
@@ -534,7 +548,7 @@ func (e *engine) closeConn(idx int32, c *conn, why closeWhy) {
 	if c.flags&fAnnounced != 0 && why == whyUnexpected {
 		why = whyAnnounced
 	}
-	c.flags &^= fReady | fAnnounced
+	c.flags &^= fReady | fAnnounced | fHeard
 	c.in = nil
 	switch why {
 	case whyAnnounced, whyRetryAfter:
@@ -568,7 +582,9 @@ func (e *engine) readable(idx int32, c *conn, events uint32) {
 	for {
 		n, err := unix.Read(int(c.fd), e.rbuf)
 		if n > 0 {
-			if !e.input(idx, c, e.rbuf[:n], time.Now().UnixNano()) {
+			t := time.Now()
+			e.readAt = uint32(t.Sub(e.t0) / time.Millisecond) // monotonic
+			if !e.input(idx, c, e.rbuf[:n], t.UnixNano()) {
 				return // closed
 			}
 			if n < len(e.rbuf) && !toEnd {
@@ -605,6 +621,7 @@ func (e *engine) input(idx int32, c *conn, b []byte, now int64) bool {
 		c.in = append(c.in, b...)
 		buf = c.in
 	}
+	e.arrived = false
 	n, err := e.consume(idx, c, buf, now)
 	if err != nil {
 		switch err {
@@ -621,6 +638,9 @@ func (e *engine) input(idx int32, c *conn, b []byte, now int64) bool {
 			e.closeConn(idx, c, whyProtocol)
 		}
 		return false
+	}
+	if e.arrived && e.hbMs > 0 {
+		e.heard(c)
 	}
 	rest := buf[n:]
 	switch {

@@ -65,6 +65,9 @@ func (e *engine) snapshot(final bool) {
 	if e.taggedV != e.sentTagV {
 		s.Tagged, e.sentTagV = e.tagged.sparse(), e.taggedV
 	}
+	if e.hbLateV != e.sentHBLateV {
+		s.HBLate, e.sentHBLateV = e.hbLate.sparse(), e.hbLateV
+	}
 	if len(e.rounds) > 0 {
 		s.Rounds = make([]RoundSnap, len(e.rounds))
 		for i := range e.rounds {

@@ -357,7 +357,8 @@ func TestEngineSplitsOverChildren(t *testing.T) {
 	}
 }
 
-// An idle connection costs its 48-byte struct and nothing else.
+// An idle connection costs its 48-byte struct and nothing else (with
+// heardAt for heartbeat lateness, which took padding).
 func TestConnSize(t *testing.T) {
 	if n := unsafe.Sizeof(conn{}); n > 48 {
 		t.Fatalf("conn is %d bytes", n)
@@ -382,6 +383,9 @@ func TestEngineInputDoesNotAllocate(t *testing.T) {
 	}
 	if e.st.msgs == 0 || e.st.hb == 0 || e.st.dups != 0 || e.rounds[0].recv != 1 {
 		t.Fatalf("msgs %d hb %d dups %d round recv %d", e.st.msgs, e.st.hb, e.st.dups, e.rounds[0].recv)
+	}
+	if e.hbLate.n == 0 { // the heartbeat lateness sample was taken, too
+		t.Fatal("no heartbeat lateness sample")
 	}
 }
 

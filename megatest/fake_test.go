@@ -274,6 +274,26 @@ func (c *fconn) heartbeat() {
 	}
 }
 
+// every calls fn every d (a ticker: a late call does not shift the ones
+// after it) until the client goes or the fake closes.
+func (c *fconn) every(d time.Duration, fn func()) {
+	gone := make(chan struct{})
+	go func() {
+		c.hold()
+		close(gone)
+	}()
+	tick := time.NewTicker(d)
+	defer tick.Stop()
+	for {
+		select {
+		case <-gone:
+			return
+		case <-tick.C:
+			fn()
+		}
+	}
+}
+
 // announce is megacomet's hand-over notice; the caller then closes.
 func (c *fconn) announce() {
 	switch c.tr {

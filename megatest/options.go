@@ -37,6 +37,7 @@ type Options struct {
 	Grace     time.Duration // -grace: at the end, how long to wait for published messages still in flight
 	RoundWait time.Duration // -round-wait: how long one broadcast round may take
 	Quiet     bool          // -q: no progress lines
+	Heartbeat time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
 
 	// Set by a parent for its children.
 	Child bool   // -child: report snapshots as JSON lines on stdout
@@ -53,6 +54,7 @@ func defaultOptions() Options {
 		Report:    10 * time.Second,
 		Grace:     5 * time.Second,
 		RoundWait: 10 * time.Second,
+		Heartbeat: 15 * time.Second, // the server's default
 	}
 }
 
@@ -105,6 +107,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "at the end, how long to wait for published messages still in flight")
 	fs.DurationVar(&o.RoundWait, "round-wait", o.RoundWait, "how long one broadcast round may take to reach every connection")
 	fs.BoolVar(&o.Quiet, "q", o.Quiet, "no progress lines")
+	fs.DurationVar(&o.Heartbeat, "heartbeat", o.Heartbeat, "the server's comet.heartbeat: heartbeat_lateness_ms is how much longer than this a connection went without a heartbeat (sse, stream: or a message; ws: pings only; lp: not measured; 0 = not measured)")
 	fs.BoolVar(&o.Child, "child", false, "internal: run as a child of a split megatest")
 	fs.IntVar(&o.First, "first", 0, "internal: index of the first id")
 	fs.StringVar(&o.Run, "run", "", "internal: run tag")
@@ -159,6 +162,8 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -channels %d: use 0 to %d", o.Channels, maxChannels)
 	case o.Procs < 0:
 		return fmt.Errorf("megatest: -procs %d: must not be negative", o.Procs)
+	case o.Heartbeat != 0 && o.Heartbeat < time.Millisecond:
+		return fmt.Errorf("megatest: -heartbeat %s: use 0 or at least 1ms", o.Heartbeat)
 	}
 	switch o.Transport {
 	case "sse", "stream", "lp", "ws":
@@ -167,6 +172,11 @@ func (o *Options) check() error {
 	}
 	return nil
 }
+
+// measuresHeartbeat: heartbeat lateness is measured (heartbeat.go). A
+// long-poll's heartbeat is the empty answer after poll_timeout, a request
+// timeout rather than a beat on a held connection: not measured.
+func (o *Options) measuresHeartbeat() bool { return o.Heartbeat > 0 && o.Transport != "lp" }
 
 // fmtRate writes a per-child rate share for a command line (ps shows it).
 func fmtRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 32) }
@@ -198,6 +208,7 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-grace", o.Grace.String(),
 		"-run", o.Run,
 		"-channels", fmt.Sprint(o.Channels),
+		"-heartbeat", o.Heartbeat.String(),
 	}
 	return a // the token goes by environment, not where ps shows it
 }

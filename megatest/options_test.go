@@ -16,7 +16,7 @@ func TestParseArgs(t *testing.T) {
 	if o.Letter != "a" || o.Host != "127.0.0.1" || o.N != 30000 || o.Hold != 5*time.Second || o.Transport != "lp" || o.Pub != 10 {
 		t.Fatalf("%+v", o)
 	}
-	if o.API != "127.0.0.1:9000" || o.Port != 8000 || o.Rate != 10000 || o.Report != 10*time.Second {
+	if o.API != "127.0.0.1:9000" || o.Port != 8000 || o.Rate != 10000 || o.Report != 10*time.Second || o.Heartbeat != 15*time.Second {
 		t.Fatalf("defaults: %+v", o)
 	}
 	// flags first, positionals between flags
@@ -24,7 +24,7 @@ func TestParseArgs(t *testing.T) {
 	if err != nil || o.Letter != "b" || o.Host != "::1" || o.N != 5 || o.Port != 9 || o.API != "[::1]:9000" {
 		t.Fatalf("%+v %v", o, err)
 	}
-	for _, bad := range []string{"a", "a b c", "a/b 127.0.0.1", "a 127.0.0.1 -n 0", "a 127.0.0.1 -transport x", "a h -port 70000", "a h -report 0s", "a h -channels -1", "a h -channels 10001"} {
+	for _, bad := range []string{"a", "a b c", "a/b 127.0.0.1", "a 127.0.0.1 -n 0", "a 127.0.0.1 -transport x", "a h -port 70000", "a h -report 0s", "a h -channels -1", "a h -channels 10001", "a h -heartbeat -1s", "a h -heartbeat 500us"} {
 		if _, err := parseArgs(strings.Fields(bad), io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -32,14 +32,14 @@ func TestParseArgs(t *testing.T) {
 }
 
 func TestChildArgsRoundTrip(t *testing.T) {
-	o, _ := parseArgs(strings.Fields("c 10.0.0.5 -port 8001 -transport stream -api 10.0.0.5:9001 -grace 2s -channels 7"), io.Discard)
+	o, _ := parseArgs(strings.Fields("c 10.0.0.5 -port 8001 -transport stream -api 10.0.0.5:9001 -grace 2s -channels 7 -heartbeat 7s"), io.Discard)
 	o.Run = "abc"
 	c, err := parseArgs(o.childArgs(100, 50, 250, 1.5, "10.1.0.1-10.1.0.4"), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !c.Child || c.First != 100 || c.N != 50 || c.Rate != 250 || c.Pub != 1.5 || c.Src != "10.1.0.1-10.1.0.4" ||
-		c.Port != 8001 || c.Transport != "stream" || c.API != "10.0.0.5:9001" || c.Run != "abc" || c.Grace != 2*time.Second || c.Letter != "c" || c.Channels != 7 {
+		c.Port != 8001 || c.Transport != "stream" || c.API != "10.0.0.5:9001" || c.Run != "abc" || c.Grace != 2*time.Second || c.Letter != "c" || c.Channels != 7 || c.Heartbeat != 7*time.Second {
 		t.Fatalf("%+v", c)
 	}
 }

@@ -320,12 +320,22 @@ type Summary struct {
 	PingMs     *LatencyMs `json:"ping_ms,omitempty"`
 	Pings      int64      `json:"pings,omitempty"`
 	PingErrors int64      `json:"ping_errors,omitempty"`
+
+	// With -heartbeat (default 15s; not for long-poll): how much longer than
+	// the interval connections went without a heartbeat (heartbeat.go).
+	HeartbeatLatenessMs *HeartbeatLatenessMs `json:"heartbeat_lateness_ms,omitempty"`
 }
 
 type LatencyMs struct {
 	P50 float64 `json:"p50"`
 	P99 float64 `json:"p99"`
 	Max float64 `json:"max"`
+}
+
+// HeartbeatLatenessMs is {"p50","p99","max","samples"}.
+type HeartbeatLatenessMs struct {
+	LatencyMs
+	Samples int64 `json:"samples"`
 }
 
 type BroadcastMs struct {
@@ -357,6 +367,9 @@ func (r *runner) summary() int {
 		Published: t.Published, PublishErrors: t.PubErrors, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
 		Processes: r.procs, DurationS: time.Since(r.start).Seconds(),
 		RSSBytes: t.RSS, PSSBytes: t.PSS,
+	}
+	if r.o.measuresHeartbeat() {
+		s.HeartbeatLatenessMs = &HeartbeatLatenessMs{latencyOf(&t.hbLate), int64(t.hbLate.n)}
 	}
 	if r.o.Ping > 0 {
 		lat, n, errs := r.ping.latency()

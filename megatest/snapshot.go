@@ -44,9 +44,10 @@ type Snapshot struct {
 	RSS       int64 `json:"rss"`
 	PSS       int64 `json:"pss"` // RSS with shared pages split among their users
 
-	Lat    sparse      `json:"lat,omitempty"`    // -pub latency, µs
-	Tagged sparse      `json:"tagged,omitempty"` // every message of ours, µs
-	Rounds []RoundSnap `json:"rounds,omitempty"` // broadcast round r at [r-1]
+	Lat    sparse      `json:"lat,omitempty"`     // -pub latency, µs
+	Tagged sparse      `json:"tagged,omitempty"`  // every message of ours, µs
+	HBLate sparse      `json:"hb_late,omitempty"` // heartbeat lateness, µs
+	Rounds []RoundSnap `json:"rounds,omitempty"`  // broadcast round r at [r-1]
 }
 
 // RoundSnap is one broadcast round as one process saw it.

@@ -142,6 +142,7 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 			return 0, errSSEID
 		}
 		e.message(idx, c, &m, now)
+		e.arrived = true // the server's heartbeat wait restarts with a message too
 	case ev.hasID:
 		// An id without data dispatches nothing but sets the last event
 		// id (megacomet opens every stream with one: the cursor).
@@ -150,6 +151,7 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		}
 	case ev.comments > 0 && ev.fields == 0 && !ev.reconnect:
 		e.st.hb++
+		e.arrived = true
 	}
 	return n, nil
 }
@@ -175,6 +177,7 @@ func (e *engine) chunk(c *conn, b []byte, now int64, idx int32) (int, error) {
 	if payload[len(payload)-1] != '\n' {
 		return 0, errLine
 	}
+	e.arrived = true // every line is a heartbeat or a message: either restarts the server's wait
 	for len(payload) > 0 {
 		i := bytes.IndexByte(payload, '\n')
 		line := payload[:i]
@@ -303,6 +306,7 @@ func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
 		return 0, errWSBinary
 	case wsPing:
 		e.st.hb++
+		e.arrived = true // only pings: the server pings every interval, messages or not
 		// RFC 6455 §5.5.3: a Pong in response carries the Ping's payload.
 		e.wbuf = appendWSFrame(e.wbuf[:0], wsPong, f.payload, uint32(e.rand()))
 		if !e.write(idx, c, e.wbuf) {
