@@ -4,12 +4,11 @@ import (
 	"encoding/json"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/megacomet/megacomet/internal/memtrim"
+	"github.com/megacomet/megacomet/internal/procfs"
 	"github.com/shirou/gopsutil/v3/load"
 	"github.com/shirou/gopsutil/v3/mem"
 	"github.com/shirou/gopsutil/v3/process"
@@ -145,7 +144,7 @@ func (m *Manager) sampleOnce() {
 			figs[i].rss = mi.RSS
 		}
 		figs[i].cpu, _ = p.ps.Percent(0)
-		figs[i].pss = readPSS(p.pid)
+		figs[i].pss = procfs.PSS(p.pid)
 	}
 	m.mu.Lock()
 	for i, p := range procs {
@@ -169,7 +168,7 @@ func (m *Manager) sampleOnce() {
 		}
 		cpu, _ = s.self.Percent(0)
 	}
-	pss := readPSS(os.Getpid())
+	pss := procfs.PSS(os.Getpid())
 	s.mu.Lock()
 	s.host, s.rss, s.pss, s.cpu = h, rss, pss, cpu
 	s.mu.Unlock()
@@ -233,22 +232,6 @@ func (m *Manager) Snapshot() Stats {
 		add(p.slot, p)
 	}
 	return st
-}
-
-// readPSS returns a process's proportional set size from smaps_rollup
-// (0 if unavailable).
-func readPSS(pid int) uint64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
-	if err != nil {
-		return 0
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // serveStats answers every connection on the stats socket with the stats

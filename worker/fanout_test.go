@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/internal/loopback"
 	"github.com/megacomet/megacomet/ipc"
 )
 
@@ -62,53 +63,18 @@ func BenchmarkBroadcastFanout(b *testing.B) {
 // faster than this per connection per core.
 func BenchmarkLoopbackFloor(b *testing.B) {
 	needFanoutFiles(b)
-	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	pairs, err := loopback.Open(fanoutConns)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer syscall.Close(ln)
-	loopback := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
-	if err := syscall.Bind(ln, loopback); err != nil {
-		b.Fatal(err)
-	}
-	if err := syscall.Listen(ln, 1024); err != nil {
-		b.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(ln)
-	type pair struct{ srv, cli int }
-	pairs := make([]pair, 0, fanoutConns)
-	defer func() {
-		for _, p := range pairs {
-			syscall.Close(p.srv)
-			syscall.Close(p.cli)
-		}
-	}()
-	for range fanoutConns {
-		cli, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := syscall.Connect(cli, sa); err != nil {
-			b.Fatal(err)
-		}
-		srv, _, err := syscall.Accept(ln)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pairs = append(pairs, pair{srv, cli})
-	}
+	defer loopback.Close(pairs)
 	msg := sseEvent(nowID(), []byte(`{"hello":"world"}`))
 	buf := make([]byte, 4096)
 	cpu := processCPU()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		for _, p := range pairs {
-			if _, err := syscall.Write(p.srv, msg); err != nil {
-				b.Fatal(err)
-			}
-		}
-		for _, p := range pairs {
-			readFull(b, p.cli, buf[:len(msg)])
+		if err := loopback.Round(pairs, msg, buf); err != nil {
+			b.Fatal(err)
 		}
 	}
 	reportPerConn(b, cpu)
@@ -123,11 +89,7 @@ func reportPerConn(b *testing.B, cpu time.Duration) {
 	b.ReportMetric(float64((processCPU()-cpu).Nanoseconds())/n, "cpu-ns/conn")
 }
 
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func processCPU() time.Duration { return loopback.CPU() }
 
 // openSSEFds opens n raw SSE clients without a Go object each and reads
 // their openings.
