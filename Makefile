@@ -12,7 +12,7 @@ BIN     := bin
 export CGO_ENABLED = 0
 LDFLAGS := -s -w
 
-.PHONY: all build megacomet megatest run test test-short deps fuzz bench vet clean install verify-unit
+.PHONY: all build megacomet megatest run test test-short deps fuzz bench microbench megabench soak vet clean install verify-unit
 
 all: build
 
@@ -80,8 +80,28 @@ install: build
 	install -m 0644 README.md docs/PROTOCOL.md $(DESTDIR)$(PREFIX)/share/doc/megacomet/
 	@echo "installed. Next: sysctl --system && systemctl daemon-reload && systemctl enable --now megacomet"
 
-bench:
+# The Go micro-benchmarks (fan-out against the loopback floor, idle
+# connection bytes, parsers).
+microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# megabench runs megacomet and megatest together and writes a report
+# (bench/): make c1m (a million), make bench (100,000 in about a minute),
+# make soak (200,000 for 30 minutes, RSS drift). N=, RATE=, HOLD=,
+# HEARTBEAT=, TRANSPORT=, WORKERS=, BROADCAST=, MEGATEST_FLAGS= override.
+megabench: build
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/megabench ./cmd/megabench
+
+MEGABENCH = ./$(BIN)/megabench -bin $(BIN) -transport $(or $(TRANSPORT),sse) -heartbeat $(or $(HEARTBEAT),15s) \
+	-workers $(or $(WORKERS),0) -megatest-flags "$(MEGATEST_FLAGS)"
+
+bench: megabench
+	$(MEGABENCH) -kind bench -n $(or $(N),100000) -rate $(or $(RATE),20000) -hold $(or $(HOLD),15s) \
+	  -broadcast $(or $(BROADCAST),3) -out bench-report.json
+
+soak: megabench
+	$(MEGABENCH) -kind soak -n $(or $(N),200000) -rate $(or $(RATE),15000) -hold $(or $(HOLD),30m) \
+	  -pub 100 -broadcast $(or $(BROADCAST),30) -round-every 1m -sample 1m -out soak-report.json
 
 clean:
 	rm -rf $(BIN) dist

@@ -463,3 +463,22 @@ func dropTime(_ []string, a slog.Attr) slog.Attr {
 	}
 	return a
 }
+
+// -round-every spaces the broadcast rounds, as a soak wants: three rounds
+// 400 ms apart cannot be over before 800 ms, and each reaches everyone.
+func TestRoundEverySpacesTheRounds(t *testing.T) {
+	f := newFake(t)
+	start := time.Now()
+	s, _ := runMegatest(t, f, "-n 5 -broadcast 3 -round-every 2s -hold 10ms")
+	if took := time.Since(start); took < 4*time.Second {
+		t.Errorf("three rounds 2 s apart took %v", took)
+	}
+	if len(s.BroadcastMs) != 3 {
+		t.Fatalf("%d rounds, want 3", len(s.BroadcastMs))
+	}
+	for i, b := range s.BroadcastMs {
+		if b.Received != 5 {
+			t.Errorf("round %d reached %d of 5", i+1, b.Received)
+		}
+	}
+}

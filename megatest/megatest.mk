@@ -3,10 +3,11 @@
 #
 #   make dist            dist/megatest-linux-amd64 and -arm64: static, ready
 #                        to copy to load boxes, with SHA256SUMS
-#   make c1m             one million connections on this machine: kernel
-#                        tuning, a manager with enough workers, megatest
-#                        with a broadcast; see docs/C1M.md
-#                        (N=, RATE=, BROADCAST=, HOLD=, TRANSPORT= override)
+#   make c1m             one million connections on this machine (megabench:
+#                        kernel tuning, the loopback floor, a manager with
+#                        enough workers, megatest with broadcasts and pings),
+#                        c1m-report.json and its table; see docs/C1M.md
+#                        (N=, RATE=, BROADCAST=, HOLD=, TRANSPORT=, HEARTBEAT= override)
 #   make megatest-fuzz   each megatest fuzz target for 30 s
 
 DIST               ?= dist
@@ -22,8 +23,9 @@ dist:
 	done
 	cd $(DIST) && sha256sum megatest-* > SHA256SUMS
 
-c1m: megacomet megatest
-	BIN=$(BIN) megatest/c1m.sh
+c1m: megabench
+	$(MEGABENCH) -kind c1m -n $(or $(N),1000000) -rate $(or $(RATE),15000) -hold $(or $(HOLD),30s) \
+	  -broadcast $(or $(BROADCAST),3) -out c1m-report.json
 
 megatest-fuzz:
 	@for f in FuzzSSESplit FuzzChunkSplit FuzzHeadSplit FuzzWSSplit FuzzLPSplit FuzzScanMessage; do \

@@ -32,12 +32,13 @@ type Options struct {
 	Channels  int           // -channels: connection i subscribes to channel LETTER-c(i mod N); rounds go to the channels
 	JSON      string        // -json: summary file
 
-	Token     string        // -token: API bearer token
-	Procs     int           // -procs: processes to split over (0 = as the open-file limit needs)
-	Grace     time.Duration // -grace: at the end, how long to wait for published messages still in flight
-	RoundWait time.Duration // -round-wait: how long one broadcast round may take
-	Quiet     bool          // -q: no progress lines
-	Heartbeat time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
+	Token      string        // -token: API bearer token
+	Procs      int           // -procs: processes to split over (0 = as the open-file limit needs)
+	Grace      time.Duration // -grace: at the end, how long to wait for published messages still in flight
+	RoundWait  time.Duration // -round-wait: how long one broadcast round may take
+	RoundEvery time.Duration // -round-every: rounds start at least this far apart (0 = back to back)
+	Quiet      bool          // -q: no progress lines
+	Heartbeat  time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
 
 	// Set by a parent for its children.
 	Child bool   // -child: report snapshots as JSON lines on stdout
@@ -106,6 +107,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.IntVar(&o.Procs, "procs", o.Procs, "processes to split over (0 = as many as the open-file limit needs)")
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "at the end, how long to wait for published messages still in flight")
 	fs.DurationVar(&o.RoundWait, "round-wait", o.RoundWait, "how long one broadcast round may take to reach every connection")
+	fs.DurationVar(&o.RoundEvery, "round-every", o.RoundEvery, "start broadcast rounds at least this far apart, for a soak (0 = back to back)")
 	fs.BoolVar(&o.Quiet, "q", o.Quiet, "no progress lines")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", o.Heartbeat, "the server's comet.heartbeat: heartbeat_lateness_ms is how much longer than this a connection went without a heartbeat (sse, stream: or a message; ws: pings only; lp: not measured; 0 = not measured)")
 	fs.BoolVar(&o.Child, "child", false, "internal: run as a child of a split megatest")
@@ -154,6 +156,8 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -report %s: must be positive", o.Report)
 	case o.Hold < 0:
 		return fmt.Errorf("megatest: -hold %s: must not be negative", o.Hold)
+	case o.RoundEvery < 0:
+		return fmt.Errorf("megatest: -round-every %s: must not be negative", o.RoundEvery)
 	case o.Ping < 0:
 		return fmt.Errorf("megatest: -ping %s: must not be negative", o.Ping)
 	case o.Pub < 0 || o.Broadcast < 0:

@@ -229,10 +229,15 @@ func (r *runner) settle(ctx context.Context) {
 
 // broadcasts runs the -broadcast rounds once the server has answered every
 // connection: publish, wait until every held connection has it (or
-// -round-wait passes), next.
+// -round-wait passes), next - no sooner than -round-every after the last.
 func (r *runner) broadcasts(ctx context.Context) {
 	api, _ := newAPIClient(r.o.API, r.o.Token)
+	var started time.Time
 	for round := 1; round <= r.o.Broadcast; round++ {
+		if wait := time.Until(started.Add(r.o.RoundEvery)); round > 1 && wait > 0 && !sleepCtx(ctx, wait) {
+			return
+		}
+		started = time.Now()
 		expected := r.agg.total(false).Ready
 		var err error
 		if r.o.Channels > 0 {

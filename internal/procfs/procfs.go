@@ -23,6 +23,12 @@ func SlabBytes() uint64 {
 	return kB(string(b), "Slab:")
 }
 
+// MemTotal is the machine's memory (MemTotal in /proc/meminfo).
+func MemTotal() uint64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	return kB(string(b), "MemTotal:")
+}
+
 // CPUTicks is a process's user plus system time in clock ticks
 // (USER_HZ, 100 a second on Linux), or -1 if it is gone.
 func CPUTicks(pid int) int64 {

@@ -1,0 +1,491 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/megacomet/megacomet/internal/loopback"
+	"github.com/megacomet/megacomet/internal/procfs"
+	"github.com/megacomet/megacomet/manager"
+)
+
+// Options are one run's settings; cmd/megabench fills them from flags.
+type Options struct {
+	Kind          string // c1m, bench or soak: the report's name
+	Bin           string // the directory holding megacomet and megatest
+	N             int
+	Rate          int
+	Broadcast     int
+	RoundEvery    time.Duration // one broadcast round per this long (0: back to back)
+	Hold          time.Duration
+	Transport     string
+	Heartbeat     time.Duration
+	Workers       int // 0: enough for N under the open-file limit
+	Pub           int // messages per second to megatest's own ids
+	Sample        time.Duration
+	Port, APIPort int
+	Out           string   // the report's path
+	MegatestFlags []string // more flags for megatest
+	SysctlFile    string   // applied when root, and restored after
+	FloorConns    int
+	FloorRounds   int
+	Log           io.Writer // progress: megatest's lines and ours
+}
+
+// statsEvery is how often the stats socket is read while megatest runs.
+const statsEvery = time.Second
+
+// Run runs it all and returns the report, also written to o.Out.
+func Run(o Options) (*Report, error) {
+	say := func(f string, a ...any) { fmt.Fprintf(o.Log, "== "+f+"\n", a...) }
+	r := &Report{Kind: o.Kind, Date: time.Now().UTC().Format(time.RFC3339), Host: host(), N: o.N,
+		Transport: o.Transport, Heartbeat: o.Heartbeat.String(), HoldS: o.Hold.Seconds()}
+
+	if o.SysctlFile != "" && os.Geteuid() == 0 {
+		restore, err := tune(o.SysctlFile)
+		if err != nil {
+			return nil, err
+		}
+		defer restore()
+		say("kernel tuned from %s (restored at the end)", o.SysctlFile)
+	}
+
+	floor, err := loopback.Floor(o.FloorConns, o.FloorRounds)
+	if err != nil {
+		return nil, err
+	}
+	r.FloorUsPerConn = float64(floor.Nanoseconds()) / 1000
+	r.BroadcastFloorMs = r.FloorUsPerConn * float64(o.N) / float64(runtime.NumCPU()) / 1000
+	say("loopback floor: %.2f µs of CPU per connection (%d connections × %d rounds)", r.FloorUsPerConn, o.FloorConns, o.FloorRounds)
+
+	r.Workers = o.Workers
+	if r.Workers == 0 {
+		per := fileLimit() - 64 // what one worker holds (worker.fdReserve)
+		// SO_REUSEPORT spreads clients by hash, not evenly: 5 % headroom.
+		r.Workers = max(runtime.NumCPU(), (o.N*105/100+per-1)/per)
+	}
+	srv, err := startServer(o, r.Workers)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+	say("manager: %d workers (log %s)", r.Workers, srv.logPath)
+
+	at0 := srv.wait(func(st manager.Stats) bool { return len(st.Workers) == r.Workers && allReady(st) }, time.Minute)
+	if at0 == nil {
+		return nil, fmt.Errorf("the workers did not become ready; see %s", srv.logPath)
+	}
+	// The stats sample process memory once a second: let a fresh sample in.
+	time.Sleep(2 * statsEvery)
+	if st := srv.stats(); st != nil {
+		at0 = st
+	}
+	r.ServerPSSAt0 = serverPSS(at0)
+	slab0 := procfs.SlabBytes()
+	cpu := newCPUAccount(srv.cmd.Process.Pid, at0)
+
+	summaryPath := strings.TrimSuffix(o.Out, ".json") + "-megatest.json"
+	r.MegatestJSON = summaryPath
+	mt, err := startMegatest(o, summaryPath)
+	if err != nil {
+		return nil, err
+	}
+	say("megatest %s", strings.Join(mt.Args[1:], " "))
+
+	var (
+		mu      sync.Mutex
+		heldAt  time.Time
+		samples []Sample
+	)
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() { // the server's side while megatest runs
+		defer close(sampled)
+		tick := time.NewTicker(statsEvery)
+		defer tick.Stop()
+		var nextSample time.Time
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			st := srv.stats()
+			if st == nil {
+				continue
+			}
+			cpu.add(st)
+			mu.Lock()
+			r.ConnectionsHeld = max(r.ConnectionsHeld, st.Connections)
+			held := st.Connections >= uint64(o.N) && st.IDs >= o.N
+			if held {
+				if heldAt.IsZero() {
+					heldAt = time.Now()
+					say("the server holds %d connections", st.Connections)
+				}
+				// Memory at N: the last reading while all N are held.
+				r.ServerPSSAtN = serverPSS(st)
+				r.KernelSlabBytesDelta = int64(procfs.SlabBytes()) - int64(slab0)
+			}
+			if held && o.Sample > 0 && time.Now().After(nextSample) {
+				nextSample = time.Now().Add(o.Sample)
+				samples = append(samples, rssSample(st, srv.cmd.Process.Pid, mt.Process.Pid, time.Since(heldAt)))
+			}
+			mu.Unlock()
+		}
+	}()
+	waitErr := mt.Wait()
+	close(stop)
+	<-sampled
+	if ru, ok := mt.ProcessState.SysUsage().(*syscall.Rusage); ok { // megatest and the children it waited for
+		r.CPUSeconds.Megatest = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+	}
+	r.CPUSeconds.Server = cpu.seconds()
+	if waitErr != nil {
+		return nil, fmt.Errorf("megatest: %v (its summary, if any: %s)", waitErr, summaryPath)
+	}
+	if err := r.addSummary(summaryPath); err != nil {
+		return nil, err
+	}
+	if r.ServerPSSAtN > 0 {
+		r.ServerBytesPerConn = float64(int64(r.ServerPSSAtN)-int64(r.ServerPSSAt0)) / float64(o.N)
+	}
+	r.Samples = samples
+	r.RSSDriftPct = drift(samples, 5*time.Minute)
+	r.judge()
+
+	b, _ := json.MarshalIndent(r, "", "  ")
+	if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// megatestSummary is the part of megatest's summary the report uses.
+type megatestSummary struct {
+	Ready, ClosedUnexpected, ConnectFailed int64
+	ConnectRate                            float64
+	BroadcastMs                            []Round
+	PingMs                                 *Quantiles
+	Pings, PingErrors                      int64
+	HeartbeatLatenessMs                    *Quantiles
+	Published, Lost, Duplicates            int64
+}
+
+func (r *Report) addSummary(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("megatest's summary: %w", err)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("megatest's summary %s: %w", path, err)
+	}
+	var s megatestSummary
+	for key, dst := range map[string]any{
+		"ready": &s.Ready, "closed_unexpected": &s.ClosedUnexpected, "connect_failed": &s.ConnectFailed,
+		"connect_rate": &s.ConnectRate, "broadcast_ms": &s.BroadcastMs, "ping_ms": &s.PingMs, "pings": &s.Pings,
+		"ping_errors": &s.PingErrors, "heartbeat_lateness_ms": &s.HeartbeatLatenessMs,
+		"published": &s.Published, "lost": &s.Lost, "duplicates": &s.Duplicates,
+	} {
+		if v, ok := raw[key]; ok {
+			json.Unmarshal(v, dst)
+		}
+	}
+	r.Ready, r.ClosedUnexpected, r.ConnectFailed, r.ConnectRate = s.Ready, s.ClosedUnexpected, s.ConnectFailed, s.ConnectRate
+	r.BroadcastMs = s.BroadcastMs
+	if s.PingMs != nil {
+		r.PingMs.Quantiles = *s.PingMs
+	}
+	r.PingMs.Pings, r.PingMs.Failures = s.Pings, s.PingErrors
+	if s.HeartbeatLatenessMs != nil {
+		r.HeartbeatLatenessMs = *s.HeartbeatLatenessMs
+	}
+	r.Published, r.Lost, r.Duplicates = s.Published, s.Lost, s.Duplicates
+	for _, b := range r.BroadcastMs {
+		if r.BroadcastFloorMs > 0 {
+			r.BroadcastFloorRatio = max(r.BroadcastFloorRatio, b.Max/r.BroadcastFloorMs)
+			r.BroadcastP50Ratio = max(r.BroadcastP50Ratio, b.P50/r.BroadcastFloorMs)
+		}
+	}
+	return nil
+}
+
+// server is a running manager.
+type server struct {
+	cmd     *exec.Cmd
+	dir     string
+	socket  string
+	logPath string
+	done    chan struct{}
+}
+
+func startServer(o Options, workers int) (*server, error) {
+	dir, err := os.MkdirTemp("", "megabench-")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{dir: dir, socket: filepath.Join(dir, "stats.sock"), logPath: filepath.Join(dir, "server.log"), done: make(chan struct{})}
+	cfg := fmt.Sprintf(`[server]
+listen = "127.0.0.1:%d"
+workers = %d
+[api]
+listen = "127.0.0.1:%d"
+[comet]
+heartbeat = %q
+[manager]
+socket = %q
+pid_file = %q
+`, o.Port, workers, o.APIPort, o.Heartbeat.String(), s.socket, filepath.Join(dir, "megacomet.pid"))
+	cfgPath := filepath.Join(dir, "megacomet.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(s.logPath)
+	if err != nil {
+		return nil, err
+	}
+	s.cmd = exec.Command(filepath.Join(o.Bin, "megacomet"), "-config", cfgPath)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	if err := s.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start the manager: %w", err)
+	}
+	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
+	return s, nil
+}
+
+func (s *server) stats() *manager.Stats {
+	b, err := manager.FetchStats(s.socket, 5*time.Second)
+	if err != nil {
+		return nil
+	}
+	var st manager.Stats
+	if json.Unmarshal(b, &st) != nil {
+		return nil
+	}
+	return &st
+}
+
+// wait polls the stats until ok says yes, the manager exits, or timeout.
+func (s *server) wait(ok func(manager.Stats) bool, timeout time.Duration) *manager.Stats {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return nil
+		default:
+		}
+		if st := s.stats(); st != nil && ok(*st) {
+			return st
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return nil
+}
+
+// stop stops the manager (SIGTERM; its workers hand their clients over)
+// and removes its directory, keeping the log when it failed.
+func (s *server) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(2 * time.Minute):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+	if s.cmd.ProcessState != nil && s.cmd.ProcessState.Success() {
+		os.RemoveAll(s.dir)
+	}
+}
+
+func allReady(st manager.Stats) bool {
+	for _, w := range st.Workers {
+		if w.State != "ready" {
+			return false
+		}
+	}
+	return len(st.Workers) > 0
+}
+
+func serverPSS(st *manager.Stats) uint64 {
+	n := st.Manager.PSSBytes
+	for _, w := range st.Workers {
+		n += w.PSSBytes
+	}
+	return n
+}
+
+func startMegatest(o Options, summary string) (*exec.Cmd, error) {
+	args := []string{"a", "127.0.0.1", "-port", strconv.Itoa(o.Port), "-api", fmt.Sprintf("127.0.0.1:%d", o.APIPort),
+		"-transport", o.Transport, "-n", strconv.Itoa(o.N), "-rate", strconv.Itoa(o.Rate),
+		"-hold", o.Hold.String(), "-heartbeat", o.Heartbeat.String(), "-ping", "100ms", "-report", "5s", "-json", summary}
+	if o.Broadcast > 0 {
+		args = append(args, "-broadcast", strconv.Itoa(o.Broadcast), "-round-wait", "60s")
+		if o.RoundEvery > 0 {
+			args = append(args, "-round-every", o.RoundEvery.String())
+		}
+	}
+	if o.Pub > 0 {
+		args = append(args, "-pub", strconv.Itoa(o.Pub))
+	}
+	cmd := exec.Command(filepath.Join(o.Bin, "megatest"), append(args, o.MegatestFlags...)...)
+	cmd.Stdout, cmd.Stderr = o.Log, o.Log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start megatest: %w", err)
+	}
+	return cmd, nil
+}
+
+// cpuAccount adds up the CPU time of every server process seen: the
+// manager and each worker pid, from its first reading to its last.
+type cpuAccount struct {
+	mu          sync.Mutex
+	first, last map[int]int64 // CPU ticks by pid
+	managerPID  int
+}
+
+func newCPUAccount(managerPID int, st *manager.Stats) *cpuAccount {
+	c := &cpuAccount{first: map[int]int64{}, last: map[int]int64{}, managerPID: managerPID}
+	c.add(st)
+	return c
+}
+
+func (c *cpuAccount) add(st *manager.Stats) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pids := []int{c.managerPID}
+	for _, w := range st.Workers {
+		pids = append(pids, w.PID)
+	}
+	for _, pid := range pids {
+		t := procfs.CPUTicks(pid)
+		if t < 0 {
+			continue
+		}
+		if _, ok := c.first[pid]; !ok {
+			c.first[pid] = t
+		}
+		c.last[pid] = t
+	}
+}
+
+func (c *cpuAccount) seconds() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ticks int64
+	for pid, f := range c.first {
+		ticks += c.last[pid] - f
+	}
+	return float64(ticks) / procfs.TicksPerSecond
+}
+
+// rssSample reads the RSS of every process of both sides.
+func rssSample(st *manager.Stats, managerPID, megatestPID int, at time.Duration) Sample {
+	s := Sample{AtS: at.Seconds(), RSSBytes: map[string]uint64{}}
+	put := func(name string, pid int) {
+		if rss := procfs.RSS(pid); rss > 0 {
+			s.RSSBytes[name] = rss
+			s.Total += rss
+		}
+	}
+	put("manager", managerPID)
+	for _, w := range st.Workers {
+		put("worker"+strconv.Itoa(w.Slot), w.PID)
+	}
+	put("megatest", megatestPID)
+	kids := procfs.Children(megatestPID)
+	sort.Ints(kids)
+	for i, pid := range kids {
+		put("megatest"+strconv.Itoa(i+1), pid)
+	}
+	return s
+}
+
+// drift is the change in total RSS, in percent, from the first sample at
+// or after from to the last one (from the first when the run was shorter).
+func drift(samples []Sample, from time.Duration) float64 {
+	if len(samples) < 2 {
+		return 0
+	}
+	start := samples[0]
+	for _, s := range samples {
+		if s.AtS >= from.Seconds() {
+			start = s
+			break
+		}
+	}
+	end := samples[len(samples)-1]
+	if start.Total == 0 {
+		return 0
+	}
+	return 100 * (float64(end.Total) - float64(start.Total)) / float64(start.Total)
+}
+
+// tune applies a sysctl.d file and returns what puts the old values back.
+func tune(path string) (func(), error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	old := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		key, _, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		key = strings.TrimSpace(key)
+		b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
+		if err == nil {
+			old[key] = strings.Join(strings.Fields(string(b)), " ")
+		}
+	}
+	if out, err := exec.Command("sysctl", "-q", "-p", path).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("sysctl -p %s: %v: %s", path, err, out)
+	}
+	return func() {
+		for key, v := range old {
+			os.WriteFile("/proc/sys/"+strings.ReplaceAll(key, ".", "/"), []byte(v), 0o644)
+		}
+	}, nil
+}
+
+func fileLimit() int {
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) != nil {
+		return 1024
+	}
+	return int(min(rl.Max, 1<<30))
+}
+
+func host() string {
+	var u syscall.Utsname
+	syscall.Uname(&u)
+	release := make([]byte, 0, len(u.Release))
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		release = append(release, byte(c))
+	}
+	mem := procfs.MemTotal()
+	return fmt.Sprintf("Linux %s, %d CPUs, %.0f GiB", release, runtime.NumCPU(), float64(mem)/(1<<30))
+}

@@ -1,0 +1,50 @@
+// Command megabench runs megacomet and megatest together on this machine
+// and reports what the connections cost (make c1m, make bench, make soak);
+// see bench/.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/megacomet/megacomet/bench"
+)
+
+func main() {
+	o := bench.Options{Log: os.Stdout}
+	fs := flag.NewFlagSet("megabench", flag.ContinueOnError)
+	fs.StringVar(&o.Kind, "kind", "c1m", "the report's name: c1m, bench or soak")
+	fs.StringVar(&o.Bin, "bin", "bin", "directory with the megacomet and megatest binaries")
+	fs.IntVar(&o.N, "n", 1000000, "connections")
+	fs.IntVar(&o.Rate, "rate", 15000, "new connections per second")
+	fs.IntVar(&o.Broadcast, "broadcast", 3, "broadcast rounds")
+	fs.DurationVar(&o.RoundEvery, "round-every", 0, "one broadcast round per this long (0 = back to back)")
+	fs.DurationVar(&o.Hold, "hold", 30*time.Second, "how long megatest holds the connections once answered")
+	fs.StringVar(&o.Transport, "transport", "sse", "sse, ws, stream or lp")
+	fs.DurationVar(&o.Heartbeat, "heartbeat", 15*time.Second, "the server's comet.heartbeat")
+	fs.IntVar(&o.Workers, "workers", 0, "workers (0 = enough for -n under the open-file limit)")
+	fs.IntVar(&o.Pub, "pub", 0, "messages per second published to megatest's ids")
+	fs.DurationVar(&o.Sample, "sample", 0, "sample every process's RSS this often while held (0 = off)")
+	fs.IntVar(&o.Port, "port", 8000, "client port")
+	fs.IntVar(&o.APIPort, "api-port", 9000, "API port")
+	fs.StringVar(&o.Out, "out", "c1m-report.json", "where the report goes")
+	fs.StringVar(&o.SysctlFile, "sysctl", "etc/sysctl.d/60-megacomet.conf", "kernel tuning applied when root, restored after (\"\" = none)")
+	fs.IntVar(&o.FloorConns, "floor-conns", 5000, "connections of the loopback floor probe")
+	fs.IntVar(&o.FloorRounds, "floor-rounds", 20, "rounds of the loopback floor probe")
+	extra := fs.String("megatest-flags", "", "more megatest flags, space-separated")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	o.MegatestFlags = strings.Fields(*extra)
+	r, err := bench.Run(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "megabench:", err)
+		os.Exit(1)
+	}
+	fmt.Println()
+	r.Table(os.Stdout)
+	fmt.Printf("report: %s\n", o.Out)
+}
