@@ -146,5 +146,8 @@ func (d *DeliverReader) Next() byte {
 	}
 }
 
+// Rest is what of the payload Next has not decoded yet.
+func (d *DeliverReader) Rest() []byte { return d.r.b }
+
 // Err reports a corrupt payload once Next has returned 0.
 func (d *DeliverReader) Err() error { return d.r.err }

@@ -47,11 +47,13 @@ type Counts struct {
 	// TicksOverBudget counts ticks that left due timers (heartbeats) for
 	// the next tick, to serve the loop's other events first.
 	TicksOverBudget uint64
+	// FanOutPauses counts broadcasts that paused to let other events in.
+	FanOutPauses uint64
 }
 
-func (c *Counts) fields() [13]*uint64 {
+func (c *Counts) fields() [14]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
-		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget}
+		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses}
 }
 
 // AppendCounts appends a Counts frame.

@@ -42,6 +42,7 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_silent_closed_total", "WebSocket clients a worker closed for not answering its pings."},
 	{"worker_loop_lag_seconds", "The worst lateness of a worker's event loop in the last second."},
 	{"worker_ticks_over_budget_total", "Ticks of a worker that left due heartbeats for the next one, to serve other events first."},
+	{"worker_fan_out_pauses_total", "Broadcasts a worker paused to serve new connections, requests and timers first."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -97,6 +98,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_silent_closed_total", float64(w.SilentClosed), l...)
 		put("worker_loop_lag_seconds", float64(w.LoopLagMs)/1000, l...)
 		put("worker_ticks_over_budget_total", float64(w.TicksOverBudget), l...)
+		put("worker_fan_out_pauses_total", float64(w.FanOutPauses), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

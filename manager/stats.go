@@ -66,6 +66,9 @@ type WorkerStats struct {
 	// TicksOverBudget counts ticks that left due heartbeats for the next
 	// one, to answer new connections and messages first.
 	TicksOverBudget uint64 `json:"ticks_over_budget"`
+	// FanOutPauses counts broadcasts that paused to let new connections,
+	// requests and timers in.
+	FanOutPauses uint64 `json:"fan_out_pauses"`
 }
 
 // ManagerStats describes the manager process.
@@ -210,7 +213,7 @@ func (m *Manager) Snapshot() Stats {
 			c := p.counts
 			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
-			ws.SilentClosed, ws.LoopLagMs, ws.TicksOverBudget = c.SilentClosed, c.LoopLagMs, c.TicksOverBudget
+			ws.SilentClosed, ws.LoopLagMs, ws.TicksOverBudget, ws.FanOutPauses = c.SilentClosed, c.LoopLagMs, c.TicksOverBudget, c.FanOutPauses
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

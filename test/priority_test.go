@@ -87,37 +87,12 @@ func withInput(fds []int) (n int) {
 	return n
 }
 
-// The issue's priority rule: a worker busy with the heartbeats of ~20,000
-// connections still answers a new connection before it has written them
-// all. The worker is stopped for two heartbeat intervals, so that when it
-// goes on every one of its 19,000 connections' heartbeats is due at once;
-// as soon as the first of them arrives, a new client connects and asks
-// /ping. Its answer must come while most of the heartbeats are still to be
-// written - and then every heartbeat must still arrive: late, not dropped.
-func TestNewConnectionBeforeAHeartbeatBacklog(t *testing.T) {
-	if testing.Short() {
-		t.Skip("19,000 connections")
-	}
-	const n = 19000 // what one worker and this process can hold under a 20,000-file limit
-	s := testutil.Start(t, map[string]string{"server": "workers = 1", "comet": `heartbeat = "1s"`})
-	fds := rawSSE(t, s.Listen, "hb", n)
-	st := waitHeld(t, s, n, 3*time.Minute)
-	worker := st.Workers[0].PID
-
-	if err := syscall.Kill(worker, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := time.Now()
-	t.Cleanup(func() { syscall.Kill(worker, syscall.SIGCONT) })
-	drain(fds) // nothing more arrives while it is stopped
-	for time.Since(stopped) < 2500*time.Millisecond {
-		time.Sleep(100 * time.Millisecond) // the scenario: two intervals and more
-	}
-	drain(fds)
-	if got := withInput(fds); got != 0 {
-		t.Fatalf("%d sockets got bytes from a stopped worker", got)
-	}
-
+// answeredDuring starts a backlog of writes to every one of fds (start),
+// waits for the first of them to arrive, then connects a new client and
+// asks /ping: it returns how many of fds had their write when the answer
+// came.
+func answeredDuring(t *testing.T, s *testutil.Server, fds []int, start func()) int {
+	t.Helper()
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -126,15 +101,15 @@ func TestNewConnectionBeforeAHeartbeatBacklog(t *testing.T) {
 	for _, fd := range fds {
 		unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
 	}
-	syscall.Kill(worker, syscall.SIGCONT)
+	start()
 	events := make([]unix.EpollEvent, 1)
-	for { // the backlog has begun: the first heartbeat is here
+	for { // the backlog has begun: the first write is here
 		m, err := unix.EpollWait(ep, events, 120_000)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil || m == 0 {
-			t.Fatalf("no heartbeat after the worker went on: %v", err)
+			t.Fatalf("nothing arrived: %v", err)
 		}
 		break
 	}
@@ -149,23 +124,79 @@ func TestNewConnectionBeforeAHeartbeatBacklog(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("ping during the backlog: %v %v", resp, err)
 	}
-	sent := withInput(fds)
-	ping.Close()
-	t.Logf("the new connection was answered when %d of %d due heartbeats had arrived", sent, n)
-	if sent > n/2 {
-		t.Errorf("the new connection was answered only after %d of the %d heartbeats due: heartbeats first", sent, n)
+	return withInput(fds)
+}
+
+// The issue's priority rule: a worker busy with the heartbeats of ~20,000
+// connections still answers a new connection before it has written them
+// all. The worker is stopped for two heartbeat intervals, so that when it
+// goes on every one of its 19,000 connections' heartbeats is due at once;
+// as soon as the first of them arrives, a new client connects and asks
+// /ping. Its answer must come while most of the heartbeats are still to be
+// written - and then every heartbeat must still arrive: late, not dropped.
+// The same holds for a broadcast to all of them.
+func TestNewConnectionBeforeABacklog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("19,000 connections")
 	}
-	// Late, not dropped: every connection gets its heartbeat.
-	testutil.CheckFor(t, 2*time.Minute, func() error {
-		if got := withInput(fds); got != n {
-			time.Sleep(50 * time.Millisecond) // a scan is 19,000 syscalls: leave the worker the CPU
-			return fmt.Errorf("%d of %d connections got their heartbeat", got, n)
+	const n = 19000 // what one worker and this process can hold under a 20,000-file limit
+	t.Run("heartbeats", func(t *testing.T) {
+		s := testutil.Start(t, map[string]string{"server": "workers = 1", "comet": `heartbeat = "1s"`})
+		fds := rawSSE(t, s.Listen, "hb", n)
+		worker := waitHeld(t, s, n, 3*time.Minute).Workers[0].PID
+		if err := syscall.Kill(worker, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
 		}
-		return nil
+		stopped := time.Now()
+		t.Cleanup(func() { syscall.Kill(worker, syscall.SIGCONT) })
+		drain(fds) // nothing more arrives while it is stopped
+		for time.Since(stopped) < 2500*time.Millisecond {
+			time.Sleep(100 * time.Millisecond) // the scenario: two intervals and more
+		}
+		drain(fds)
+		if got := withInput(fds); got != 0 {
+			t.Fatalf("%d sockets got bytes from a stopped worker", got)
+		}
+		sent := answeredDuring(t, s, fds, func() { syscall.Kill(worker, syscall.SIGCONT) })
+		t.Logf("the new connection was answered when %d of %d due heartbeats had arrived", sent, n)
+		if sent > n/2 {
+			t.Errorf("the new connection was answered only after %d of the %d heartbeats due: heartbeats first", sent, n)
+		}
+		everyOneGets(t, fds)
+		s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+			if w := st.Workers[0]; w.TicksOverBudget == 0 || w.Connections != n {
+				return fmt.Errorf("ticks_over_budget %d, %d connections", w.TicksOverBudget, w.Connections)
+			}
+			return nil
+		})
 	})
-	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
-		if w := st.Workers[0]; w.TicksOverBudget == 0 || w.Connections != n {
-			return fmt.Errorf("ticks_over_budget %d, %d connections", w.TicksOverBudget, w.Connections)
+	t.Run("broadcast", func(t *testing.T) {
+		s := testutil.Start(t, map[string]string{"server": "workers = 1", "comet": `heartbeat = "1h"`})
+		fds := rawSSE(t, s.Listen, "bc", n)
+		waitHeld(t, s, n, 3*time.Minute)
+		drain(fds) // the openings
+		sent := answeredDuring(t, s, fds, func() { publish(t, s.API, `{"broadcast":true,"data":"to all"}`) })
+		t.Logf("the new connection was answered when %d of %d had the broadcast", sent, n)
+		if sent > n/2 {
+			t.Errorf("the new connection was answered only after %d of the %d got the broadcast: the broadcast first", sent, n)
+		}
+		everyOneGets(t, fds)
+		s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+			if w := st.Workers[0]; w.FanOutPauses == 0 {
+				return fmt.Errorf("fan_out_pauses %d", w.FanOutPauses)
+			}
+			return nil
+		})
+	})
+}
+
+// everyOneGets waits until every socket has its write: late, not dropped.
+func everyOneGets(t *testing.T, fds []int) {
+	t.Helper()
+	testutil.CheckFor(t, 2*time.Minute, func() error {
+		if got := withInput(fds); got != len(fds) {
+			time.Sleep(50 * time.Millisecond) // a scan is 19,000 syscalls: leave the worker the CPU
+			return fmt.Errorf("%d of %d connections got it", got, len(fds))
 		}
 		return nil
 	})

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/megacomet/megacomet/ipc"
 )
@@ -22,25 +23,33 @@ type rendered struct {
 	buf []byte
 }
 
-// deliverFrame hands a Deliver frame's messages to the clients it names.
-func (w *Worker) deliverFrame(p []byte) {
+// deliverFrame hands a Deliver frame's messages to the clients it names,
+// until the loop's budget for it runs out (deadline): a broadcast to
+// thousands of connections then pauses, and the rest of the frame waits in
+// the delivery queue (queue.go) so that new connections, pings and timers
+// are served between slices of it. It reports whether it got to the end.
+func (w *Worker) deliverFrame(p []byte, deadline time.Time) bool {
 	d := ipc.NewDeliverReader(p)
 	for {
 		switch d.Next() {
 		case ipc.RecMsg:
-			w.fanOut(&d.Msg)
+			if !w.fanOut(&d.Msg, deadline) {
+				w.pauseFrame(d.Rest())
+				return false
+			}
 		case ipc.RecReplay:
 			w.replay(&d.Replay)
 		default:
 			if err := d.Err(); err != nil {
 				w.log.Error("corrupt deliver frame from the manager", "err", err)
 			}
-			return
+			return true
 		}
 	}
 }
 
-func (w *Worker) fanOut(m *ipc.Msg) {
+// fanOut delivers one message; false when a broadcast paused (w.bcast).
+func (w *Worker) fanOut(m *ipc.Msg, deadline time.Time) bool {
 	switch m.Kind {
 	case ipc.KindIDs:
 		for id, ok := m.NextID(); ok; id, ok = m.NextID() {
@@ -55,19 +64,52 @@ func (w *Worker) fanOut(m *ipc.Msg) {
 			w.push(cc, m.ID, m.Body)
 		}
 	case ipc.KindBroadcast:
-		// Every connection is in the timing wheel. push may move one to
-		// a later slot (a long-poll answered goes back to reading): met
-		// again there, it is no longer subscribed, or its cursor is past.
-		for i := range w.wheel {
-			for cc := w.wheel[i]; cc != nil; {
-				next := cc.wnext
-				if cc.id != "" {
-					w.push(cc, m.ID, m.Body)
-				}
-				cc = next
-			}
+		w.bcast = broadcast{id: m.ID, body: m.Body, epoch: w.byID.epoch}
+		return w.broadcastOn(deadline)
+	}
+	return true
+}
+
+// broadcast is a broadcast being fanned out: the next slot of the id index
+// to walk. Every subscribed connection is in the index; push is a no-op for
+// one that has the message already (its cursor), so a walk that paused may
+// walk a slot again - and walks from the start after the index resized.
+type broadcast struct {
+	id     uint64
+	body   []byte // owned by the queue once paused
+	slot   int
+	epoch  uint32
+	active bool
+}
+
+// broadcastOn walks the index from w.bcast.slot until the end (true) or
+// the deadline (false: w.bcast is left active to resume).
+func (w *Worker) broadcastOn(deadline time.Time) bool {
+	b := &w.bcast
+	if b.epoch != w.byID.epoch {
+		b.slot, b.epoch = 0, w.byID.epoch
+	}
+	b.active = true
+	for n := 0; b.slot < len(w.byID.slots); b.slot++ {
+		head := w.byID.slots[b.slot]
+		if head == nil || head == tombstone {
+			continue
+		}
+		if n > fanOutCheck && time.Now().After(deadline) {
+			return false // this slot again next time
+		}
+		for cc := head; cc != nil; {
+			next := cc.inext // push may unsubscribe cc
+			w.push(cc, b.id, b.body)
+			cc = next
+			n++
+		}
+		if w.byID.epoch != b.epoch { // a push unsubscribed the last of an id and shrank the index
+			b.slot, b.epoch = -1, w.byID.epoch
 		}
 	}
+	b.active, b.body = false, nil
+	return true
 }
 
 // push writes one live or replayed message to cc, once and in order.

@@ -19,7 +19,7 @@ const fanoutConns = 5000
 // needFanoutFiles skips a benchmark that cannot open both ends of
 // fanoutConns connections under this process's open-file limit (Go raises
 // the soft limit to the hard one at start).
-func needFanoutFiles(b *testing.B) {
+func needFanoutFiles(b testing.TB) {
 	var rl syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < 2*fanoutConns+256 {
 		b.Skipf("needs %d open files, the limit is %d", 2*fanoutConns+256, rl.Cur)
@@ -93,7 +93,7 @@ func processCPU() time.Duration { return loopback.CPU() }
 
 // openSSEFds opens n raw SSE clients without a Go object each and reads
 // their openings.
-func openSSEFds(b *testing.B, h *harness, n int) []int {
+func openSSEFds(b testing.TB, h *harness, n int) []int {
 	reqs := make([][]byte, n)
 	for j := range reqs {
 		reqs[j] = []byte("GET /sse/fan" + strconv.Itoa(j) + " HTTP/1.1\r\n\r\n")

@@ -13,6 +13,7 @@ type idIndex struct {
 	live  int     // entries
 	used  int     // entries and tombstones
 	seed  maphash.Seed
+	epoch uint32 // counts resizes: a walk over slots that paused restarts after one
 }
 
 // tombstone marks a deleted slot, so probe chains stay intact.
@@ -108,6 +109,7 @@ func (x *idIndex) resize(n int) {
 	}
 	old := x.slots
 	x.slots, x.live, x.used = make([]*conn, size), 0, 0
+	x.epoch++
 	if x.seed == (maphash.Seed{}) {
 		x.seed = maphash.MakeSeed()
 	}

@@ -138,6 +138,9 @@ type Worker struct {
 	body    []byte
 	renders [renders]rendered
 
+	bcast  broadcast // a broadcast fanning out (deliver.go)
+	delivQ [][]byte  // Deliver payloads waiting behind it (queue.go)
+
 	pong, pongHead []byte // /ping's answers, with this config's CORS header
 	corsAny        bool
 	origins        map[string]struct{}
@@ -418,6 +421,10 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
 	behind := w.advance(w.tick)
+	if w.bcast.active || len(w.delivQ) > 0 {
+		behind = w.deliverQueued() || behind
+		w.flushPresence()
+	}
 	if w.draining {
 		w.drainStep()
 	}
@@ -499,7 +506,7 @@ func (w *Worker) sendFatal(err error) {
 func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 	switch t {
 	case ipc.TypeDeliver:
-		w.deliverFrame(p)
+		w.deliver(p)
 	case ipc.TypeStop:
 		w.stop()
 	case ipc.TypeDrain:
