@@ -88,6 +88,7 @@ type Report struct {
 	RSSDriftPct  float64  `json:"rss_drift_pct"`         // soak: total RSS, 5th minute to the end
 	HoldS        float64  `json:"hold_s"`
 	MegatestJSON string   `json:"megatest_summary"` // where megatest's own summary is
+	ServerLog    string   `json:"server_log"`       // the manager's and workers' log
 
 	Targets []Target `json:"targets"`
 }

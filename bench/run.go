@@ -80,12 +80,13 @@ func Run(o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer srv.stop()
-	say("manager: %d workers (log %s)", r.Workers, srv.logPath)
+	r.ServerLog = strings.TrimSuffix(o.Out, ".json") + "-server.log"
+	defer srv.stop(r.ServerLog)
+	say("manager: %d workers (log %s, kept as %s)", r.Workers, srv.logPath, r.ServerLog)
 
 	at0 := srv.wait(func(st manager.Stats) bool { return len(st.Workers) == r.Workers && allReady(st) }, time.Minute)
 	if at0 == nil {
-		return nil, fmt.Errorf("the workers did not become ready; see %s", srv.logPath)
+		return nil, fmt.Errorf("the workers did not become ready; see %s", r.ServerLog)
 	}
 	// The stats sample process memory once a second: let a fresh sample in.
 	time.Sleep(2 * statsEvery)
@@ -296,9 +297,9 @@ func (s *server) wait(ok func(manager.Stats) bool, timeout time.Duration) *manag
 	return nil
 }
 
-// stop stops the manager (SIGTERM; its workers hand their clients over)
-// and removes its directory, keeping the log when it failed.
-func (s *server) stop() {
+// stop stops the manager (SIGTERM; its workers hand their clients over),
+// keeps its log at keepLog and removes its directory.
+func (s *server) stop(keepLog string) {
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.done:
@@ -306,9 +307,11 @@ func (s *server) stop() {
 		s.cmd.Process.Kill()
 		<-s.done
 	}
-	if s.cmd.ProcessState != nil && s.cmd.ProcessState.Success() {
-		os.RemoveAll(s.dir)
+	if err := os.Rename(s.logPath, keepLog); err != nil {
+		b, _ := os.ReadFile(s.logPath)
+		os.WriteFile(keepLog, b, 0o644)
 	}
+	os.RemoveAll(s.dir)
 }
 
 func allReady(st manager.Stats) bool {

@@ -118,18 +118,19 @@ type Worker struct {
 	ticks        atomic.Uint32          // onTick calls, for tests
 	tickHook     atomic.Pointer[func()] // tests: runs at the start of each tick, on the loop
 
-	wheel     [wheelSize]*conn // timers (wheel.go)
-	wheelAt   uint32           // last tick the wheel has fired
-	tick      uint32           // now, in ticks
-	live      uint32           // ticks the loop kept up: tick minus the loop's own lag (clock.go)
-	liveFor   time.Duration    // live, exactly
-	tickAt    time.Duration    // when the last tick ran
-	asked     uint32           // the tick period last asked of evio, in ticks
-	lagMax    time.Duration    // the worst lateness of a tick since the last counts
-	hbTicks   uint32
-	pollTicks uint32
-	reqTicks  uint32 // server.header_timeout
-	rng       uint32
+	wheel       [wheelSize]*conn // timers (wheel.go)
+	wheelAt     uint32           // last tick the wheel has fired
+	tick        uint32           // now, in ticks
+	live        uint32           // ticks the loop kept up: tick minus the loop's own lag (clock.go)
+	liveFor     time.Duration    // live, exactly
+	tickAt      time.Duration    // when the last tick ran
+	asked       uint32           // the tick period last asked of evio, in ticks
+	behindAsked bool             // the last tick asked for tickBehind: work is left over
+	lagMax      time.Duration    // the worst lateness of a tick since the last counts
+	hbTicks     uint32
+	pollTicks   uint32
+	reqTicks    uint32 // server.header_timeout
+	rng         uint32
 
 	// Scratch buffers reused by every request and message.
 	req     request
@@ -404,6 +405,10 @@ func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {
 	}
 	switch cc.kind {
 	case kindCtl, kindCtlPending:
+		if in == nil {
+			w.ctlWoken(cc) // queue.go
+			return nil, evio.None
+		}
 		return nil, w.ctlData(cc, in)
 	}
 	if in == nil {
@@ -421,8 +426,8 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
 	behind := w.advance(w.tick)
-	if w.bcast.active || len(w.delivQ) > 0 {
-		behind = w.deliverQueued() || behind
+	if w.deliverQueued() { // a backstop: wakeCtl normally comes first
+		behind = true
 		w.flushPresence()
 	}
 	if w.draining {
@@ -444,6 +449,7 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 		w.flushIPC()
 		return 0, evio.Shutdown
 	}
+	w.behindAsked = behind
 	if behind {
 		return w.askTick(tickBehind), evio.None
 	}
