@@ -64,39 +64,63 @@ func (w *Worker) fanOut(m *ipc.Msg, deadline time.Time) bool {
 			w.push(cc, m.ID, m.Body)
 		}
 	case ipc.KindBroadcast:
-		w.bcast = broadcast{id: m.ID, body: m.Body, epoch: w.byID.epoch}
+		w.bcast = broadcast{id: m.ID, body: m.Body, from: w.wheelAt + 1, epoch: w.byID.epoch}
 		return w.broadcastOn(deadline)
 	}
 	return true
 }
 
-// broadcast is a broadcast being fanned out: the next slot of the id index
-// to walk. Every subscribed connection is in the index; push is a no-op for
-// one that has the message already (its cursor), so a walk that paused may
-// walk a slot again - and walks from the start after the index resized.
+// broadcast is a broadcast being fanned out, in two walks that can each
+// pause and resume. First the timing wheel from the next slot due: a
+// streaming connection's timer is its next heartbeat, so the connections
+// whose heartbeat is due soonest get the message first - and the message
+// is their heartbeat (heartbeat skips a connection written to within the
+// interval), so a broadcast neither makes heartbeats late nor costs one
+// more write each. A connection can move to a slot the walk has passed
+// while it is paused, so then the id index, where every subscribed
+// connection is: push is a no-op for one that has the message (its
+// cursor), so that walk writes only to those the first one missed, and it
+// starts over after the index resized.
 type broadcast struct {
 	id     uint64
 	body   []byte // owned by the queue once paused
-	slot   int
-	epoch  uint32
+	from   uint32 // the wheel slot the first walk started at
+	walked int    // wheel slots walked; wheelSize: on to the index
+	slot   int    // the next id index slot
+	epoch  uint32 // the index's epoch when slot was taken
 	active bool
 }
 
-// broadcastOn walks the index from w.bcast.slot until the end (true) or
-// the deadline (false: w.bcast is left active to resume).
+// broadcastOn goes on walking until the end (true) or the deadline
+// (false: w.bcast is left active, to resume where it was).
 func (w *Worker) broadcastOn(deadline time.Time) bool {
 	b := &w.bcast
+	b.active = true
+	n := 0
+	due := func() bool { return n > fanOutCheck && time.Now().After(deadline) }
+	for ; b.walked < wheelSize; b.walked++ {
+		if due() {
+			return false // this slot again next time
+		}
+		for cc := w.wheel[(b.from+uint32(b.walked))&wheelMask]; cc != nil; {
+			next := cc.wnext // push may move cc to another slot
+			if cc.id != "" {
+				w.push(cc, b.id, b.body)
+				n++
+			}
+			cc = next
+		}
+	}
 	if b.epoch != w.byID.epoch {
 		b.slot, b.epoch = 0, w.byID.epoch
 	}
-	b.active = true
-	for n := 0; b.slot < len(w.byID.slots); b.slot++ {
+	for ; b.slot < len(w.byID.slots); b.slot++ {
 		head := w.byID.slots[b.slot]
 		if head == nil || head == tombstone {
 			continue
 		}
-		if n > fanOutCheck && time.Now().After(deadline) {
-			return false // this slot again next time
+		if due() {
+			return false
 		}
 		for cc := head; cc != nil; {
 			next := cc.inext // push may unsubscribe cc
