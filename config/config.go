@@ -27,7 +27,29 @@ type Options struct {
 	API     API     `toml:"api" json:"api"`
 	Manager Manager `toml:"manager" json:"manager"`
 	Comet   Comet   `toml:"comet" json:"comet"`
+	Auth    Auth    `toml:"auth" json:"auth"`
 }
+
+// Auth configures client tokens (JWT, see auth/): one of a shared secret
+// (HS256) or a public key file (RS256 or ES256, for an issuer that keeps
+// the private key). Required defaults to true once either is set.
+type Auth struct {
+	Secret    string `toml:"secret" json:"secret"`
+	PublicKey string `toml:"public_key" json:"public_key"` // a PEM file
+	Required  bool   `toml:"required" json:"required"`
+	Cookie    string `toml:"cookie" json:"cookie"` // a cookie that may carry the token
+
+	// PublicKeyPEM is the public_key file's contents, read by Load, so a
+	// worker gets the key with its config instead of reading the file.
+	PublicKeyPEM string `toml:"-" json:"public_key_pem"`
+}
+
+// On reports whether client tokens are checked.
+func (a *Auth) On() bool { return a.Secret != "" || a.PublicKeyPEM != "" }
+
+// MinSecret is the shortest auth.secret accepted: HS256's key should be as
+// long as its hash, 256 bits.
+const MinSecret = 32
 
 // Server configures the client port and the worker processes behind it.
 type Server struct {
@@ -168,6 +190,16 @@ func (o *Options) decode(b []byte) error {
 	if !md.IsDefined("server", "allowed_origins") {
 		o.Server.AllowedOrigins = Default().Server.AllowedOrigins
 	}
+	if o.Auth.PublicKey != "" {
+		b, err := os.ReadFile(o.Auth.PublicKey)
+		if err != nil {
+			return fmt.Errorf("auth.public_key: %v", err)
+		}
+		o.Auth.PublicKeyPEM = string(b)
+	}
+	if !md.IsDefined("auth", "required") {
+		o.Auth.Required = o.Auth.Secret != "" || o.Auth.PublicKey != ""
+	}
 	return nil
 }
 
@@ -242,7 +274,40 @@ func (o *Options) check() error {
 	if o.Comet.WSMaxMessage < MinWSMaxMessage || o.Comet.WSMaxMessage > MaxWSMaxMessage {
 		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)
 	}
+	return o.checkAuth(bad)
+}
+
+func (o *Options) checkAuth(bad func(key, format string, args ...any) error) error {
+	a := &o.Auth
+	switch {
+	case a.Secret != "" && (a.PublicKey != "" || a.PublicKeyPEM != ""):
+		return bad("auth.secret", "set auth.secret (HS256) or auth.public_key (RS256, ES256), not both")
+	case a.Secret != "" && len(a.Secret) < MinSecret:
+		return bad("auth.secret", "must be at least %d bytes (HS256 wants 256 bits), got %d", MinSecret, len(a.Secret))
+	case a.Required && !a.On():
+		return bad("auth.required", "needs auth.secret or auth.public_key to check tokens with")
+	case a.Cookie != "" && !a.On():
+		return bad("auth.cookie", "needs auth.secret or auth.public_key")
+	case a.Cookie != "" && !validCookieName(a.Cookie):
+		return bad("auth.cookie", "%q is not a cookie name", a.Cookie)
+	}
+	if a.PublicKeyPEM != "" {
+		if _, err := ParsePublicKey([]byte(a.PublicKeyPEM)); err != nil {
+			return bad("auth.public_key", "%v", err)
+		}
+	}
 	return nil
+}
+
+// validCookieName: an RFC 6265 token.
+func validCookieName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // WorkerCount resolves server.workers = 0 to one worker per usable CPU.

@@ -36,6 +36,9 @@ func TestShippedConfigDocumentsEveryKey(t *testing.T) {
 		}
 		for j := 0; j < sec.Type.NumField(); j++ {
 			key := sec.Type.Field(j).Tag.Get("toml")
+			if key == "-" {
+				continue // not a key: filled in by Load
+			}
 			if !strings.Contains(text, "\n"+key+" = ") && !strings.Contains(text, "\n# "+key+" = ") {
 				t.Errorf("key %s.%s not documented", table, key)
 			}

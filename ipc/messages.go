@@ -48,12 +48,15 @@ type Counts struct {
 	// the next tick, to serve the loop's other events first.
 	TicksOverBudget uint64
 	// FanOutPauses counts broadcasts that paused to let other events in.
-	FanOutPauses uint64
+	FanOutPauses  uint64
+	AuthRefused   uint64 // total requests and subscribes refused for their token
+	TokensExpired uint64 // total connections ended because their token expired
 }
 
-func (c *Counts) fields() [14]*uint64 {
+func (c *Counts) fields() [16]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
-		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses}
+		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
+		&c.AuthRefused, &c.TokensExpired}
 }
 
 // AppendCounts appends a Counts frame.

@@ -159,7 +159,9 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	}
 	p := newProc(s, cmd.Process.Pid, m.gen, conn)
 	p.cmd = cmd
-	cfg, _ := json.Marshal(worker.Config{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: m.opts})
+	opts := m.opts
+	opts.API.Token = "" // a worker never uses it: it does not go where it is not needed
+	cfg, _ := json.Marshal(worker.Config{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: opts})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p
 	m.startLink(p, nil)

@@ -44,6 +44,7 @@ const (
 	fRaw                        // stream without chunked framing (HTTP/1.0)
 	fWheel                      // linked into the timing wheel
 	fPing                       // WebSocket: a ping awaits its pong (ws.go)
+	fExp                        // its token expires: at tick token once the join is in (authz.go)
 )
 
 // conn is the loop's state for one connection. It is kept small - an idle
@@ -76,6 +77,7 @@ type connExtra struct {
 	origin   []byte     // long-poll: the Access-Control-Allow-Origin to answer with
 	ws       *wsMessage // a fragmented WebSocket message being assembled
 	cmdAt    uint32     // WebSocket: the command rate limit's state (ws.go)
+	allowed  []string   // WebSocket: its token's channels claim, for later subscribes (authz.go)
 }
 
 func (cc *conn) extra() *connExtra {
@@ -87,7 +89,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.allowed == nil {
 		cc.x = nil
 	}
 }

@@ -219,16 +219,20 @@ func (w *Worker) render(kind int, id uint64, body []byte) []byte {
 
 // replay answers a connection's subscription with what it missed.
 func (w *Worker) replay(rp *ipc.Replay) {
-	cc := w.awaiting[rp.Token]
+	a := w.awaiting[rp.Token]
+	cc := a.cc
 	if cc == nil {
 		return // it went away meanwhile
 	}
 	delete(w.awaiting, rp.Token)
 	if len(w.awaiting) == 0 && w.awaitingPeak > 1024 {
 		// Go maps never shrink: after a connection storm, start small.
-		w.awaiting, w.awaitingPeak = make(map[uint32]*conn), 0
+		w.awaiting, w.awaitingPeak = make(map[uint32]awaiter), 0
 	}
 	cc.flags &^= fAwaiting
+	if a.exp != 0 {
+		w.setExpiry(cc, a.exp) // authz.go
+	}
 	if cc.tr == trLP {
 		if rp.N == 0 {
 			return // held until a live message or the poll timeout

@@ -224,6 +224,12 @@ func (h *harness) dialRaw() *rawConn {
 	return c
 }
 
+// readTimeout sets how long a read may wait (5 s by default).
+func (c *rawConn) readTimeout(d time.Duration) {
+	tv := syscall.NsecToTimeval(d.Nanoseconds())
+	syscall.SetsockoptTimeval(c.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+}
+
 func (c *rawConn) write(b []byte) {
 	for len(b) > 0 {
 		n, err := syscall.Write(c.fd, b)

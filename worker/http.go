@@ -64,6 +64,9 @@ type request struct {
 	wsKey       []byte
 	wsVersion   []byte
 	wsProtocol  []byte
+
+	authorization []byte // never logged nor echoed
+	cookie        []byte
 }
 
 func (r *request) reset() { *r = request{} }
@@ -83,6 +86,8 @@ var (
 	strWSKey          = []byte("sec-websocket-key")
 	strWSVersion      = []byte("sec-websocket-version")
 	strWSProtocol     = []byte("sec-websocket-protocol")
+	strAuthorization  = []byte("authorization")
+	strCookie         = []byte("cookie")
 	strClose          = []byte("close")
 	strKeepAlive      = []byte("keep-alive")
 	strUpgradeToken   = []byte("upgrade")
@@ -168,6 +173,10 @@ func parseRequest(b []byte, r *request) (int, error) {
 			r.wsVersion = value
 		case asciiEqualFold(name, strWSProtocol):
 			r.wsProtocol = value
+		case asciiEqualFold(name, strAuthorization):
+			r.authorization = value
+		case asciiEqualFold(name, strCookie):
+			r.cookie = value
 		}
 	}
 	return end, nil

@@ -35,6 +35,7 @@ type query struct {
 	hasSince bool
 	cursor   bool // cursor=1: WebSocket's first frame tells the cursor
 	callback []byte
+	token    []byte // never logged nor echoed
 	chans    [maxChannels][]byte
 	nchans   int
 }
@@ -162,7 +163,7 @@ func (w *Worker) serve1(cc *conn, r *request) {
 			x.origin = append(x.origin[:0], r.origin...)
 		}
 		cc.tr, cc.state = trLP, stPolling
-		w.subscribe(cc, id, q.channels(), since)
+		w.subscribe(cc, id, q.channels(), since, w.grant.exp)
 		w.schedule(cc, w.tick+w.pollTicks)
 		return
 	}
@@ -171,7 +172,7 @@ func (w *Worker) serve1(cc *conn, r *request) {
 	}
 	w.send(cc, w.streamHead(tr, r.origin, cc.flags&fRaw == 0, since))
 	cc.tr, cc.state = tr, stStreaming
-	w.subscribe(cc, id, q.channels(), since)
+	w.subscribe(cc, id, q.channels(), since, w.grant.exp)
 	w.startHeartbeats(cc)
 }
 
@@ -196,6 +197,9 @@ func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (si
 			return 0, false
 		}
 		q.since, q.hasSince = v, true
+	}
+	if w.grant, ok = w.authorize(cc, r, q, id); !ok {
+		return 0, false
 	}
 	if q.hasSince {
 		return q.since, true
@@ -247,6 +251,8 @@ func parseQuery(q []byte, out *query) *httpError {
 			out.since, out.hasSince = n, true
 		case bytes.Equal(k, keyCursor):
 			out.cursor = len(v) > 0 && v[0] != '0'
+		case bytes.Equal(k, keyToken):
+			out.token = v // base64url and dots: nothing to unescape
 		case bytes.Equal(k, keyCallback):
 			if !validCallback(v) {
 				return errBadCallback
@@ -344,7 +350,7 @@ func (w *Worker) preflight(cc *conn, r *request) {
 	b := append(w.scratch[:0], "HTTP/1.1 204 No Content\r\n"...)
 	b = w.appendCORS(b, r.origin)
 	b = append(b, "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"+
-		"Access-Control-Allow-Headers: Last-Event-ID, Cache-Control, Content-Type, X-Requested-With\r\n"+
+		"Access-Control-Allow-Headers: Authorization, Last-Event-ID, Cache-Control, Content-Type, X-Requested-With\r\n"+
 		"Access-Control-Max-Age: 86400\r\n"...)
 	if r.close {
 		b = append(b, "Connection: close\r\n"...)

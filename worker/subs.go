@@ -17,7 +17,7 @@ import (
 // subscribe registers cc for id and channels, resuming after since. Until
 // its replay arrives the connection takes no live messages: the replay
 // includes them (see manager/hub.go).
-func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
+func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, exp uint32) {
 	if head := w.byID.get(id); head != nil {
 		cc.id, cc.inext = head.id, head // share the id's bytes
 	} else {
@@ -46,11 +46,18 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64) {
 	}
 	cc.token = w.nextToken
 	cc.flags |= fAwaiting
-	w.awaiting[cc.token] = cc
+	w.awaiting[cc.token] = awaiter{cc, exp}
 	w.awaitingPeak = max(w.awaitingPeak, len(w.awaiting))
 	cc.cursor = since
 	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
 	w.maybeFlushPresence()
+}
+
+// awaiter is a subscription whose replay is on its way, and when its
+// token expires (0: never): cc.token holds the replay's token until then.
+type awaiter struct {
+	cc  *conn
+	exp uint32
 }
 
 // unsubscribe undoes subscribe; it is a no-op for a connection that is not
@@ -63,6 +70,7 @@ func (w *Worker) unsubscribe(cc *conn) {
 		delete(w.awaiting, cc.token)
 		cc.flags &^= fAwaiting
 	}
+	cc.flags &^= fExp
 	if head := w.byID.getString(cc.id); head == cc {
 		if cc.inext == nil {
 			w.byID.del(cc.id)

@@ -34,8 +34,10 @@ const (
 
 func ticksOf(d time.Duration) uint32 { return max(1, uint32(d/tickEvery)) }
 
-// schedule (re)sets cc's timer to fire at tick due.
+// schedule (re)sets cc's timer to fire at tick due, or when its token
+// expires if that is sooner.
 func (w *Worker) schedule(cc *conn, due uint32) {
+	due = w.clampExpiry(cc, due)
 	if cc.flags&fWheel != 0 && cc.due&wheelMask == due&wheelMask {
 		cc.due = due // same slot: nothing to relink
 		return
@@ -96,6 +98,10 @@ func (w *Worker) advance(now uint32) (behind bool) {
 }
 
 func (w *Worker) expire(cc *conn) {
+	if w.expired(cc) {
+		w.endExpired(cc) // authz.go
+		return
+	}
 	switch cc.state {
 	case stStreaming:
 		w.heartbeat(cc)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/config"
 	"github.com/megacomet/megacomet/internal/memtrim"
 	"github.com/megacomet/megacomet/ipc"
@@ -109,7 +110,7 @@ type Worker struct {
 
 	byID         idIndex                       // subscribed connections by client id (subs.go)
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
-	awaiting     map[uint32]*conn              // subscriptions whose replay is on its way
+	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	awaitingPeak int
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
@@ -131,6 +132,9 @@ type Worker struct {
 	pollTicks   uint32
 	reqTicks    uint32 // server.header_timeout
 	rng         uint32
+
+	auth  *auth.Verifier // client tokens; nil = auth off (authz.go)
+	grant grant          // what the request being served was granted
 
 	// Scratch buffers reused by every request and message.
 	req     request
@@ -223,6 +227,9 @@ func newWorker(ipcFD int) (*Worker, error) {
 	}
 	w.bridge = &bridge{src: f, pending: rest, log: w.log}
 	w.initComet()
+	if w.auth, err = auth.New(&cfg.Options.Auth); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
 	return w, nil
 }
 
@@ -230,7 +237,7 @@ func newWorker(ipcFD int) (*Worker, error) {
 func (w *Worker) initComet() {
 	o := w.opts
 	w.byChan = make(map[string]map[*conn]struct{})
-	w.awaiting = make(map[uint32]*conn)
+	w.awaiting = make(map[uint32]awaiter)
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
 	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
 	w.reqTicks = ticksOf(o.Server.HeaderTimeout.D())

@@ -173,7 +173,10 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 	}
 	cc.tr, cc.state = trWS, stStreaming
 	cc.flags &^= fClose | fPing
-	w.subscribe(cc, id, q.channels(), since)
+	if w.grant.allowed != nil {
+		cc.extra().allowed = w.grant.allowed // for its later subscribes (authz.go)
+	}
+	w.subscribe(cc, id, q.channels(), since, w.grant.exp)
 	w.startHeartbeats(cc)
 }
 
@@ -315,6 +318,9 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 			w.wsFail(cc, errWSChannel)
 			return
 		}
+		if !w.wsMayJoin(cc, c.channel) {
+			return
+		}
 		w.resubscribe(cc, cc.cursor, c.channel, nil)
 	case cmdUnsubscribe:
 		if !validID(c.channel) {
@@ -389,8 +395,9 @@ func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
 		w.wsFail(cc, errWSRate)
 		return
 	}
+	exp := w.expOf(cc)
 	w.unsubscribe(cc)
-	w.subscribe(cc, stringBytes(id), chans, since)
+	w.subscribe(cc, stringBytes(id), chans, since, exp)
 	clear(w.q.chans[:])
 }
 

@@ -644,5 +644,8 @@ func (c *wsClient) writeAll(b []byte) {
 // BenchmarkIdleWSConnBytes is BenchmarkIdleConnBytes for WebSocket
 // clients: the worker's Go heap per idle, subscribed connection.
 func BenchmarkIdleWSConnBytes(b *testing.B) {
-	benchIdleConns(b, func(j int) string { return wsRequest("/ws/idle"+strconv.Itoa(j), "") })
+	for range b.N {
+		heap, allocs := idleConnBytes(b, nil, func(j int) string { return wsRequest("/ws/idle"+strconv.Itoa(j), "") })
+		reportIdleConns(b, heap, allocs)
+	}
 }

@@ -1,0 +1,210 @@
+package worker
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/megacomet/megacomet/auth"
+)
+
+// Client tokens (auth/) on the worker's side. A comet request's token is
+// checked once, when it subscribes: from ?token=, Authorization: Bearer or
+// the auth cookie, against the id of its URL and the channels it asks for.
+// What the connection keeps of it: its expiry, as a tick in conn.token once
+// the join is in (while the join is out, in its awaiter: conn.token is the
+// join's token then), flagged fExp - a field every connection has, so an
+// idle connection costs no more with auth on - and, for a WebSocket
+// connection whose token limits channels, that claim in connExtra, for the
+// subscribes it may send later. The token itself is not kept.
+//
+// Expiry ends the connection with its transport's announced close, so the
+// client comes back with a fresh token and its cursor: SSE an "expired"
+// event, a stream its last chunk, a long-poll 401, WebSocket close 4001.
+
+var keyToken = []byte("token")
+
+// wsStatusTokenExpired is the close code of an expired token: 4000-4999
+// are the application's (RFC 6455 §7.4.2).
+const wsStatusTokenExpired ws.StatusCode = 4001
+
+// grant is what authorize found, for the subscribe that follows.
+type grant struct {
+	exp     uint32   // expiry tick, 0 = none
+	allowed []string // the channels claim; nil = any
+}
+
+// authorize checks the request's token for client id and the channels it
+// asks for. When it refuses, the client has its answer and the connection
+// lingers.
+func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte) (grant, bool) {
+	if w.auth == nil {
+		return grant{}, true
+	}
+	tok := tokenOf(r, q, w.auth.Cookie())
+	if len(tok) == 0 && !w.auth.Required() {
+		return grant{}, true
+	}
+	claims, err := w.auth.Verify(string(tok), string(id))
+	if err != nil {
+		w.refuse(cc, r.origin, err.(*auth.Refusal))
+		return grant{}, false
+	}
+	for _, ch := range q.channels() {
+		if !claims.Allows(string(ch)) {
+			w.refuse(cc, r.origin, auth.ChannelRefused(string(ch)))
+			return grant{}, false
+		}
+	}
+	g := grant{allowed: claims.Channels}
+	if claims.ExpiresAt != nil {
+		g.exp = w.expiryTick(claims.ExpiresAt.Time)
+	}
+	return g, true
+}
+
+// tokenOf finds the token: the query, then Authorization: Bearer, then the
+// cookie.
+func tokenOf(r *request, q *query, cookie string) []byte {
+	if len(q.token) > 0 {
+		return q.token
+	}
+	if a := r.authorization; len(a) > 7 && asciiEqualFold(a[:7], []byte("bearer ")) {
+		return trimOWS(a[7:])
+	}
+	if cookie == "" {
+		return nil
+	}
+	for c := r.cookie; len(c) > 0; {
+		var kv []byte
+		if i := bytes.IndexByte(c, ';'); i >= 0 {
+			kv, c = c[:i], c[i+1:]
+		} else {
+			kv, c = c, nil
+		}
+		if k, v, ok := bytes.Cut(trimOWS(kv), []byte{'='}); ok && string(k) == cookie {
+			return v
+		}
+	}
+	return nil
+}
+
+// refuse answers a refused token: the status and a one-line JSON reason,
+// with CORS so a page's fetch can read it, then closes.
+func (w *Worker) refuse(cc *conn, origin []byte, e *auth.Refusal) {
+	w.counts.BadRequests++
+	w.counts.AuthRefused++
+	body := strconv.AppendQuote(append(w.body[:0], `{"error":`...), e.Reason)
+	body = append(body, "}\n"...)
+	w.body = body
+	b := append(w.scratch[:0], "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(e.Status), 10)
+	if e.Status == 401 {
+		b = append(b, " Unauthorized\r\nWWW-Authenticate: Bearer\r\n"...)
+	} else {
+		b = append(b, " Forbidden\r\n"...)
+	}
+	b = w.appendCORS(b, origin)
+	b = append(b, "Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(append(b, "\r\n\r\n"...), body...)
+	w.scratch = b
+	w.send(cc, b)
+	w.linger(cc)
+}
+
+// expiryTick is the tick at which a token valid until t expires (at least
+// the next one; a date past what a tick counter holds is capped, and the
+// client then checks in again with the same token).
+func (w *Worker) expiryTick(t time.Time) uint32 {
+	d := time.Until(t)
+	ticks := int64(d/tickEvery) + 1
+	ticks = min(max(ticks, 1), 1<<31-1)
+	return w.tick + uint32(ticks)
+}
+
+// expOf is the connection's expiry tick (0: none).
+func (w *Worker) expOf(cc *conn) uint32 {
+	switch {
+	case cc.flags&fAwaiting != 0:
+		return w.awaiting[cc.token].exp
+	case cc.flags&fExp != 0:
+		return cc.token
+	}
+	return 0
+}
+
+// setExpiry is the join's part: the connection goes live with its expiry,
+// and its timer comes no later than that.
+func (w *Worker) setExpiry(cc *conn, exp uint32) {
+	cc.token = exp
+	cc.flags |= fExp
+	if cc.flags&fWheel != 0 {
+		w.schedule(cc, cc.due) // clamped to the expiry
+	}
+}
+
+// clampExpiry brings a timer forward to the connection's expiry.
+func (w *Worker) clampExpiry(cc *conn, due uint32) uint32 {
+	if cc.flags&fExp == 0 || int32(cc.token-due) >= 0 {
+		return due
+	}
+	if next := w.wheelAt + 1; int32(cc.token-next) < 0 {
+		return next // expired already: the next slot the wheel walks
+	}
+	return cc.token
+}
+
+// expired reports whether the connection's token has expired.
+func (w *Worker) expired(cc *conn) bool {
+	return cc.flags&fExp != 0 && int32(w.tick-cc.token) >= 0
+}
+
+var (
+	sseExpired       = []byte("event: expired\ndata: {\"error\":\"token expired\"}\n\n")
+	wsCloseExpired   = ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(wsStatusTokenExpired, "token expired")))
+	errTokenExpired  = auth.ErrExpired
+	wsChannelRefused = []byte(`{"error":"token does not allow channel `)
+)
+
+// endExpired ends a connection whose token expired, with its transport's
+// announced close.
+func (w *Worker) endExpired(cc *conn) {
+	w.counts.TokensExpired++
+	switch cc.state {
+	case stStreaming:
+		switch {
+		case cc.tr == trWS:
+			w.wsClose(cc, wsCloseExpired)
+			return
+		case cc.tr == trSSE:
+			w.send(cc, sseExpired)
+		case cc.flags&fRaw == 0:
+			w.send(cc, chunkedEnd)
+		}
+		w.linger(cc)
+	case stPolling:
+		var origin []byte
+		if cc.x != nil {
+			origin = cc.x.origin // as the poll's answer would have carried
+		}
+		w.unsubscribe(cc)
+		w.refuse(cc, origin, errTokenExpired)
+	default:
+		w.linger(cc)
+	}
+}
+
+// wsMayJoin checks a WebSocket subscribe against the token's channels
+// claim; a refusal is an error frame, and the connection stays.
+func (w *Worker) wsMayJoin(cc *conn, channel []byte) bool {
+	if cc.x == nil || cc.x.allowed == nil || auth.Allows(cc.x.allowed, string(channel)) {
+		return true
+	}
+	w.counts.AuthRefused++
+	msg := append(append(append(w.body[:0], wsChannelRefused...), channel...), `"}`...)
+	w.body = msg
+	w.send(cc, appendWSText(w.scratch[:0], msg))
+	return false
+}

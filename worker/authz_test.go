@@ -1,0 +1,188 @@
+package worker
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/megacomet/megacomet/auth"
+	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/ipc"
+)
+
+const testSecret = "a test secret of at least 32 bytes!"
+
+func withAuth(o *config.Options) {
+	o.Auth = config.Auth{Secret: testSecret, Required: true, Cookie: "mc"}
+	o.Comet.Heartbeat = config.Duration(time.Hour)
+}
+
+func token(t testing.TB, id string, channels []string, ttl time.Duration) string {
+	s, err := auth.Mint([]byte(testSecret), id, channels, ttl, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func authedSSE(j int) string {
+	id := "idle" + strconv.Itoa(j)
+	tok, _ := auth.Mint([]byte(testSecret), id, nil, time.Hour, time.Now())
+	return "GET /sse/" + id + "?token=" + tok + " HTTP/1.1\r\n\r\n"
+}
+
+// answer sends req on a new connection and returns everything the worker
+// answers before it closes.
+func answer(h *harness, req string) string {
+	c := h.dialRaw()
+	c.write([]byte(req))
+	return string(c.readAll())
+}
+
+// A request without a good token is answered with its status and a
+// one-line JSON reason, and the connection closed: nothing is held open.
+// The token never comes back in the answer.
+func TestTokenRefusals(t *testing.T) {
+	h := startWorker(t, withAuth)
+	expired := token(t, "alice", nil, -time.Minute)
+	for _, tc := range []struct {
+		name, req, status, reason string
+	}{
+		{"no token", "GET /sse/alice HTTP/1.1\r\n\r\n", "401", "no token"},
+		{"malformed", "GET /sse/alice?token=abc HTTP/1.1\r\n\r\n", "401", "malformed token"},
+		{"other secret", "GET /sse/alice?token=" + mintOther(t) + " HTTP/1.1\r\n\r\n", "401", "bad token signature"},
+		{"expired", "GET /lp/alice?token=" + expired + " HTTP/1.1\r\n\r\n", "401", "token expired"},
+		{"another id", "GET /stream/bob?token=" + token(t, "alice", nil, time.Hour) + " HTTP/1.1\r\n\r\n", "403", "token is for another id"},
+		{"a channel it may not join", "GET /sse/alice?channels=news,secret&token=" + token(t, "alice", []string{"news"}, time.Hour) + " HTTP/1.1\r\n\r\n",
+			"403", "token does not allow channel secret"},
+		{"websocket", wsRequest("/ws/alice", "Authorization: Bearer "+expired+"\r\n"), "401", "token expired"},
+	} {
+		got := answer(h, tc.req)
+		head, body, _ := strings.Cut(got, "\r\n\r\n")
+		if !strings.HasPrefix(head, "HTTP/1.1 "+tc.status+" ") || !strings.Contains(head, "\r\nContent-Type: application/json\r\n") ||
+			!strings.Contains(head, "\r\nConnection: close") || body != fmt.Sprintf("{%q:%q}\n", "error", reasonFor(tc.reason)) {
+			t.Errorf("%s: got %q", tc.name, got)
+		}
+		if i := strings.Index(tc.req, "token="); i >= 0 && len(tc.req) > i+20 && strings.Contains(got, tc.req[i+6:i+20]) {
+			t.Errorf("%s: the answer echoes the token", tc.name)
+		}
+	}
+	h.countsWhere(func(c ipc.Counts) bool { return c.AuthRefused == 7 })
+	if got := answer(h, "GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n"); !strings.HasSuffix(got, "pong") {
+		t.Errorf("/ping wants no token: %q", got)
+	}
+}
+
+func reasonFor(prefix string) string {
+	for _, r := range []*auth.Refusal{auth.ErrNoToken, auth.ErrMalformed, auth.ErrSignature, auth.ErrExpired, auth.ErrOtherClient} {
+		if strings.HasPrefix(r.Reason, prefix) {
+			return r.Reason
+		}
+	}
+	return prefix
+}
+
+func mintOther(t testing.TB) string {
+	s, err := auth.Mint([]byte("another secret, also 32 bytes long"), "alice", nil, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The token may come as ?token=, Authorization: Bearer, or the cookie.
+func TestTokenCarriers(t *testing.T) {
+	h := startWorker(t, withAuth)
+	tok := token(t, "alice", nil, time.Hour)
+	for _, req := range []string{
+		"GET /sse/alice?token=" + tok + " HTTP/1.1\r\n\r\n",
+		"GET /sse/alice HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n",
+		"GET /sse/alice HTTP/1.1\r\nCookie: theme=dark; mc=" + tok + "; x=y\r\n\r\n",
+	} {
+		c := h.dialRaw()
+		c.write([]byte(req))
+		if got := string(c.readOpening()); !strings.HasPrefix(got, "HTTP/1.1 200 ") {
+			t.Errorf("%.60q: %q", req, got)
+		}
+	}
+}
+
+// A WebSocket client whose token limits its channels gets an error frame
+// for a subscribe to another one, and its connection stays.
+func TestWSSubscribeOutsideTheClaim(t *testing.T) {
+	h := startWorker(t, withAuth)
+	c := h.openWS("/ws/alice?token=" + token(t, "alice", []string{"news-*"}, time.Hour))
+	h.waitJoins(1)
+	c.write(text(`{"subscribe":"sport"}`))
+	hd, p := c.mustNext()
+	if hd.OpCode != ws.OpText || string(p) != `{"error":"token does not allow channel sport"}` {
+		t.Fatalf("got %v %q", hd.OpCode, p)
+	}
+	c.write(text(`{"subscribe":"news-eu"}`))
+	h.waitJoins(2) // allowed: it joins again with the channel
+	c.alive()
+}
+
+// When the token expires the connection ends with its transport's
+// announced close; nothing is refused before.
+func TestTokenExpiryEndsEachTransport(t *testing.T) {
+	h := startWorker(t, withAuth)
+	ttl := 1500 * time.Millisecond // the token's exp has a resolution of seconds
+	sse := h.dialRaw()
+	sse.write([]byte("GET /sse/a?token=" + token(t, "a", nil, ttl) + " HTTP/1.1\r\n\r\n"))
+	stream := h.dialRaw()
+	stream.write([]byte("GET /stream/b?token=" + token(t, "b", nil, ttl) + " HTTP/1.1\r\n\r\n"))
+	lp := h.dialRaw()
+	lp.write([]byte("GET /lp/c?token=" + token(t, "c", nil, ttl) + " HTTP/1.1\r\n\r\n"))
+	wsc := h.openWS("/ws/d?token=" + token(t, "d", nil, ttl))
+	h.waitJoins(4)
+	for name, c := range map[string]*rawConn{"sse": sse, "stream": stream, "lp": lp} {
+		c.readTimeout(time.Minute)
+		got := string(c.readAll())
+		var want string
+		switch name {
+		case "sse":
+			want = "event: expired\ndata: {\"error\":\"token expired\"}\n\n"
+		case "stream":
+			want = "0\r\n\r\n"
+		case "lp":
+			want = "HTTP/1.1 401 "
+		}
+		if !strings.HasSuffix(got, want) && !(name == "lp" && strings.HasPrefix(got, want) && strings.HasSuffix(got, "{\"error\":\"token expired\"}\n")) {
+			t.Errorf("%s ended with %q", name, got)
+		}
+	}
+	wsc.readTimeout(time.Minute)
+	if r := wsc.expectClose(wsStatusTokenExpired); r != "token expired" {
+		t.Errorf("websocket: reason %q", r)
+	}
+	h.countsWhere(func(c ipc.Counts) bool { return c.TokensExpired == 4 })
+}
+
+// Auth on, an idle connection costs what it costs without: the token is
+// checked when it subscribes and nothing of it is kept but its expiry, in
+// a field every connection has.
+func TestAuthKeepsNothingOfAnIdleConnection(t *testing.T) {
+	needFanoutFiles(t)
+	// The same request without auth has a query as long: a request's
+	// length shows in the worker's one-off buffers. Each is measured twice,
+	// alternately, and the smaller kept: one-off costs (the first token
+	// fills encoding/json's type cache for the claims) are not per
+	// connection, and the heap has a few bytes a connection of noise.
+	pad := strings.Repeat("x", len(token(t, "idle0", nil, time.Hour)))
+	padded := func(j int) string { return "GET /sse/idle" + strconv.Itoa(j) + "?pad=" + pad + " HTTP/1.1\r\n\r\n" }
+	idleConnBytes(t, withAuth, authedSSE) // warm up: the process's first run measures its own start too
+	plain, authed := 1e9, 1e9
+	for range 2 {
+		p, _ := idleConnBytes(t, nil, padded)
+		a, _ := idleConnBytes(t, withAuth, authedSSE)
+		plain, authed = min(plain, p), min(authed, a)
+	}
+	t.Logf("heap per idle SSE connection: %.0f bytes, %.0f with a token", plain, authed)
+	if authed > plain+8 {
+		t.Errorf("a connection with a token holds %.0f bytes, one without %.0f", authed, plain)
+	}
+}
