@@ -217,8 +217,13 @@ func (m *Manager) clientPort() (*os.File, error) {
 // that died is removed; one a live manager answers on is an error.
 func (m *Manager) statsListener() (net.Listener, error) {
 	path := m.opts.Manager.Socket
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, cleanPathErr(err)
+	}
+	// Whoever can write the directory can put another socket in its place.
+	if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("manager.socket: %s is writable by others (mode %v): use a directory only its owner can write", dir, fi.Mode().Perm())
 	}
 	if !m.upg.HasParent() {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
@@ -232,6 +237,12 @@ func (m *Manager) statsListener() (net.Listener, error) {
 	ln, err := m.upg.Fds.Listen("unix", path)
 	if err != nil {
 		return nil, cleanListenErr(err)
+	}
+	// The stats name every worker and the API; only the owner reads them.
+	// Set here, not left to the umask.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("manager.socket: %w", cleanPathErr(err))
 	}
 	return ln, nil
 }

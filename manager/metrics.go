@@ -43,6 +43,8 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_loop_lag_seconds", "The worst lateness of a worker's event loop in the last second."},
 	{"worker_ticks_over_budget_total", "Ticks of a worker that left due heartbeats for the next one, to serve other events first."},
 	{"worker_fan_out_pauses_total", "Broadcasts a worker paused to serve new connections, requests and timers first."},
+	{"worker_auth_refused_total", "Requests and subscribes a worker refused for their client token."},
+	{"worker_tokens_expired_total", "Connections a worker ended because their client token expired."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -99,6 +101,8 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_loop_lag_seconds", float64(w.LoopLagMs)/1000, l...)
 		put("worker_ticks_over_budget_total", float64(w.TicksOverBudget), l...)
 		put("worker_fan_out_pauses_total", float64(w.FanOutPauses), l...)
+		put("worker_auth_refused_total", float64(w.AuthRefused), l...)
+		put("worker_tokens_expired_total", float64(w.TokensExpired), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

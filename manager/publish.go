@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/megacomet/megacomet/ipc"
 )
 
 const (
@@ -99,14 +101,14 @@ func parseItem(raw json.RawMessage) (pubItem, error) {
 			return it, fmt.Errorf("to must name 1 to %d ids", maxTargets)
 		}
 		for _, id := range it.to {
-			if !validName(id) {
+			if !ipc.ValidName(id) {
 				return it, fmt.Errorf("bad id %q: use 1 to 64 of A-Z a-z 0-9 _ -", truncate(id))
 			}
 		}
 	}
 	if r.Channel != nil {
 		targets++
-		if !validName(*r.Channel) {
+		if !ipc.ValidName(*r.Channel) {
 			return it, fmt.Errorf("bad channel %q: use 1 to 64 of A-Z a-z 0-9 _ -", truncate(*r.Channel))
 		}
 		it.channel = *r.Channel
@@ -139,20 +141,6 @@ func parseItem(raw json.RawMessage) (pubItem, error) {
 	}
 	it.data = buf.Bytes()
 	return it, nil
-}
-
-// validName is the id and channel rule: 1 to 64 of [A-Za-z0-9_-].
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 func truncate(s string) string {

@@ -69,6 +69,10 @@ type WorkerStats struct {
 	// FanOutPauses counts broadcasts that paused to let new connections,
 	// requests and timers in.
 	FanOutPauses uint64 `json:"fan_out_pauses"`
+	// AuthRefused counts requests and subscribes refused for their token;
+	// TokensExpired, connections ended because their token expired.
+	AuthRefused   uint64 `json:"auth_refused"`
+	TokensExpired uint64 `json:"tokens_expired"`
 }
 
 // ManagerStats describes the manager process.
@@ -214,6 +218,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.Connections, ws.MessagesOut, ws.Accepted, ws.Refused = c.Conns, c.MessagesOut, c.Accepted, c.Refused
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
 			ws.SilentClosed, ws.LoopLagMs, ws.TicksOverBudget, ws.FanOutPauses = c.SilentClosed, c.LoopLagMs, c.TicksOverBudget, c.FanOutPauses
+			ws.AuthRefused, ws.TokensExpired = c.AuthRefused, c.TokensExpired
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
+
+	"github.com/megacomet/megacomet/ipc"
 )
 
 // maxHeader bounds the request line plus headers; past it the answer is 431.
@@ -254,18 +256,5 @@ func asciiEqualFold(b, lower []byte) bool {
 }
 
 // validID reports whether id is 1 to 64 of [A-Za-z0-9_-].
-func validID(id []byte) bool {
-	if len(id) == 0 || len(id) > 64 {
-		return false
-	}
-	for _, c := range id {
-		if !isIDByte(c) {
-			return false
-		}
-	}
-	return true
-}
-
-func isIDByte(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-'
-}
+// validID is the id and channel rule (ipc.ValidName).
+func validID(id []byte) bool { return ipc.ValidName(id) }

@@ -9,9 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/ipc"
 	"github.com/megacomet/megacomet/manager"
 	"github.com/megacomet/megacomet/worker"
 )
@@ -25,6 +28,8 @@ const usage = `usage:
   megacomet -t -config FILE             check a config file and exit (0 = valid)
   megacomet stats [-json] [-socket PATH] [-config FILE]
                                         show the running manager's stats
+  megacomet token -id ID [-channels a,b] [-ttl 1h] [-config FILE]
+                                        print a client token signed with auth.secret
 `
 
 func main() {
@@ -42,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runManager(args, stdout)
 	case "stats":
 		err = runStats(args, stdout)
+	case "token":
+		err = runToken(args, stdout)
 	case "worker":
 		return worker.Main()
 	case "help":
@@ -140,5 +147,49 @@ func runStats(args []string, stdout io.Writer) error {
 	if err := manager.PrintStats(stdout, raw); err != nil {
 		return errors.New(err.Error())
 	}
+	return nil
+}
+
+// runToken prints a client token for scripts and tests: HS256 with the
+// config's auth.secret.
+func runToken(args []string, stdout io.Writer) error {
+	fs := newFlags("token")
+	id := fs.String("id", "", "the client id the token is for (its sub)")
+	chans := fs.String("channels", "", "the channels it may join, comma-separated (prefix* allowed); none: any")
+	ttl := fs.Duration("ttl", time.Hour, "how long it is valid")
+	path := fs.String("config", "", "config file with auth.secret (default: "+installedConfig+" when it exists)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		if _, err := os.Stat(installedConfig); err == nil {
+			*path = installedConfig
+		}
+	}
+	opts, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *id == "":
+		return errors.New("token: -id is required")
+	case !ipc.ValidName(*id):
+		return fmt.Errorf("token: -id %q: use 1 to 64 of A-Z a-z 0-9 _ -", *id)
+	case opts.Auth.Secret == "" && opts.Auth.PublicKeyPEM != "":
+		return errors.New("token: the config checks tokens with auth.public_key: its issuer signs them, with the private key")
+	case opts.Auth.Secret == "":
+		return errors.New("token: the config has no auth.secret to sign with")
+	case *ttl <= 0:
+		return fmt.Errorf("token: -ttl %s: must be positive", *ttl)
+	}
+	var channels []string
+	if *chans != "" {
+		channels = strings.Split(*chans, ",")
+	}
+	tok, err := auth.Mint([]byte(opts.Auth.Secret), *id, channels, *ttl, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
 	return nil
 }
