@@ -64,6 +64,8 @@ type Report struct {
 	ClosedUnexpected int64   `json:"closed_unexpected"`
 	ConnectFailed    int64   `json:"connect_failed"`
 	ConnectRate      float64 `json:"connect_rate"`
+	ConnectRateAuth  float64 `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
+	AuthConnectRatio float64 `json:"auth_connect_ratio,omitempty"`
 
 	ServerBytesPerConn   float64 `json:"server_bytes_per_conn"` // PSS of manager and workers, (at N - at 0) / N
 	ServerPSSAt0         uint64  `json:"server_pss_bytes_at_0"`
@@ -109,6 +111,9 @@ func (r *Report) judge() {
 	}
 	add("server memory", "≤ 400 B/conn", fmt.Sprintf("%.0f B/conn", r.ServerBytesPerConn), r.ServerBytesPerConn > 0 && r.ServerBytesPerConn <= 400)
 	add("connect rate", "≥ 15,000/s", fmt.Sprintf("%.0f/s", r.ConnectRate), r.ConnectRate >= 15000)
+	if r.ConnectRateAuth > 0 {
+		add("connect rate with HS256 auth", "≥ 80 % of without", fmt.Sprintf("%.0f/s, %.0f %%", r.ConnectRateAuth, 100*r.AuthConnectRatio), r.AuthConnectRatio >= 0.8)
+	}
 	if r.Published > 0 {
 		add("lost, duplicates", "0, 0", fmt.Sprintf("%d, %d", r.Lost, r.Duplicates), r.Lost == 0 && r.Duplicates == 0)
 	}
@@ -126,6 +131,9 @@ func (r *Report) Table(w io.Writer) {
 	row("connections held / ready", "%d / %d", r.ConnectionsHeld, r.Ready)
 	row("closed unexpected / connect failed", "%d / %d", r.ClosedUnexpected, r.ConnectFailed)
 	row("connect rate", "%.0f/s", r.ConnectRate)
+	if r.ConnectRateAuth > 0 {
+		row("connect rate, HS256 tokens", "%.0f/s (%.0f %% of without)", r.ConnectRateAuth, 100*r.AuthConnectRatio)
+	}
 	row("server memory", "%.0f B/conn (PSS %s at %d, %s at 0)", r.ServerBytesPerConn, mib(r.ServerPSSAtN), r.N, mib(r.ServerPSSAt0))
 	row("kernel slab", "%+.0f MiB (%.0f B/conn)", float64(r.KernelSlabBytesDelta)/(1<<20), float64(r.KernelSlabBytesDelta)/float64(max(r.N, 1)))
 	row("loopback floor", "%.2f µs/conn (a broadcast to %d: ≥ %.0f ms here)", r.FloorUsPerConn, r.N, r.BroadcastFloorMs)

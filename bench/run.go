@@ -41,6 +41,8 @@ type Options struct {
 	SysctlFile    string   // applied when root, and restored after
 	FloorConns    int
 	FloorRounds   int
+	AuthSecret    string    // client tokens required, HS256 with this secret
+	AuthCompare   bool      // then connect N again with auth on: the rate it costs
 	Log           io.Writer // progress: megatest's lines and ours
 }
 
@@ -165,6 +167,14 @@ func Run(o Options) (*Report, error) {
 	}
 	r.Samples = samples
 	r.RSSDriftPct = drift(samples, 5*time.Minute)
+	srv.stop(r.ServerLog)
+	if o.AuthCompare && o.AuthSecret == "" {
+		if r.ConnectRateAuth, err = connectRateWithAuth(o, r.Workers); err != nil {
+			return nil, err
+		}
+		r.AuthConnectRatio = r.ConnectRateAuth / r.ConnectRate
+		say("with HS256 tokens: %.0f connects/s, %.0f %% of %.0f without", r.ConnectRateAuth, 100*r.AuthConnectRatio, r.ConnectRate)
+	}
 	r.judge()
 
 	b, _ := json.MarshalIndent(r, "", "  ")
@@ -231,6 +241,46 @@ type server struct {
 	socket  string
 	logPath string
 	done    chan struct{}
+	stopped bool
+}
+
+// authBenchSecret signs the tokens of the run with auth on.
+const authBenchSecret = "megabench: HS256 secret, 32 bytes or more"
+
+// connectRateWithAuth connects N once more, to a server that requires a
+// token, megatest minting one per connection, and returns the rate.
+func connectRateWithAuth(o Options, workers int) (float64, error) {
+	o.AuthSecret, o.Broadcast, o.Pub, o.Sample, o.Hold = authBenchSecret, 0, 0, 0, 2*time.Second
+	o.MegatestFlags = append(o.MegatestFlags, "-ping", "0")
+	srv, err := startServer(o, workers)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.stop(strings.TrimSuffix(o.Out, ".json") + "-auth-server.log")
+	if srv.wait(func(st manager.Stats) bool { return len(st.Workers) == workers && allReady(st) }, time.Minute) == nil {
+		return 0, fmt.Errorf("the workers with auth on did not become ready")
+	}
+	path := strings.TrimSuffix(o.Out, ".json") + "-auth-megatest.json"
+	mt, err := startMegatest(o, path)
+	if err != nil {
+		return 0, err
+	}
+	if err := mt.Wait(); err != nil {
+		return 0, fmt.Errorf("megatest with auth: %v", err)
+	}
+	var s struct {
+		ConnectRate      float64 `json:"connect_rate"`
+		ClosedUnexpected int64   `json:"closed_unexpected"`
+		HTTPErrors       int64   `json:"http_errors"`
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(b, &s) != nil {
+		return 0, fmt.Errorf("megatest's summary with auth: %v", err)
+	}
+	if s.HTTPErrors > 0 || s.ClosedUnexpected > 0 {
+		return 0, fmt.Errorf("with auth on: %d http errors, %d unexpected closes (%s)", s.HTTPErrors, s.ClosedUnexpected, path)
+	}
+	return s.ConnectRate, nil
 }
 
 func startServer(o Options, workers int) (*server, error) {
@@ -250,6 +300,9 @@ heartbeat = %q
 socket = %q
 pid_file = %q
 `, o.Port, workers, o.APIPort, o.Heartbeat.String(), s.socket, filepath.Join(dir, "megacomet.pid"))
+	if o.AuthSecret != "" {
+		cfg += fmt.Sprintf("[auth]\nsecret = %q\n", o.AuthSecret)
+	}
 	cfgPath := filepath.Join(dir, "megacomet.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -300,6 +353,10 @@ func (s *server) wait(ok func(manager.Stats) bool, timeout time.Duration) *manag
 // stop stops the manager (SIGTERM; its workers hand their clients over),
 // keeps its log at keepLog and removes its directory.
 func (s *server) stop(keepLog string) {
+	if s.stopped {
+		return
+	}
+	s.stopped = true
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.done:
@@ -346,6 +403,9 @@ func startMegatest(o Options, summary string) (*exec.Cmd, error) {
 	}
 	cmd := exec.Command(filepath.Join(o.Bin, "megatest"), append(args, o.MegatestFlags...)...)
 	cmd.Stdout, cmd.Stderr = o.Log, o.Log
+	if o.AuthSecret != "" {
+		cmd.Env = append(os.Environ(), "MEGATEST_TOKEN_SECRET="+o.AuthSecret) // not where ps shows it
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start megatest: %w", err)
 	}

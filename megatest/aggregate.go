@@ -110,6 +110,7 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.Failed += s.Failed
 		t.Unexpected += s.Unexpected
 		t.Reconnects += s.Reconnects
+		t.Expired += s.Expired
 		t.Msgs += s.Msgs
 		t.HB += s.HB
 		t.Dups += s.Dups

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/megacomet/megacomet/auth"
 	"golang.org/x/sys/unix"
 )
 
@@ -114,7 +115,7 @@ type stats struct {
 	attempted, opened, firstOpened      int64
 	closed, failed, unexpected, recon   int64
 	msgs, hb, dups, protoErrs, httpErrs int64
-	writeErrs                           int64
+	writeErrs, expired                  int64
 }
 
 // conn is one connection's state: 48 bytes, and no buffer unless a unit
@@ -465,6 +466,15 @@ func (e *engine) sendRequest(idx int32, c *conn) bool {
 		b = append(b, sep)
 		b = append(b, "since="...)
 		b = strconv.AppendUint(b, c.lastID, 10)
+		sep = '&'
+	}
+	if e.o.TokenSecret != "" {
+		// A fresh token for every request, as a page would fetch one
+		// before it reconnects: the last may have expired.
+		id := e.o.Letter + strconv.Itoa(e.first+int(idx))
+		if tok, err := auth.Mint([]byte(e.o.TokenSecret), id, nil, e.o.TokenTTL, time.Now()); err == nil {
+			b = append(append(append(b, sep), "token="...), tok...)
+		}
 	}
 	b = append(b, e.reqTail...)
 	e.wbuf = b

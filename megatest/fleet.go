@@ -103,7 +103,7 @@ func startChildren(o *Options, procs int, src string, agg *aggregator) (fleet, e
 		}
 		first += n
 		cmd.Stderr = os.Stderr
-		cmd.Env = append(os.Environ(), childEnv+"=1", tokenEnv+"="+o.Token)
+		cmd.Env = append(os.Environ(), childEnv+"=1", tokenEnv+"="+o.Token, tokenSecretEnv+"="+o.TokenSecret)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 		out, err := cmd.StdoutPipe()
 		if err != nil {

@@ -32,13 +32,15 @@ type Options struct {
 	Channels  int           // -channels: connection i subscribes to channel LETTER-c(i mod N); rounds go to the channels
 	JSON      string        // -json: summary file
 
-	Token      string        // -token: API bearer token
-	Procs      int           // -procs: processes to split over (0 = as the open-file limit needs)
-	Grace      time.Duration // -grace: at the end, how long to wait for published messages still in flight
-	RoundWait  time.Duration // -round-wait: how long one broadcast round may take
-	RoundEvery time.Duration // -round-every: rounds start at least this far apart (0 = back to back)
-	Quiet      bool          // -q: no progress lines
-	Heartbeat  time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
+	Token       string        // -token: API bearer token
+	TokenSecret string        // -token-secret: mint a client token (HS256) per connection
+	TokenTTL    time.Duration // -token-ttl: how long each minted token is valid
+	Procs       int           // -procs: processes to split over (0 = as the open-file limit needs)
+	Grace       time.Duration // -grace: at the end, how long to wait for published messages still in flight
+	RoundWait   time.Duration // -round-wait: how long one broadcast round may take
+	RoundEvery  time.Duration // -round-every: rounds start at least this far apart (0 = back to back)
+	Quiet       bool          // -q: no progress lines
+	Heartbeat   time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
 
 	// Set by a parent for its children.
 	Child bool   // -child: report snapshots as JSON lines on stdout
@@ -55,11 +57,16 @@ func defaultOptions() Options {
 		Report:    10 * time.Second,
 		Grace:     5 * time.Second,
 		RoundWait: 10 * time.Second,
+		TokenTTL:  time.Hour,
 		Heartbeat: 15 * time.Second, // the server's default
 	}
 }
 
 const tokenEnv = "MEGATEST_TOKEN"
+
+// tokenSecretEnv carries -token-secret to children (and may replace the
+// flag): a secret on a command line is there for ps to show.
+const tokenSecretEnv = "MEGATEST_TOKEN_SECRET"
 
 // maxChannels bounds -channels: a round is one publish batch of that many
 // messages.
@@ -104,6 +111,8 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.IntVar(&o.Channels, "channels", o.Channels, "subscribe connection i to channel LETTER-c<i mod N>; each -broadcast round is then one message to each of the N channels (at most 10000)")
 	fs.StringVar(&o.JSON, "json", o.JSON, "write the summary JSON to this `file`")
 	fs.StringVar(&o.Token, "token", o.Token, "API bearer token (or environment MEGATEST_TOKEN)")
+	fs.StringVar(&o.TokenSecret, "token-secret", o.TokenSecret, "the server's auth.secret: mint a client token for every connection, ?token= (or environment MEGATEST_TOKEN_SECRET)")
+	fs.DurationVar(&o.TokenTTL, "token-ttl", o.TokenTTL, "how long each minted client token is valid; the server ends a connection when it expires and megatest reconnects with a new one")
 	fs.IntVar(&o.Procs, "procs", o.Procs, "processes to split over (0 = as many as the open-file limit needs)")
 	fs.DurationVar(&o.Grace, "grace", o.Grace, "at the end, how long to wait for published messages still in flight")
 	fs.DurationVar(&o.RoundWait, "round-wait", o.RoundWait, "how long one broadcast round may take to reach every connection")
@@ -134,6 +143,9 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
+	if o.TokenSecret == "" {
+		o.TokenSecret = os.Getenv(tokenSecretEnv)
+	}
 	if o.Token == "" {
 		o.Token = os.Getenv(tokenEnv)
 	}
@@ -156,6 +168,8 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -report %s: must be positive", o.Report)
 	case o.Hold < 0:
 		return fmt.Errorf("megatest: -hold %s: must not be negative", o.Hold)
+	case o.TokenTTL <= 0:
+		return fmt.Errorf("megatest: -token-ttl %s: must be positive", o.TokenTTL)
 	case o.RoundEvery < 0:
 		return fmt.Errorf("megatest: -round-every %s: must not be negative", o.RoundEvery)
 	case o.Ping < 0:
@@ -213,6 +227,7 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-run", o.Run,
 		"-channels", fmt.Sprint(o.Channels),
 		"-heartbeat", o.Heartbeat.String(),
+		"-token-ttl", o.TokenTTL.String(),
 	}
-	return a // the token goes by environment, not where ps shows it
+	return a // the tokens and the secret go by environment, not where ps shows them
 }

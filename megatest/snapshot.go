@@ -25,6 +25,7 @@ type Snapshot struct {
 	Failed      int64 `json:"failed"`
 	Unexpected  int64 `json:"unexpected"`
 	Reconnects  int64 `json:"reconnects"`
+	Expired     int64 `json:"expired"` // the server ended a connection because its token expired
 	Msgs        int64 `json:"msgs"`
 	HB          int64 `json:"hb"`
 	Dups        int64 `json:"dups"`

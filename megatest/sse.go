@@ -29,12 +29,15 @@ type sseEvent struct {
 	comments  int
 	fields    int  // non-comment lines
 	reconnect bool // a ": reconnect" comment: the server's hand-over notice
+	event     []byte
 }
 
 var (
 	sseID        = []byte("id")
 	sseData      = []byte("data")
 	sseRetry     = []byte("retry")
+	sseEventName = []byte("event")
+	sseExpired   = []byte("expired")
 	sseReconnect = []byte(" reconnect")
 )
 
@@ -93,6 +96,8 @@ func parseSSE(b []byte, ev *sseEvent, scratch *[]byte) (int, error) {
 			ev.dataLines++
 		case bytes.Equal(name, sseID):
 			ev.id, ev.hasID = val, true
+		case bytes.Equal(name, sseEventName):
+			ev.event = val
 		case bytes.Equal(name, sseRetry):
 			if n, ok := atoi64(val); ok {
 				ev.retry = n

@@ -133,6 +133,11 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		c.flags |= fAnnounced
 	}
 	switch {
+	case bytes.Equal(ev.event, sseExpired):
+		// The server's notice that this connection's token expired; it
+		// closes next, and we come back with a new token.
+		c.flags |= fAnnounced
+		e.st.expired++
 	case ev.dataLines > 0:
 		var m msgInfo
 		if err := scanMessage(ev.data, e.tag, &m); err != nil {
@@ -162,6 +167,9 @@ func uintEquals(b []byte, v uint64) bool {
 }
 
 var errLine = errors.New("megatest: stream chunk does not end a line")
+
+// lpExpired is in the body of megacomet's 401 for an expired token.
+var lpExpired = []byte(`"token expired"`)
 
 // chunk handles one chunk of the NDJSON stream: whole lines, each a
 // message, an empty one a heartbeat; the last chunk is the server's
@@ -209,7 +217,7 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 	if err := e.retryLater(&h); err != nil {
 		return hn, err
 	}
-	if h.status != 200 {
+	if h.status != 200 && h.status != 401 {
 		return 0, errStatus
 	}
 	if h.chunked || h.contentLength < 0 || h.contentLength > maxEvent {
@@ -218,6 +226,14 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 	end := hn + int(h.contentLength)
 	if len(b) < end {
 		return 0, errNeedMore
+	}
+	if h.status == 401 {
+		if !bytes.Contains(b[hn:end], lpExpired) {
+			return 0, errStatus
+		}
+		// A held poll whose token expired: come back with a new one.
+		e.st.expired++
+		return end, errEnd
 	}
 	count, err := lpBody(b[hn:end], func(body []byte, i int) (int, error) {
 		var m msgInfo
@@ -317,6 +333,10 @@ func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
 		e.wbuf = appendWSClose(e.wbuf[:0], code, uint32(e.rand()))
 		unixWriteIgnore(c.fd, e.wbuf)
 		if code == wsServiceRestart {
+			return n, errEnd
+		}
+		if code == wsTokenExpired {
+			e.st.expired++
 			return n, errEnd
 		}
 		return n, errWSClosed

@@ -25,6 +25,10 @@ const (
 // back — megacomet's hand-over notice.
 const wsServiceRestart = 1012
 
+// wsTokenExpired is megacomet's close status for a token that expired: come
+// back with a new one.
+const wsTokenExpired = 4001
+
 var (
 	errWSFrame  = errors.New("megatest: malformed WebSocket frame")
 	errWSMasked = errors.New("megatest: masked WebSocket frame from the server")

@@ -161,6 +161,7 @@ type summary struct {
 	ConnectFailed    int64   `json:"connect_failed"`
 	ClosedUnexpected int64   `json:"closed_unexpected"`
 	Reconnects       int64   `json:"reconnects"`
+	TokensExpired    int64   `json:"tokens_expired"`
 	Messages         int64   `json:"messages"`
 	Lost             int64   `json:"lost"`
 	Duplicates       int64   `json:"duplicates"`
@@ -253,16 +254,24 @@ func TestMegatestHolds30000(t *testing.T) {
 		t.Skip("30,000 connections")
 	}
 	for _, tr := range []string{"sse", "ws"} {
-		t.Run(tr, func(t *testing.T) { holds30000(t, tr) })
+		t.Run(tr, func(t *testing.T) { holds30000(t, tr, false) })
 	}
+	// With auth required: a token minted for every connection and checked
+	// by the server once per connection.
+	t.Run("sse+auth", func(t *testing.T) { holds30000(t, "sse", true) })
 }
 
-func holds30000(t *testing.T, tr string) {
+func holds30000(t *testing.T, tr string, withAuth bool) {
 	// A heartbeat of realistic length for this many connections: 6,000
 	// heartbeats a second, each written by the server and read by megatest
 	// on these two cores.
 	testutil.Sysctl(t, testutil.DefaultKernel) // as on a fresh machine
-	s := testutil.Start(t, map[string]string{"server": "workers = 2", "comet": `heartbeat = "5s"`})
+	cfg := map[string]string{"server": "workers = 2", "comet": `heartbeat = "5s"`}
+	if withAuth {
+		cfg["auth"] = fmt.Sprintf("secret = %q", clientSecret)
+		t.Setenv("MEGATEST_TOKEN_SECRET", clientSecret)
+	}
+	s := testutil.Start(t, cfg)
 	const n = 30000
 	r := runMegatest(t, s, "a", "-transport", tr, "-n", fmt.Sprint(n), "-rate", "15000", "-report", "1s")
 	st := waitHeld(t, s, n, 3*time.Minute)

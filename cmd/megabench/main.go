@@ -34,6 +34,7 @@ func main() {
 	fs.StringVar(&o.SysctlFile, "sysctl", "etc/sysctl.d/60-megacomet.conf", "kernel tuning applied when root, restored after (\"\" = none)")
 	fs.IntVar(&o.FloorConns, "floor-conns", 5000, "connections of the loopback floor probe")
 	fs.IntVar(&o.FloorRounds, "floor-rounds", 20, "rounds of the loopback floor probe")
+	fs.BoolVar(&o.AuthCompare, "auth-compare", false, "then connect -n again with HS256 client tokens required: the connect rate auth costs")
 	extra := fs.String("megatest-flags", "", "more megatest flags, space-separated")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
