@@ -1,6 +1,12 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -102,5 +108,49 @@ func TestTokenAllowsPublicAPI(t *testing.T) {
 	o.API.Listen, o.API.Token = "0.0.0.0:9000", "s3cret"
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Auth keys that do not fit together, or a key that cannot be used, are
+// errors that name the key; the ones that fit load, with required on.
+func TestAuthConfig(t *testing.T) {
+	dir := t.TempDir()
+	ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	writeKey := func(name string, pub any) string {
+		b, _ := x509.MarshalPKIXPublicKey(pub)
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: b}), 0o644)
+		return p
+	}
+	good, small := writeKey("ec.pem", ek.Public()), writeKey("rsa1024.pem", weak.Public())
+	secret := strings.Repeat("s", MinSecret)
+	for in, want := range map[string]string{
+		"secret = \"short\"\n": "auth.secret",
+		"secret = \"" + secret + "\"\npublic_key = \"" + good + "\"\n": "auth.secret",
+		"required = true\n": "auth.required",
+		"cookie = \"mc\"\n": "auth.cookie",
+		"secret = \"" + secret + "\"\ncookie = \"a b\"\n": "auth.cookie",
+		"public_key = \"" + small + "\"\n":                "auth.public_key",
+		"public_key = \"" + dir + "/none.pem\"\n":         "auth.public_key",
+	} {
+		path := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(path, []byte("[auth]\n"+in), 0o644)
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line naming %s", in, err, want)
+		}
+	}
+	for in, required := range map[string]bool{
+		"secret = \"" + secret + "\"\n":                    true,
+		"public_key = \"" + good + "\"\n":                  true,
+		"secret = \"" + secret + "\"\nrequired = false\n":  false,
+		"secret = \"" + secret + "\"\ncookie = \"mc_t\"\n": true,
+	} {
+		path := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(path, []byte("[auth]\n"+in), 0o644)
+		o, err := Load(path)
+		if err != nil || o.Auth.Required != required || !o.Auth.On() {
+			t.Errorf("%q: %v, required %v on %v", in, err, o.Auth.Required, o.Auth.On())
+		}
 	}
 }
