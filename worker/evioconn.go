@@ -71,3 +71,18 @@ func evioForgetPeer(c evio.Conn) {
 	*(*syscall.Sockaddr)(unsafe.Add(p, layout.saOff)) = nil
 	*(*net.Addr)(unsafe.Add(p, layout.addrOff)) = nil
 }
+
+// evioReleaseOut drops evio's output buffer once it is empty: after writing
+// a backlog evio keeps the buffer for reuse when its capacity is at most
+// 4 KiB, so every connection that was ever behind (a slow reader, a
+// broadcast to a starved client) would hold 4 KiB until it closed. A
+// typed store, like evioForgetPeer's.
+func evioReleaseOut(c evio.Conn) {
+	out := (*[]byte)(unsafe.Add(connPtr(c), layout.outOff))
+	if len(*out) == 0 && cap(*out) > 0 {
+		*out = nil
+	}
+}
+
+// unsafeOut points at evio's output slice of c (tests).
+func unsafeOut(cc *conn) unsafe.Pointer { return unsafe.Add(connPtr(cc.ec), layout.outOff) }

@@ -139,6 +139,7 @@ func (w *Worker) startHeartbeats(cc *conn) {
 
 // heartbeat writes one unless a message went out within the interval.
 func (w *Worker) heartbeat(cc *conn) {
+	evioReleaseOut(cc.ec) // what a backlog left behind, once an interval
 	if cc.tr == trWS {
 		w.wsHeartbeat(cc) // a ping, also when messages went out (ws.go)
 		return
