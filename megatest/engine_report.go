@@ -5,11 +5,14 @@ package megatest
 import "golang.org/x/sys/unix"
 
 // pubTurn picks this turn's -pub targets among the connections the server
-// knows, round-robin, and hands them to the publisher.
+// knows, round-robin, and hands them to the publisher. A long-poll client
+// the server has answered once is known between its polls too: it polls
+// again from its cursor, and history gives it what came meanwhile (its
+// polls may all end at its token's expiry, before any message).
 func (e *engine) pubTurn(now int64) {
 	dt := float64(now-e.lastTurn) / 1e9
 	e.pubAllow = min(e.pubAllow+e.pub.rate*dt, max(e.pub.rate/5, 1))
-	if e.st.ready == 0 {
+	if e.st.ready == 0 && e.tr != trLP {
 		e.pubAllow = 0
 		return
 	}
@@ -23,7 +26,7 @@ func (e *engine) pubTurn(now int64) {
 		if e.pubCursor++; e.pubCursor == len(e.conns) {
 			e.pubCursor = 0
 		}
-		if e.conns[i].flags&fReady != 0 {
+		if f := e.conns[i].flags; f&fReady != 0 || e.tr == trLP && f&fCursor != 0 {
 			targets = append(targets, uint32(i))
 		}
 	}

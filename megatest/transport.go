@@ -168,8 +168,12 @@ func uintEquals(b []byte, v uint64) bool {
 
 var errLine = errors.New("megatest: stream chunk does not end a line")
 
-// lpExpired is in the body of megacomet's 401 for an expired token.
-var lpExpired = []byte(`"token expired"`)
+// lpExpired is in the body of megacomet's 401 for an expired token;
+// streamExpired is the line a stream ends with for one.
+var (
+	lpExpired     = []byte(`"token expired"`)
+	streamExpired = []byte(`{"error":"token expired"}`)
+)
 
 // chunk handles one chunk of the NDJSON stream: whole lines, each a
 // message, an empty one a heartbeat; the last chunk is the server's
@@ -195,6 +199,13 @@ func (e *engine) chunk(c *conn, b []byte, now int64, idx int32) (int, error) {
 		}
 		if len(line) == 0 {
 			e.st.hb++
+			continue
+		}
+		if bytes.Equal(line, streamExpired) {
+			// The server's notice that this connection's token expired;
+			// the last chunk follows, and we come back with a new token.
+			c.flags |= fAnnounced
+			e.st.expired++
 			continue
 		}
 		var m msgInfo
@@ -231,8 +242,13 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 		if !bytes.Contains(b[hn:end], lpExpired) {
 			return 0, errStatus
 		}
-		// A held poll whose token expired: come back with a new one.
+		// A held poll whose token expired: the server knew this client
+		// and says where it was; come back from there with a new token.
 		e.st.expired++
+		e.ready(c)
+		if h.hasCursor {
+			c.advance(h.cursor)
+		}
 		return end, errEnd
 	}
 	count, err := lpBody(b[hn:end], func(body []byte, i int) (int, error) {

@@ -155,7 +155,8 @@ func TestAuthBrowserEventSource(t *testing.T) {
 // token expires, with the transport's announced close; megatest comes back
 // with a fresh token and its cursor, and nothing is lost or doubled.
 func TestAuthExpiryUnderPublish(t *testing.T) {
-	s := startAuthServer(t, map[string]string{"comet": `poll_timeout = "1s"`})
+	// Long-polls held longer than a token lives, so theirs expire too.
+	s := startAuthServer(t, map[string]string{"comet": `poll_timeout = "5s"`})
 	for _, tr := range []string{"sse", "ws", "stream", "lp"} {
 		t.Run(tr, func(t *testing.T) {
 			const n = 1000

@@ -21,7 +21,8 @@ import (
 //
 // Expiry ends the connection with its transport's announced close, so the
 // client comes back with a fresh token and its cursor: SSE an "expired"
-// event, a stream its last chunk, a long-poll 401, WebSocket close 4001.
+// event, a stream the line {"error":"token expired"} and its last chunk, a
+// long-poll 401, WebSocket close 4001.
 
 var keyToken = []byte("token")
 
@@ -48,12 +49,12 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte) (grant, bo
 	}
 	claims, err := w.auth.Verify(string(tok), string(id))
 	if err != nil {
-		w.refuse(cc, r.origin, err.(*auth.Refusal))
+		w.refuse(cc, r.origin, err.(*auth.Refusal), 0)
 		return grant{}, false
 	}
 	for _, ch := range q.channels() {
 		if !claims.Allows(string(ch)) {
-			w.refuse(cc, r.origin, auth.ChannelRefused(string(ch)))
+			w.refuse(cc, r.origin, auth.ChannelRefused(string(ch)), 0)
 			return grant{}, false
 		}
 	}
@@ -91,8 +92,10 @@ func tokenOf(r *request, q *query, cookie string) []byte {
 }
 
 // refuse answers a refused token: the status and a one-line JSON reason,
-// with CORS so a page's fetch can read it, then closes.
-func (w *Worker) refuse(cc *conn, origin []byte, e *auth.Refusal) {
+// with CORS so a page's fetch can read it, then closes. A long-poll that
+// was held until its token expired also gets its cursor (X-Megacomet-Cursor),
+// to poll again after with a new token.
+func (w *Worker) refuse(cc *conn, origin []byte, e *auth.Refusal, cursor uint64) {
 	w.counts.BadRequests++
 	w.counts.AuthRefused++
 	body := strconv.AppendQuote(append(w.body[:0], `{"error":`...), e.Reason)
@@ -106,6 +109,9 @@ func (w *Worker) refuse(cc *conn, origin []byte, e *auth.Refusal) {
 		b = append(b, " Forbidden\r\n"...)
 	}
 	b = w.appendCORS(b, origin)
+	if cursor != 0 {
+		b = appendCursor(b, cursor)
+	}
 	b = append(b, "Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(append(b, "\r\n\r\n"...), body...)
@@ -163,6 +169,7 @@ func (w *Worker) expired(cc *conn) bool {
 
 var (
 	sseExpired       = []byte("event: expired\ndata: {\"error\":\"token expired\"}\n\n")
+	chunkExpired     = []byte("1a\r\n{\"error\":\"token expired\"}\n\r\n0\r\n\r\n") // a line of its own, then the last chunk
 	wsCloseExpired   = ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(wsStatusTokenExpired, "token expired")))
 	errTokenExpired  = auth.ErrExpired
 	wsChannelRefused = []byte(`{"error":"token does not allow channel `)
@@ -181,7 +188,9 @@ func (w *Worker) endExpired(cc *conn) {
 		case cc.tr == trSSE:
 			w.send(cc, sseExpired)
 		case cc.flags&fRaw == 0:
-			w.send(cc, chunkedEnd)
+			w.send(cc, chunkExpired)
+		default:
+			w.send(cc, chunkExpired[4:len(chunkExpired)-7]) // HTTP/1.0: the line, then the close
 		}
 		w.linger(cc)
 	case stPolling:
@@ -189,8 +198,9 @@ func (w *Worker) endExpired(cc *conn) {
 		if cc.x != nil {
 			origin = cc.x.origin // as the poll's answer would have carried
 		}
+		cursor := cc.cursor
 		w.unsubscribe(cc)
-		w.refuse(cc, origin, errTokenExpired)
+		w.refuse(cc, origin, errTokenExpired, cursor)
 	default:
 		w.linger(cc)
 	}

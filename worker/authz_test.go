@@ -147,7 +147,7 @@ func TestTokenExpiryEndsEachTransport(t *testing.T) {
 		case "sse":
 			want = "event: expired\ndata: {\"error\":\"token expired\"}\n\n"
 		case "stream":
-			want = "0\r\n\r\n"
+			want = "1a\r\n{\"error\":\"token expired\"}\n\r\n0\r\n\r\n"
 		case "lp":
 			want = "HTTP/1.1 401 "
 		}

@@ -169,7 +169,7 @@ func (h *harness) waitFrame(t ipc.Type) []byte {
 // lastCounts waits for a Counts frame satisfying ok.
 func (h *harness) countsWhere(ok func(ipc.Counts) bool) ipc.Counts {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	var c ipc.Counts
 	for time.Now().Before(deadline) {
 		c, _ = ipc.DecodeCounts(h.waitFrame(ipc.TypeCounts))

@@ -61,7 +61,11 @@ func TestPausedBroadcastKeepsOrder(t *testing.T) {
 	if got := readEvents(t, late.fd, len(want)); !bytes.Equal(got, want) {
 		t.Fatalf("the connection that subscribed during the pause got %q, want %q", got, want)
 	}
-	c := h.countsWhere(func(c ipc.Counts) bool { return c.FanOutPauses > 0 })
+	// Counts come on the worker's own schedule: wait for one that has
+	// counted them all (or more, which fails below).
+	c := h.countsWhere(func(c ipc.Counts) bool {
+		return c.FanOutPauses > 0 && c.MessagesOut >= uint64(3*fanoutConns+3)
+	})
 	t.Logf("%d pauses, %d messages out", c.FanOutPauses, c.MessagesOut)
 	if c.MessagesOut != uint64(3*fanoutConns+3) {
 		t.Errorf("%d messages out, want %d", c.MessagesOut, 3*fanoutConns+3)
