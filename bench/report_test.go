@@ -10,15 +10,23 @@ import (
 // The soak's drift is from the first sample at or after the 5th minute to
 // the last one; a shorter run measures from its first sample.
 func TestDrift(t *testing.T) {
-	s := func(at time.Duration, total uint64) Sample { return Sample{AtS: at.Seconds(), Total: total} }
-	samples := []Sample{s(0, 50), s(4*time.Minute, 90), s(5*time.Minute, 100), s(20*time.Minute, 100), s(30*time.Minute, 101)}
-	if got := drift(samples, 5*time.Minute); got < 0.99 || got > 1.01 {
-		t.Errorf("drift %.3f %%, want 1 %%", got)
+	s := func(at time.Duration, worker, megatest uint64) Sample {
+		return Sample{AtS: at.Seconds(), RSSBytes: map[string]uint64{"manager": 10, "worker0": worker - 10, "megatest1": megatest}}
 	}
-	if got := drift(samples[:2], 5*time.Minute); got < 79 || got > 81 {
+	samples := []Sample{s(0, 50, 5), s(4*time.Minute, 90, 9), s(5*time.Minute, 100, 10), s(20*time.Minute, 100, 10), s(30*time.Minute, 101, 11)}
+	if got := drift(samples, 5*time.Minute, serverProc); got < 0.99 || got > 1.01 {
+		t.Errorf("server drift %.3f %%, want 1 %%", got)
+	}
+	if got := drift(samples, 5*time.Minute, megatestProc); got < 9.99 || got > 10.01 {
+		t.Errorf("megatest drift %.3f %%, want 10 %%", got)
+	}
+	if got := drift(samples, 5*time.Minute, all); got < 1.81 || got > 1.82 {
+		t.Errorf("total drift %.3f %%, want 2/110", got)
+	}
+	if got := drift(samples[:2], 5*time.Minute, serverProc); got < 79 || got > 81 {
 		t.Errorf("a run shorter than 5 minutes: drift %.3f %%, want 80 %% from its first sample", got)
 	}
-	if got := drift(nil, 5*time.Minute); got != 0 {
+	if got := drift(nil, 5*time.Minute, all); got != 0 {
 		t.Errorf("no samples: %v", got)
 	}
 }

@@ -166,7 +166,9 @@ func Run(o Options) (*Report, error) {
 		r.ServerBytesPerConn = float64(int64(r.ServerPSSAtN)-int64(r.ServerPSSAt0)) / float64(o.N)
 	}
 	r.Samples = samples
-	r.RSSDriftPct = drift(samples, 5*time.Minute)
+	r.RSSDriftPct = drift(samples, 5*time.Minute, all)
+	r.ServerRSSDriftPct = drift(samples, 5*time.Minute, serverProc)
+	r.MegatestRSSDriftPct = drift(samples, 5*time.Minute, megatestProc)
 	srv.stop(r.ServerLog)
 	if o.AuthCompare && o.AuthSecret == "" {
 		if r.ConnectRateAuth, err = connectRateWithAuth(o, r.Workers); err != nil {
@@ -477,9 +479,10 @@ func rssSample(st *manager.Stats, managerPID, megatestPID int, at time.Duration)
 	return s
 }
 
-// drift is the change in total RSS, in percent, from the first sample at
-// or after from to the last one (from the first when the run was shorter).
-func drift(samples []Sample, from time.Duration) float64 {
+// drift is the change in the RSS of the processes which picks, in
+// percent, from the first sample at or after from to the last one (from
+// the first when the run was shorter).
+func drift(samples []Sample, from time.Duration, which func(name string) bool) float64 {
 	if len(samples) < 2 {
 		return 0
 	}
@@ -490,12 +493,27 @@ func drift(samples []Sample, from time.Duration) float64 {
 			break
 		}
 	}
-	end := samples[len(samples)-1]
-	if start.Total == 0 {
+	a, b := start.sum(which), samples[len(samples)-1].sum(which)
+	if a == 0 {
 		return 0
 	}
-	return 100 * (float64(end.Total) - float64(start.Total)) / float64(start.Total)
+	return 100 * (float64(b) - float64(a)) / float64(a)
 }
+
+// sum is the RSS of the processes which picks.
+func (s Sample) sum(which func(name string) bool) uint64 {
+	var t uint64
+	for name, b := range s.RSSBytes {
+		if which(name) {
+			t += b
+		}
+	}
+	return t
+}
+
+func all(string) bool               { return true }
+func megatestProc(name string) bool { return strings.HasPrefix(name, "megatest") }
+func serverProc(name string) bool   { return !megatestProc(name) }
 
 // tune applies a sysctl.d file and returns what puts the old values back.
 func tune(path string) (func(), error) {
