@@ -81,7 +81,11 @@ type Comet struct {
 	PollTimeout Duration `toml:"poll_timeout" json:"poll_timeout"`
 	HistoryTTL  Duration `toml:"history_ttl" json:"history_ttl"`
 	HistorySize int      `toml:"history_size" json:"history_size"`
-	MaxPending  int      `toml:"max_pending" json:"max_pending"`
+	// MaxReplay bounds the messages one subscription replays (its id, its
+	// channels and the broadcasts together): past it, the newest, and a
+	// gap announced. 0: history_size.
+	MaxReplay  int `toml:"max_replay" json:"max_replay"`
+	MaxPending int `toml:"max_pending" json:"max_pending"`
 	// WSMaxMessage bounds a WebSocket frame or message from a client.
 	WSMaxMessage int `toml:"ws_max_message" json:"ws_max_message"`
 }
@@ -264,6 +268,9 @@ func (o *Options) check() error {
 	}
 	if o.Comet.HistoryTTL < 0 {
 		return bad("comet.history_ttl", "must be >= 0, got %s", o.Comet.HistoryTTL.D())
+	}
+	if o.Comet.MaxReplay < 0 {
+		return bad("comet.max_replay", "must be >= 0 (0: history_size), got %d", o.Comet.MaxReplay)
 	}
 	if o.Comet.HistorySize < 0 {
 		return bad("comet.history_size", "must be >= 0, got %d", o.Comet.HistorySize)

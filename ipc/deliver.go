@@ -3,13 +3,17 @@ package ipc
 // Deliver frames (manager → worker) carry records:
 //
 //	RecMsg     id uvarint, kind byte, [channel string | n uvarint, n × id string], body bytes
-//	RecReplay  token uvarint, n uvarint, n × (id uvarint, body bytes)
+//	RecReplay  token uvarint, more byte, gap uvarint, n uvarint, n × (id uvarint, body bytes)
 //
 // A RecMsg for ids lists only the ids the receiving worker holds; a broadcast
 // or channel message is one record per worker however many clients it
 // reaches. Body is the message's JSON, rendered once by the manager.
 // RecReplay answers one OpJoin: the retained messages after its cursor, in
-// id order (n may be 0: the connection then goes live).
+// id order (n may be 0: the connection then goes live). A long replay comes
+// in pieces, each in its own Deliver frame of bounded size: more is 1 on
+// every piece but the last. gap, on the first piece, is nonzero when the
+// replay left out older messages (comet.max_replay): those with ids between
+// the join's cursor and gap may be missing, and the client is told so.
 
 // Record kinds in a Deliver frame.
 const (
@@ -38,9 +42,15 @@ func AppendMsgHead(dst []byte, id uint64, kind byte, channel string) []byte {
 
 // AppendReplayHead appends a RecReplay header; then append n (id, body)
 // pairs with AppendUvarint and AppendBytes.
-func AppendReplayHead(dst []byte, token uint32, n int) []byte {
+func AppendReplayHead(dst []byte, token uint32, more bool, gap uint64, n int) []byte {
 	dst = append(dst, RecReplay)
 	dst = AppendUvarint(dst, uint64(token))
+	if more {
+		dst = append(dst, 1)
+	} else {
+		dst = append(dst, 0)
+	}
+	dst = AppendUvarint(dst, gap)
 	return AppendUvarint(dst, uint64(n))
 }
 
@@ -67,6 +77,8 @@ func (m *Msg) NextID() ([]byte, bool) {
 // Replay is one decoded RecReplay; Next yields its N messages.
 type Replay struct {
 	Token uint32
+	More  bool   // another piece of this replay follows
+	Gap   uint64 // nonzero: messages after the cursor and before Gap were left out
 	N     int
 	r     Reader
 }
@@ -123,6 +135,16 @@ func (d *DeliverReader) Next() byte {
 	case RecReplay:
 		rp := &d.Replay
 		rp.Token = uint32(r.Uvarint())
+		switch r.Byte() {
+		case 0:
+			rp.More = false
+		case 1:
+			rp.More = true
+		default:
+			r.fail("replay piece flag")
+			return 0
+		}
+		rp.Gap = r.Uvarint()
 		n := r.Uvarint()
 		// Each message takes at least two bytes (id, body length): a
 		// larger count is corrupt and would make the consumer spin.

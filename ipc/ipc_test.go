@@ -68,14 +68,14 @@ func TestDeliverRecords(t *testing.T) {
 	b = AppendUvarint(b, 2)
 	b = AppendString(AppendString(b, "a1"), "b2")
 	b = AppendBytes(b, []byte(`{"id":10,"data":1}`))
-	b = AppendReplayHead(b, 42, 2)
+	b = AppendReplayHead(b, 42, true, 3, 2)
 	b = AppendBytes(AppendUvarint(b, 3), []byte("three"))
 	b = AppendBytes(AppendUvarint(b, 4), []byte("four"))
 	b = AppendBytes(AppendMsgHead(b, 11, KindChannel, "news"), []byte("chan"))
 	b = AppendBytes(AppendMsgHead(b, 12, KindBroadcast, ""), []byte("all"))
-	b = AppendReplayHead(b, 43, 0)
+	b = AppendReplayHead(b, 43, false, 0, 0)
 	got, err := deliverAll(b)
-	want := []string{`msg 10 k0  {"id":10,"data":1} ->a1 ->b2`, "replay 42: 3=three 4=four", "msg 11 k1 news chan", "msg 12 k2  all", "replay 43:"}
+	want := []string{`msg 10 k0  {"id":10,"data":1} ->a1 ->b2`, "replay 42 more gap 3: 3=three 4=four", "msg 11 k1 news chan", "msg 12 k2  all", "replay 43:"}
 	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("got %q, %v\nwant %q", got, err, want)
 	}
@@ -219,7 +219,14 @@ func deliverAll(p []byte) ([]string, error) {
 			got = append(got, s)
 		case RecReplay:
 			rp := &d.Replay
-			s := fmt.Sprintf("replay %d:", rp.Token)
+			s := fmt.Sprintf("replay %d", rp.Token)
+			if rp.More {
+				s += " more"
+			}
+			if rp.Gap != 0 {
+				s += fmt.Sprintf(" gap %d", rp.Gap)
+			}
+			s += ":"
 			for i := 0; i < rp.N; i++ {
 				id, body := rp.Next()
 				s += fmt.Sprintf(" %d=%s", id, body)

@@ -51,12 +51,14 @@ type Counts struct {
 	FanOutPauses  uint64
 	AuthRefused   uint64 // total requests and subscribes refused for their token
 	TokensExpired uint64 // total connections ended because their token expired
+	ReplaysPaced  uint64 // replays and long-poll answers cut at comet.max_pending: the rest after the client comes back from its cursor
+	GapsAnnounced uint64 // gap announcements sent: a replay left messages out
 }
 
-func (c *Counts) fields() [16]*uint64 {
+func (c *Counts) fields() [18]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
-		&c.AuthRefused, &c.TokensExpired}
+		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced}
 }
 
 // AppendCounts appends a Counts frame.

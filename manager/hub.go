@@ -35,12 +35,15 @@ type hub struct {
 	hist      *history
 	idem      *idemKeys
 	published uint64
-	frames    [][]byte // per link: the Deliver frame being built
-	starts    []int
-	dirty     []linkID
-	targets   map[linkID][]string // scratch: per link, a message's ids there
-	tell      func(*proc, func([]byte) []byte)
-	now       func() time.Time
+	// replaysCut counts joins that asked for more than maxReplay messages.
+	replaysCut uint64
+	frames     [][]byte // per link: the Deliver frame being built
+	starts     []int
+	dirty      []linkID
+	targets    map[linkID][]string // scratch: per link, a message's ids there
+	tell       func(*proc, func([]byte) []byte)
+	now        func() time.Time
+	maxReplay  int // comet.max_replay: the most messages one join replays
 	// primed is closed once the hub holds the state it will serve from:
 	// at once on a fresh start, after the hand-over on an upgrade. Replays
 	// wait for it.
@@ -54,7 +57,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 		hist:    newHistory(historySize, historyTTL),
 		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
-		tell:    tell, now: time.Now,
+		tell:    tell, now: time.Now, maxReplay: historySize,
 		primed: make(chan struct{}),
 	}
 }
@@ -215,16 +218,63 @@ func (h *hub) frame(l linkID) []byte {
 // flush hands every frame built under this lock hold to its link.
 func (h *hub) flush() {
 	for _, l := range h.dirty {
-		f := ipc.End(h.frames[l], h.starts[l])
-		if p := h.links[l]; p != nil {
-			h.tell(p, func(dst []byte) []byte { return append(dst, f...) })
-		}
-		if cap(f) > 1<<20 {
-			f = nil // do not keep a huge batch's buffer
-		}
-		h.frames[l] = f[:0]
+		h.flushLink(l)
 	}
 	h.dirty = h.dirty[:0]
+}
+
+// flushLink hands link l's frame under construction to it, if it has one;
+// the next h.frame(l) starts another.
+func (h *hub) flushLink(l linkID) {
+	f := h.frames[l]
+	if len(f) == 0 {
+		return // already handed over
+	}
+	f = ipc.End(f, h.starts[l])
+	if p := h.links[l]; p != nil {
+		h.tell(p, func(dst []byte) []byte { return append(dst, f...) })
+	}
+	if cap(f) > 1<<20 {
+		f = nil // do not keep a huge batch's buffer
+	}
+	h.frames[l] = f[:0]
+}
+
+// replayPiece bounds the Deliver frame a replay is built in: a join's
+// replay longer than that travels in several frames, so none nears
+// ipc.MaxFrame and the worker serves its other clients between them.
+const replayPiece = 1 << 20
+
+// appendReplay queues join j's replay to link l: at most h.maxReplay of
+// the newest messages after its cursor (the first piece then names the
+// oldest one sent as the gap), in pieces of about replayPiece bytes.
+func (h *hub) appendReplay(l linkID, j *ipc.Join, msgs []*message) {
+	var gap uint64
+	if len(msgs) > h.maxReplay {
+		msgs = msgs[len(msgs)-h.maxReplay:]
+		gap = msgs[0].id
+		h.replaysCut++
+	}
+	for {
+		n, size := 0, 0
+		for n < len(msgs) && (n == 0 || size+len(msgs[n].body) <= replayPiece) {
+			size += len(msgs[n].body) + 16
+			n++
+		}
+		more := n < len(msgs)
+		f := ipc.AppendReplayHead(h.frame(l), j.Token, more, gap, n)
+		for _, m := range msgs[:n] {
+			f = ipc.AppendBytes(ipc.AppendUvarint(f, m.id), m.body)
+		}
+		h.frames[l] = f
+		if more || len(f) > replayPiece {
+			h.flushLink(l)
+		}
+		if !more {
+			return
+		}
+		msgs, gap = msgs[n:], 0
+	}
 }
 
 // presence applies a worker's Presence frame and answers its joins with
@@ -247,12 +297,7 @@ func (h *hub) presence(p *proc, payload []byte) error {
 			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
 				chans = append(chans, string(ch))
 			}
-			msgs := h.hist.replay(string(j.ID), chans, j.Since)
-			f := ipc.AppendReplayHead(h.frame(p.link), j.Token, len(msgs))
-			for _, m := range msgs {
-				f = ipc.AppendBytes(ipc.AppendUvarint(f, m.id), m.body)
-			}
-			h.frames[p.link] = f
+			h.appendReplay(p.link, j, h.hist.replay(string(j.ID), chans, j.Since))
 		case ipc.OpHas:
 			h.ids.add(h.ids.hash(pr.Name), p.link)
 		case ipc.OpSub:
@@ -277,10 +322,19 @@ func (h *hub) expire() {
 }
 
 // counters for stats.
-func (h *hub) counters() (published, retained uint64, ids, channels int) {
+func (h *hub) counters() hubCounts {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.published, uint64(h.hist.retained()), h.ids.len(), h.chans.len()
+	return hubCounts{
+		Published: h.published, Retained: uint64(h.hist.retained()),
+		IDs: h.ids.len(), Channels: h.chans.len(), ReplaysCut: h.replaysCut,
+	}
+}
+
+// hubCounts is what the hub counts, for stats.
+type hubCounts struct {
+	Published, Retained, ReplaysCut uint64
+	IDs, Channels                   int
 }
 
 // hubState is what a manager hands the one that upgrades it: the id

@@ -60,6 +60,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	}
 	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
 	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
+	if opts.Comet.MaxReplay > 0 {
+		m.hub.maxReplay = opts.Comet.MaxReplay
+	}
 	// First, so a signal during start-up is handled, not fatal.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)

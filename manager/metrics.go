@@ -24,6 +24,7 @@ var metricHelp = []struct{ name, help string }{
 	{"refused_total", "Connections refused because workers were full."},
 	{"published_total", "Messages published."},
 	{"retained_messages", "Messages kept for replay."},
+	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
 	{"ids", "Client ids the workers hold."},
 	{"channels", "Channels with a subscriber."},
 	{"manager_rss_bytes", "Resident memory of the manager."},
@@ -45,6 +46,8 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_fan_out_pauses_total", "Broadcasts a worker paused to serve new connections, requests and timers first."},
 	{"worker_auth_refused_total", "Requests and subscribes a worker refused for their client token."},
 	{"worker_tokens_expired_total", "Connections a worker ended because their client token expired."},
+	{"worker_replays_paced_total", "Replays and long-poll answers a worker cut at comet.max_pending; the client gets the rest from its cursor."},
+	{"worker_gaps_announced_total", "Gap announcements a worker sent: a replay that left older messages out."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -80,6 +83,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("refused_total", float64(st.Refused))
 	put("published_total", float64(st.Manager.Published))
 	put("retained_messages", float64(st.Manager.Retained))
+	put("replays_cut_total", float64(st.Manager.ReplaysCut))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))
 	put("manager_rss_bytes", float64(st.Manager.RSSBytes))
@@ -103,6 +107,8 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_fan_out_pauses_total", float64(w.FanOutPauses), l...)
 		put("worker_auth_refused_total", float64(w.AuthRefused), l...)
 		put("worker_tokens_expired_total", float64(w.TokensExpired), l...)
+		put("worker_replays_paced_total", float64(w.ReplaysPaced), l...)
+		put("worker_gaps_announced_total", float64(w.GapsAnnounced), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

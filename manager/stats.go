@@ -73,6 +73,10 @@ type WorkerStats struct {
 	// TokensExpired, connections ended because their token expired.
 	AuthRefused   uint64 `json:"auth_refused"`
 	TokensExpired uint64 `json:"tokens_expired"`
+	// ReplaysPaced: replays and long-poll answers cut at comet.max_pending: the rest after the client comes back from its cursor
+	ReplaysPaced uint64 `json:"replays_paced"`
+	// GapsAnnounced: gap announcements sent: a replay left messages out
+	GapsAnnounced uint64 `json:"gaps_announced"`
 }
 
 // ManagerStats describes the manager process.
@@ -83,6 +87,9 @@ type ManagerStats struct {
 	CPUPercent float64 `json:"cpu_percent"`
 	Published  uint64  `json:"published"`
 	Retained   uint64  `json:"retained"`
+	// ReplaysCut counts joins that asked for more than comet.max_replay
+	// messages: they got the newest and a gap announcement.
+	ReplaysCut uint64  `json:"replays_cut"`
 	UptimeS    float64 `json:"uptime_s"`
 }
 
@@ -124,8 +131,7 @@ func (m *Manager) runSampler(stop <-chan struct{}) {
 	for {
 		m.sampleOnce()
 		m.hub.expire()
-		_, _, ids, _ := m.hub.counters()
-		trim.Observe(time.Since(m.started), ids)
+		trim.Observe(time.Since(m.started), m.hub.counters().IDs)
 		select {
 		case <-stop:
 			return
@@ -203,7 +209,9 @@ func (m *Manager) Snapshot() Stats {
 	}
 	s.mu.Unlock()
 	st.Manager.UptimeS = time.Since(m.started).Seconds()
-	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = m.hub.counters()
+	hc := m.hub.counters()
+	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = hc.Published, hc.Retained, hc.IDs, hc.Channels
+	st.Manager.ReplaysCut = hc.ReplaysCut
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 
 	m.mu.Lock()
@@ -219,6 +227,8 @@ func (m *Manager) Snapshot() Stats {
 			ws.SlowConsumers, ws.Heartbeats, ws.BadRequests = c.SlowConsumers, c.Heartbeats, c.BadRequests
 			ws.SilentClosed, ws.LoopLagMs, ws.TicksOverBudget, ws.FanOutPauses = c.SilentClosed, c.LoopLagMs, c.TicksOverBudget, c.FanOutPauses
 			ws.AuthRefused, ws.TokensExpired = c.AuthRefused, c.TokensExpired
+			ws.ReplaysPaced = c.ReplaysPaced
+			ws.GapsAnnounced = c.GapsAnnounced
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

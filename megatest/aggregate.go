@@ -111,6 +111,7 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.Unexpected += s.Unexpected
 		t.Reconnects += s.Reconnects
 		t.Expired += s.Expired
+		t.Gaps += s.Gaps
 		t.Msgs += s.Msgs
 		t.HB += s.HB
 		t.Dups += s.Dups

@@ -116,6 +116,7 @@ type stats struct {
 	closed, failed, unexpected, recon   int64
 	msgs, hb, dups, protoErrs, httpErrs int64
 	writeErrs, expired                  int64
+	gaps                                int64 // gap announcements: messages the server says may be missing
 }
 
 // conn is one connection's state: 48 bytes, and no buffer unless a unit

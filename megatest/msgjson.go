@@ -30,6 +30,7 @@ type msgInfo struct {
 	t    int64  // send time of one of our messages, unix ns
 	seq  uint64 // k or b
 	kind uint8  // kindPub or kindBcast when the message is from this run
+	gap  bool   // not a message: the server's {"gap":{...}} announcement
 }
 
 // scanMessage reads the single message object that is all of b (blanks
@@ -49,7 +50,7 @@ func scanMessage(b, run []byte, m *msgInfo) error {
 // index just past it.
 func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 	*m = msgInfo{}
-	hasID := false
+	hasID, gap := false, false
 	var d dataInfo
 	i, err := scanObject(b, i, func(key []byte, b []byte, i int) (int, error) {
 		switch string(key) {
@@ -64,11 +65,17 @@ func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 			if i < len(b) && b[i] == '{' {
 				return scanData(b, i, &d)
 			}
+		case "gap":
+			gap = true
 		}
 		return skipValue(b, i, 1)
 	})
 	if err != nil {
 		return 0, err
+	}
+	if gap && !hasID {
+		m.gap = true
+		return i, nil
 	}
 	if !hasID {
 		return 0, errNoID

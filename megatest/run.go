@@ -296,6 +296,7 @@ type Summary struct {
 	ClosedUnexpected int64         `json:"closed_unexpected"`
 	Reconnects       int64         `json:"reconnects"`
 	TokensExpired    int64         `json:"tokens_expired"` // of the reconnects, the server's for an expired token
+	Gaps             int64         `json:"gaps"`           // gap announcements: ranges the server says may be missing
 	Messages         int64         `json:"messages"`
 	Lost             int64         `json:"lost"`
 	Duplicates       int64         `json:"duplicates"`
@@ -364,7 +365,7 @@ func (r *runner) summary() int {
 	s := Summary{
 		Letter: r.o.Letter, Target: joinHostPort(r.o.Host, r.o.Port), Transport: r.o.Transport,
 		Connections: r.o.N, PeakActive: t.peak,
-		ConnectFailed: t.Failed, ClosedUnexpected: t.Unexpected, Reconnects: t.Reconnects, TokensExpired: t.Expired,
+		ConnectFailed: t.Failed, ClosedUnexpected: t.Unexpected, Reconnects: t.Reconnects, TokensExpired: t.Expired, Gaps: t.Gaps,
 		Messages: t.Msgs, Lost: t.Lost, Duplicates: t.Dups, Heartbeats: t.HB,
 		LatencyMs:   latencyOf(&t.lat),
 		BroadcastMs: []BroadcastMs{},

@@ -26,6 +26,7 @@ type Snapshot struct {
 	Unexpected  int64 `json:"unexpected"`
 	Reconnects  int64 `json:"reconnects"`
 	Expired     int64 `json:"expired"` // the server ended a connection because its token expired
+	Gaps        int64 `json:"gaps"`    // the server announced messages that may be missing
 	Msgs        int64 `json:"msgs"`
 	HB          int64 `json:"hb"`
 	Dups        int64 `json:"dups"`

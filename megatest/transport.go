@@ -281,6 +281,10 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 // message accounts one message: cursor, duplicates, and for our own
 // messages the latency and the check-off.
 func (e *engine) message(idx int32, c *conn, m *msgInfo, now int64) {
+	if m.gap {
+		e.st.gaps++
+		return
+	}
 	e.st.msgs++
 	if m.id <= c.lastID {
 		e.st.dups++

@@ -19,7 +19,12 @@ type msg struct {
 	ID      uint64          `json:"id"`
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
+	Gap     *gap            `json:"gap"` // not a message: a gap announcement
 }
+
+// gap is the server's announcement that messages with ids strictly between
+// After and Before may be missing.
+type gap struct{ After, Before uint64 }
 
 // event is what a streaming client reads: a message, a heartbeat, the
 // server's hand-over hint, or (SSE) the cursor the stream starts from.
@@ -219,6 +224,30 @@ func (c *streamClient) tryNext(wait time.Duration) (*msg, bool) {
 		case <-deadline:
 			return nil, false
 		}
+	}
+}
+
+// nextEvent returns the next event of any kind, or ended once the server
+// has ended the stream and every event before the end was taken.
+func (c *streamClient) nextEvent(wait time.Duration) (ev event, ended bool) {
+	select {
+	case ev := <-c.events:
+		return ev, false
+	default:
+	}
+	select {
+	case ev := <-c.events:
+		return ev, false
+	case <-c.done:
+		select {
+		case ev := <-c.events:
+			return ev, false
+		default:
+			return event{}, true
+		}
+	case <-time.After(wait):
+		c.t.Fatalf("no event within %s", wait)
+		return event{}, true
 	}
 }
 

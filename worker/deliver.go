@@ -217,38 +217,133 @@ func (w *Worker) render(kind int, id uint64, body []byte) []byte {
 	return b
 }
 
-// replay answers a connection's subscription with what it missed.
+// replay answers a connection's subscription with what it missed, one
+// piece at a time (rp.More: another follows; the manager queues nothing
+// live for it until after the last). A replay goes out only as fast as the
+// client reads it: once comet.max_pending bytes wait unsent, the rest is
+// left out and the connection, at the last piece, gets its transport's
+// reconnect hint - it comes back with its cursor, and history gives it the
+// rest. A long-poll's answer is bounded the same way.
 func (w *Worker) replay(rp *ipc.Replay) {
-	a := w.awaiting[rp.Token]
+	a, ok := w.awaiting[rp.Token]
 	cc := a.cc
-	if cc == nil {
-		return // it went away meanwhile
+	if !ok {
+		return // it went away meanwhile, or a long-poll answered already
 	}
-	delete(w.awaiting, rp.Token)
+	if cc.state == stDead || cc.id == "" {
+		w.doneAwaiting(rp.Token)
+		return
+	}
+	if cc.tr == trLP {
+		w.replayPoll(cc, rp, a)
+		return
+	}
+	cc.flags &^= fAwaiting // push writes to it now
+	if rp.Gap > cc.cursor+1 && !a.cut {
+		w.sendGap(cc, rp.Gap)
+	}
+	for i := 0; i < rp.N && !a.cut && cc.state != stDead; i++ {
+		id, body := rp.Next()
+		if pending := cc.pendingLen(); pending > 0 && pending+len(body)+replaySlack > w.opts.Comet.MaxPending {
+			a.cut = true
+			w.counts.ReplaysPaced++
+			break
+		}
+		w.push(cc, id, body)
+	}
+	if cc.state == stDead || cc.id == "" {
+		w.doneAwaiting(rp.Token)
+		return
+	}
+	if rp.More {
+		cc.flags |= fAwaiting
+		w.awaiting[rp.Token] = a
+		return
+	}
+	w.doneAwaiting(rp.Token)
+	if a.exp != 0 {
+		w.setExpiry(cc, a.exp) // authz.go
+	}
+	if a.cut {
+		w.handOff(cc) // the rest when it comes back from its cursor
+	}
+}
+
+// replaySlack is room kept under comet.max_pending when a replay is cut, for
+// the reconnect hint that follows it.
+const replaySlack = 512
+
+// replayPoll answers a long-poll with the first piece of its replay that
+// has anything in it; the client's next poll, from the cursor the answer
+// gives it, gets the rest.
+func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
+	if rp.N == 0 {
+		if !rp.More {
+			w.doneAwaiting(rp.Token)
+			cc.flags &^= fAwaiting
+			if a.exp != 0 {
+				w.setExpiry(cc, a.exp)
+			}
+		}
+		return // held until a live message or the poll timeout
+	}
+	w.doneAwaiting(rp.Token)
+	cc.flags &^= fAwaiting
+	if a.exp != 0 {
+		w.setExpiry(cc, a.exp)
+	}
+	w.startPoll(cc)
+	if rp.Gap > cc.cursor+1 {
+		w.body = appendGap(w.body, cc.cursor, rp.Gap)
+		w.counts.GapsAnnounced++
+	}
+	for i := 0; i < rp.N; i++ {
+		id, body := rp.Next()
+		if !w.addPoll(cc, id, body) {
+			w.counts.ReplaysPaced++
+			break
+		}
+	}
+	w.finishPoll(cc)
+}
+
+// doneAwaiting forgets a replay's token.
+func (w *Worker) doneAwaiting(token uint32) {
+	delete(w.awaiting, token)
 	if len(w.awaiting) == 0 && w.awaitingPeak > 1024 {
 		// Go maps never shrink: after a connection storm, start small.
 		w.awaiting, w.awaitingPeak = make(map[uint32]awaiter), 0
 	}
-	cc.flags &^= fAwaiting
-	if a.exp != 0 {
-		w.setExpiry(cc, a.exp) // authz.go
+}
+
+// appendGap appends the gap announcement: messages with ids strictly
+// between after and before may be missing.
+func appendGap(b []byte, after, before uint64) []byte {
+	b = strconv.AppendUint(append(b, `{"gap":{"after":`...), after, 10)
+	b = strconv.AppendUint(append(b, `,"before":`...), before, 10)
+	return append(b, "}}"...)
+}
+
+// sendGap announces a gap in the connection's transport: an SSE "gap"
+// event, a stream line, a WebSocket text frame.
+func (w *Worker) sendGap(cc *conn, before uint64) {
+	w.counts.GapsAnnounced++
+	g := appendGap(w.body[:0], cc.cursor, before)
+	w.body = g
+	b := w.scratch[:0]
+	switch {
+	case cc.tr == trSSE:
+		b = append(append(append(b, "event: gap\ndata: "...), g...), "\n\n"...)
+	case cc.tr == trWS:
+		b = appendWSText(b, g)
+	case cc.flags&fRaw != 0:
+		b = append(append(b, g...), '\n')
+	default:
+		b = strconv.AppendInt(b, int64(len(g)+1), 16)
+		b = append(append(append(b, "\r\n"...), g...), "\n\r\n"...)
 	}
-	if cc.tr == trLP {
-		if rp.N == 0 {
-			return // held until a live message or the poll timeout
-		}
-		w.startPoll(cc)
-		for i := 0; i < rp.N; i++ {
-			id, body := rp.Next()
-			w.addPoll(cc, id, body)
-		}
-		w.finishPoll(cc)
-		return
-	}
-	for i := 0; i < rp.N; i++ {
-		id, body := rp.Next()
-		w.push(cc, id, body)
-	}
+	w.scratch = b
+	w.send(cc, b)
 }
 
 // Long-poll answers are built in w.body: startPoll, addPoll per message,
@@ -259,18 +354,27 @@ func (w *Worker) startPoll(cc *conn) {
 		w.body = append(append(w.body, cc.x.callback...), '(')
 	}
 	w.body = append(w.body, '[')
+	w.pollMsgs = 0
 }
 
-func (w *Worker) addPoll(cc *conn, id uint64, body []byte) {
+// addPoll adds a message to the answer being built; false when it does not
+// fit in comet.max_pending with what the answer holds already (the first
+// always does): the client polls for it next, from the answer's cursor.
+func (w *Worker) addPoll(cc *conn, id uint64, body []byte) bool {
 	if id <= cc.cursor || w.faultDrop(cc, id) {
-		return
+		return true
+	}
+	if w.pollMsgs > 0 && len(w.body)+len(body)+replaySlack > w.opts.Comet.MaxPending {
+		return false
 	}
 	if last := w.body[len(w.body)-1]; last != '[' {
 		w.body = append(w.body, ',')
 	}
 	w.body = append(w.body, body...)
+	w.pollMsgs++
 	cc.cursor = id
 	w.counts.MessagesOut++
+	return true
 }
 
 // finishPoll sends the answer and ends the poll.

@@ -111,7 +111,7 @@ func (h *harness) answerJoins(p []byte) {
 	pr := ipc.NewPresenceReader(p)
 	for op := pr.Next(); op != 0; op = pr.Next() {
 		if op == ipc.OpJoin {
-			out = ipc.AppendReplayHead(out, pr.Join.Token, 0)
+			out = ipc.AppendReplayHead(out, pr.Join.Token, false, 0, 0)
 			n++
 		}
 	}

@@ -46,7 +46,7 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 	}
 	cc.token = w.nextToken
 	cc.flags |= fAwaiting
-	w.awaiting[cc.token] = awaiter{cc, exp}
+	w.awaiting[cc.token] = awaiter{cc: cc, exp: exp}
 	w.awaitingPeak = max(w.awaitingPeak, len(w.awaiting))
 	cc.cursor = since
 	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
@@ -58,6 +58,7 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 type awaiter struct {
 	cc  *conn
 	exp uint32
+	cut bool // its replay outgrew what the client reads: the rest after a reconnect
 }
 
 // unsubscribe undoes subscribe; it is a no-op for a connection that is not

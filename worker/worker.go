@@ -112,6 +112,7 @@ type Worker struct {
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	awaitingPeak int
+	pollMsgs     int // messages in the long-poll answer being built (deliver.go)
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
 	presFlushed  time.Duration
