@@ -66,6 +66,10 @@ type Server struct {
 type API struct {
 	Listen string `toml:"listen" json:"listen"`
 	Token  string `toml:"token" json:"token"`
+	// MaxBatch bounds the messages of one publish request (413 past it);
+	// MaxConns the API's open connections (more wait to be accepted).
+	MaxBatch int `toml:"max_batch" json:"max_batch"`
+	MaxConns int `toml:"max_conns" json:"max_conns"`
 }
 
 // Manager configures the manager process itself.
@@ -84,8 +88,11 @@ type Comet struct {
 	// MaxReplay bounds the messages one subscription replays (its id, its
 	// channels and the broadcasts together): past it, the newest, and a
 	// gap announced. 0: history_size.
-	MaxReplay  int `toml:"max_replay" json:"max_replay"`
-	MaxPending int `toml:"max_pending" json:"max_pending"`
+	MaxReplay int `toml:"max_replay" json:"max_replay"`
+	// HistoryMaxBytes bounds the bodies history keeps in total: past it the
+	// oldest messages go first, whatever their TTL.
+	HistoryMaxBytes int `toml:"history_max_bytes" json:"history_max_bytes"`
+	MaxPending      int `toml:"max_pending" json:"max_pending"`
 	// WSMaxMessage bounds a WebSocket frame or message from a client.
 	WSMaxMessage int `toml:"ws_max_message" json:"ws_max_message"`
 }
@@ -131,7 +138,9 @@ func Default() Options {
 			HeaderTimeout:  Duration(30 * time.Second),
 		},
 		API: API{
-			Listen: "127.0.0.1:9000",
+			Listen:   "127.0.0.1:9000",
+			MaxBatch: 10000,
+			MaxConns: 1024,
 		},
 		Manager: Manager{
 			Socket:   filepath.Join(dir, "megacomet.sock"),
@@ -139,11 +148,12 @@ func Default() Options {
 			LogLevel: "info",
 		},
 		Comet: Comet{
-			Heartbeat:   Duration(15 * time.Second),
-			PollTimeout: Duration(30 * time.Second),
-			HistoryTTL:  Duration(60 * time.Second),
-			HistorySize: 100,
-			MaxPending:  1 << 20,
+			Heartbeat:       Duration(15 * time.Second),
+			PollTimeout:     Duration(30 * time.Second),
+			HistoryTTL:      Duration(60 * time.Second),
+			HistorySize:     100,
+			HistoryMaxBytes: 256 << 20,
+			MaxPending:      1 << 20,
 			// Clients only send short commands; 64 KiB is what most
 			// WebSocket servers accept by default.
 			WSMaxMessage: 64 << 10,
@@ -268,6 +278,15 @@ func (o *Options) check() error {
 	}
 	if o.Comet.HistoryTTL < 0 {
 		return bad("comet.history_ttl", "must be >= 0, got %s", o.Comet.HistoryTTL.D())
+	}
+	if o.API.MaxBatch < 1 {
+		return bad("api.max_batch", "must be at least 1, got %d", o.API.MaxBatch)
+	}
+	if o.API.MaxConns < 1 {
+		return bad("api.max_conns", "must be at least 1, got %d", o.API.MaxConns)
+	}
+	if o.Comet.HistoryMaxBytes < 1<<20 {
+		return bad("comet.history_max_bytes", "must be at least 1048576 (1 MiB), got %d", o.Comet.HistoryMaxBytes)
 	}
 	if o.Comet.MaxReplay < 0 {
 		return bad("comet.max_replay", "must be >= 0 (0: history_size), got %d", o.Comet.MaxReplay)

@@ -53,6 +53,13 @@ func (o *Outbox) Append(fn func(dst []byte) []byte) error {
 	return err
 }
 
+// Len is how many bytes wait to be written.
+func (o *Outbox) Len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.buf)
+}
+
 // Close makes Run return once everything queued has been written.
 func (o *Outbox) Close() {
 	o.mu.Lock()

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"math"
 	"slices"
 	"time"
 )
@@ -71,20 +72,24 @@ func (r *ring) after(dst []*message, since uint64) []*message {
 }
 
 // history keeps recent messages per client id, per channel and for
-// broadcasts, bounded by comet.history_size per ring and comet.history_ttl
-// overall. Not safe for concurrent use: the hub's lock guards it.
+// broadcasts, bounded by comet.history_size per ring, comet.history_ttl
+// and, in total, comet.history_max_bytes of bodies (the oldest go first).
+// Not safe for concurrent use: the hub's lock guards it.
 type history struct {
-	size    int
-	ttl     time.Duration
-	byID    map[string]*ring
-	byChan  map[string]*ring
-	bcast   ring
-	fifo    []*message // every retained message, oldest first, for expiry
-	fifoOff int
+	size     int
+	ttl      time.Duration
+	maxBytes int
+	bytes    int    // of the bodies still held
+	evicted  uint64 // messages let go before their TTL for maxBytes
+	byID     map[string]*ring
+	byChan   map[string]*ring
+	bcast    ring
+	fifo     []*message // every retained message, oldest first, for expiry
+	fifoOff  int
 }
 
 func newHistory(size int, ttl time.Duration) *history {
-	return &history{size: size, ttl: ttl, byID: make(map[string]*ring), byChan: make(map[string]*ring)}
+	return &history{size: size, ttl: ttl, maxBytes: math.MaxInt, byID: make(map[string]*ring), byChan: make(map[string]*ring)}
 }
 
 // retained is how many messages are still replayable.
@@ -98,6 +103,7 @@ func (h *history) addUntil(m *message, expires time.Time) {
 		return
 	}
 	m.expires = expires
+	h.bytes += len(m.body)
 	switch m.kind {
 	case kindIDs:
 		for _, id := range m.to {
@@ -110,6 +116,13 @@ func (h *history) addUntil(m *message, expires time.Time) {
 		h.dropped(h.bcast.push(m, h.size))
 	}
 	h.fifo = append(h.fifo, m)
+	for h.bytes > h.maxBytes && h.retained() > 1 {
+		if h.fifo[h.fifoOff].body != nil {
+			h.evicted++
+		}
+		h.popOldest()
+	}
+	h.compact()
 }
 
 func (h *history) pushTo(rings map[string]*ring, key string, m *message) {
@@ -129,34 +142,46 @@ func (h *history) dropped(m *message) {
 		return
 	}
 	if m.rings--; m.rings == 0 {
-		m.body = nil
+		h.release(m)
 	}
+}
+
+// release lets go of m's body.
+func (h *history) release(m *message) {
+	h.bytes -= len(m.body)
+	m.body = nil
 }
 
 // expire removes messages older than the TTL.
 func (h *history) expire(now time.Time) {
-	for h.fifoOff < len(h.fifo) {
-		m := h.fifo[h.fifoOff]
-		if now.Before(m.expires) {
-			break
-		}
-		h.fifo[h.fifoOff] = nil
-		h.fifoOff++
-		switch m.kind {
-		case kindIDs:
-			for _, id := range m.to {
-				h.popIf(h.byID, id, m)
-			}
-		case kindChannel:
-			h.popIf(h.byChan, m.channel, m)
-		default:
-			if h.bcast.front() == m {
-				h.bcast.popFront()
-			}
-		}
-		m.body = nil
+	for h.fifoOff < len(h.fifo) && !now.Before(h.fifo[h.fifoOff].expires) {
+		h.popOldest()
 	}
-	// Reclaim the consumed front of the queue now and then.
+	h.compact()
+}
+
+// popOldest removes the oldest retained message from every ring.
+func (h *history) popOldest() {
+	m := h.fifo[h.fifoOff]
+	h.fifo[h.fifoOff] = nil
+	h.fifoOff++
+	switch m.kind {
+	case kindIDs:
+		for _, id := range m.to {
+			h.popIf(h.byID, id, m)
+		}
+	case kindChannel:
+		h.popIf(h.byChan, m.channel, m)
+	default:
+		if h.bcast.front() == m {
+			h.bcast.popFront()
+		}
+	}
+	h.release(m)
+}
+
+// compact reclaims the consumed front of the queue now and then.
+func (h *history) compact() {
 	if h.fifoOff > 1024 && h.fifoOff*2 > len(h.fifo) {
 		h.fifo = append(h.fifo[:0:0], h.fifo[h.fifoOff:]...)
 		h.fifoOff = 0

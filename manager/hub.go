@@ -328,12 +328,14 @@ func (h *hub) counters() hubCounts {
 	return hubCounts{
 		Published: h.published, Retained: uint64(h.hist.retained()),
 		IDs: h.ids.len(), Channels: h.chans.len(), ReplaysCut: h.replaysCut,
+		HistoryBytes: uint64(h.hist.bytes), HistoryEvicted: h.hist.evicted,
 	}
 }
 
 // hubCounts is what the hub counts, for stats.
 type hubCounts struct {
 	Published, Retained, ReplaysCut uint64
+	HistoryBytes, HistoryEvicted    uint64
 	IDs, Channels                   int
 }
 

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +57,51 @@ func TestHubStateRoundTrip(t *testing.T) {
 	fresh, _, _ := next.publish([]pubItem{{broadcast: true, data: []byte("1")}}, "", 0)
 	if fresh[0] <= ids[1] {
 		t.Errorf("id %d after restore is not above %d", fresh[0], ids[1])
+	}
+}
+
+// History is bounded in bytes as a whole: past comet.history_max_bytes the
+// oldest messages go first, whichever ring holds them, and are counted;
+// what is left replays in order.
+func TestHistoryMaxBytes(t *testing.T) {
+	h := testHub()
+	h.hist.maxBytes = 10 << 10
+	data := []byte(`"` + strings.Repeat("x", 1000) + `"`)
+	var ids []uint64
+	for i := range 30 {
+		it := pubItem{to: []string{"a"}, data: data}
+		switch i % 3 {
+		case 1:
+			it = pubItem{channel: "c", data: data}
+		case 2:
+			it = pubItem{broadcast: true, data: data}
+		}
+		got, _, _ := h.publish([]pubItem{it}, "", 0)
+		ids = append(ids, got...)
+	}
+	c := h.counters()
+	if c.HistoryBytes > 10<<10 || c.HistoryEvicted < 19 || c.Retained+c.HistoryEvicted != 30 {
+		t.Errorf("history holds %d bytes in %d messages, %d evicted; want at most 10 KiB, the rest evicted", c.HistoryBytes, c.Retained, c.HistoryEvicted)
+	}
+	got := h.hist.replay("a", []string{"c"}, 0)
+	if len(got) != int(c.Retained) || got[len(got)-1].id != ids[29] || got[0].id != ids[30-len(got)] {
+		t.Errorf("replay after eviction: %d messages, want the newest %d", len(got), c.Retained)
+	}
+	// Expiry gives the bytes back too.
+	h.hist.expire(time.Now().Add(time.Hour))
+	if c := h.counters(); c.HistoryBytes != 0 || c.Retained != 0 {
+		t.Errorf("after expiry: %d bytes in %d messages", c.HistoryBytes, c.Retained)
+	}
+}
+
+// A batch over api.max_batch is refused whole, naming the limit.
+func TestMaxBatch(t *testing.T) {
+	body := "[" + strings.Repeat(`{"broadcast":true,"data":1},`, 10) + `{"broadcast":true,"data":1}]`
+	_, _, err := parsePublish([]byte(body), 10)
+	if ae, ok := err.(*apiError); !ok || ae.status != 413 || ae.msg != "batch of 11 messages; api.max_batch is 10" {
+		t.Errorf("11 messages with max_batch 10: %v", err)
+	}
+	if items, _, err := parsePublish([]byte(body), 11); err != nil || len(items) != 11 {
+		t.Errorf("11 messages with max_batch 11: %d, %v", len(items), err)
 	}
 }

@@ -14,11 +14,24 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
 	"github.com/megacomet/megacomet/config"
+	"golang.org/x/net/netutil"
+)
+
+// The API server's limits: a request's head, its whole body, its answer,
+// and an idle keep-alive connection each have this long; a head this many
+// bytes. api.max_conns bounds the connections.
+const (
+	apiHeaderTimeout  = 10 * time.Second
+	apiReadTimeout    = 60 * time.Second
+	apiWriteTimeout   = 60 * time.Second
+	apiIdleTimeout    = 120 * time.Second
+	apiMaxHeaderBytes = 64 << 10
 )
 
 // managerGCPercent is the manager's GC target (GOGC overrides it). Its
@@ -46,6 +59,9 @@ type Manager struct {
 	stopping   bool
 	handedOver bool     // an upgraded manager owns the workers now
 	handover   *os.File // the socket to the new manager, once Upgrade succeeded
+
+	publishRefused atomic.Uint64 // publishes answered 503: a worker was behind
+	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
 }
 
 // Run starts a manager with opts (read from cfgPath, "" = built-in
@@ -62,6 +78,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
 	if opts.Comet.MaxReplay > 0 {
 		m.hub.maxReplay = opts.Comet.MaxReplay
+	}
+	if opts.Comet.HistoryMaxBytes > 0 {
+		m.hub.hist.maxBytes = opts.Comet.HistoryMaxBytes
 	}
 	// First, so a signal during start-up is handled, not fatal.
 	sigs := make(chan os.Signal, 1)
@@ -112,10 +131,14 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go m.runSampler(stop)
-	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	api := &http.Server{
+		Handler: m.apiHandler(), ReadHeaderTimeout: apiHeaderTimeout, ReadTimeout: apiReadTimeout,
+		WriteTimeout: apiWriteTimeout, IdleTimeout: apiIdleTimeout, MaxHeaderBytes: apiMaxHeaderBytes,
+		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
+	}
 	serve := func() {
 		go m.serveStats(statsLn)
-		go api.Serve(apiLn)
+		go api.Serve(netutil.LimitListener(apiLn, opts.API.MaxConns))
 	}
 	if handover == nil {
 		serve()

@@ -24,6 +24,10 @@ var metricHelp = []struct{ name, help string }{
 	{"refused_total", "Connections refused because workers were full."},
 	{"published_total", "Messages published."},
 	{"retained_messages", "Messages kept for replay."},
+	{"history_bytes", "Bytes of message bodies kept for replay."},
+	{"history_evicted_total", "Messages evicted from history before their TTL for comet.history_max_bytes."},
+	{"publish_refused_total", "Publishes answered 503 because a worker was behind on its IPC."},
+	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
 	{"ids", "Client ids the workers hold."},
 	{"channels", "Channels with a subscriber."},
@@ -84,6 +88,10 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("published_total", float64(st.Manager.Published))
 	put("retained_messages", float64(st.Manager.Retained))
 	put("replays_cut_total", float64(st.Manager.ReplaysCut))
+	put("history_bytes", float64(st.Manager.HistoryBytes))
+	put("history_evicted_total", float64(st.Manager.HistoryEvicted))
+	put("publish_refused_total", float64(st.Manager.PublishRefused))
+	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))
 	put("manager_rss_bytes", float64(st.Manager.RSSBytes))

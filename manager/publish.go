@@ -45,7 +45,7 @@ func badRequest(format string, args ...any) *apiError {
 
 // parsePublish decodes and validates a publish body: one message or a
 // batch. Nothing is published unless every message is valid.
-func parsePublish(body []byte) (items []pubItem, batch bool, err error) {
+func parsePublish(body []byte, maxBatch int) (items []pubItem, batch bool, err error) {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
 		return nil, false, badRequest("empty body: send a JSON message or an array of them")
@@ -58,6 +58,9 @@ func parsePublish(body []byte) (items []pubItem, batch bool, err error) {
 		}
 		if len(raws) == 0 {
 			return nil, true, badRequest("empty batch")
+		}
+		if len(raws) > maxBatch {
+			return nil, true, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("batch of %d messages; api.max_batch is %d", len(raws), maxBatch)}
 		}
 	} else {
 		var raw json.RawMessage
@@ -182,10 +185,18 @@ func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("Idempotency-Key over %d bytes", maxIdemKeyLen))
 		return
 	}
-	items, batch, err := parsePublish(body)
+	items, batch, err := parsePublish(body, m.opts.API.MaxBatch)
 	if err != nil {
 		ae := err.(*apiError)
 		writeError(w, ae.status, ae.msg)
+		return
+	}
+	if p, queued := m.behind(); p != nil {
+		// Taking more would only grow what that worker has not read; the
+		// publisher waits instead, and nothing is lost.
+		m.publishRefused.Add(1)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("worker %d is behind: %d MiB of messages not yet taken; retry", p.slot.idx, queued>>20))
 		return
 	}
 	ids, replayed, err := m.hub.publish(items, key, bodySum(body))

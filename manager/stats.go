@@ -89,8 +89,16 @@ type ManagerStats struct {
 	Retained   uint64  `json:"retained"`
 	// ReplaysCut counts joins that asked for more than comet.max_replay
 	// messages: they got the newest and a gap announcement.
-	ReplaysCut uint64  `json:"replays_cut"`
-	UptimeS    float64 `json:"uptime_s"`
+	ReplaysCut uint64 `json:"replays_cut"`
+	// HistoryBytes is the message bodies history holds; HistoryEvicted the
+	// messages let go before their TTL for comet.history_max_bytes.
+	HistoryBytes   uint64 `json:"history_bytes"`
+	HistoryEvicted uint64 `json:"history_evicted"`
+	// PublishRefused counts publishes answered 503 because a worker was
+	// behind on its IPC; WorkersKilled, workers killed for not catching up.
+	PublishRefused uint64  `json:"publish_refused"`
+	WorkersKilled  uint64  `json:"workers_killed"`
+	UptimeS        float64 `json:"uptime_s"`
 }
 
 // HostStats describes the machine.
@@ -131,6 +139,7 @@ func (m *Manager) runSampler(stop <-chan struct{}) {
 	for {
 		m.sampleOnce()
 		m.hub.expire()
+		m.killStuck(time.Now())
 		trim.Observe(time.Since(m.started), m.hub.counters().IDs)
 		select {
 		case <-stop:
@@ -211,7 +220,8 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.UptimeS = time.Since(m.started).Seconds()
 	hc := m.hub.counters()
 	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = hc.Published, hc.Retained, hc.IDs, hc.Channels
-	st.Manager.ReplaysCut = hc.ReplaysCut
+	st.Manager.ReplaysCut, st.Manager.HistoryBytes, st.Manager.HistoryEvicted = hc.ReplaysCut, hc.HistoryBytes, hc.HistoryEvicted
+	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 
 	m.mu.Lock()

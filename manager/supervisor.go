@@ -28,8 +28,13 @@ const (
 	maxRestartDelay = 30 * time.Second
 	startTimeout    = 10 * time.Second
 	stopTimeout     = 10 * time.Second
-	// ipcOutboxLimit: a worker with this much unread IPC is stuck.
+	// ipcOutboxLimit: a worker with this much unread IPC is stuck, and is
+	// killed (and restarted). Long before that, past ipcHighWater, the API
+	// answers publishes 503 until the worker catches up; one that stays
+	// past it for ipcStuckAfter is killed too: the last resort, counted.
 	ipcOutboxLimit = 256 << 20
+	ipcHighWater   = 64 << 20
+	ipcStuckAfter  = 30 * time.Second
 )
 
 // tableflipEnv is the variable tableflip uses to tell a process it is an
@@ -88,6 +93,7 @@ type proc struct {
 	rss    uint64
 	pss    uint64
 	cpuPct float64
+	behind time.Time // since when its outbox is past ipcHighWater (zero: not)
 }
 
 func newProc(s *slot, pid int, gen uint64, conn net.Conn) *proc {
@@ -365,7 +371,44 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 // and restarted rather than allowed to hold unbounded memory here.
 func (m *Manager) tell(p *proc, fn func([]byte) []byte) {
 	if err := p.out.Append(fn); errors.Is(err, ipc.ErrOutboxFull) {
-		m.log.Error("worker stopped reading IPC; killing it", "slot", p.slot.idx, "pid", p.pid)
+		m.log.Error("worker stopped reading IPC; killing it", "slot", p.slot.idx, "pid", p.pid, "queued_mib", ipcOutboxLimit>>20)
+		m.workersKilled.Add(1)
 		p.kill()
+	}
+}
+
+// behind returns a live worker whose outbox is past ipcHighWater, if one
+// is, and how much it has queued: the API takes no more publishes then.
+func (m *Manager) behind() (*proc, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.allProcs() {
+		if n := p.out.Len(); n > ipcHighWater {
+			return p, n
+		}
+	}
+	return nil, 0
+}
+
+// killStuck kills a worker whose outbox has stayed past ipcHighWater for
+// ipcStuckAfter: publishing waits for it meanwhile, and a worker that does
+// not catch up in that long is not coming back (the sampler calls this
+// every second).
+func (m *Manager) killStuck(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.allProcs() {
+		switch n := p.out.Len(); {
+		case n <= ipcHighWater:
+			p.behind = time.Time{}
+		case p.behind.IsZero():
+			p.behind = now
+			m.log.Warn("worker is behind on its IPC: publishes get 503 until it catches up", "slot", p.slot.idx, "pid", p.pid, "queued_mib", n>>20)
+		case now.Sub(p.behind) >= ipcStuckAfter:
+			m.log.Error("worker has not caught up on its IPC; killing it", "slot", p.slot.idx, "pid", p.pid, "queued_mib", n>>20, "behind_s", int(now.Sub(p.behind).Seconds()))
+			m.workersKilled.Add(1)
+			p.behind = time.Time{}
+			p.kill()
+		}
 	}
 }

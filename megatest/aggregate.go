@@ -120,6 +120,7 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.WriteErrs += s.WriteErrs
 		t.Published += s.Published
 		t.PubErrors += s.PubErrors
+		t.PubDeferred += s.PubDeferred
 		t.PubSkipped += s.PubSkipped
 		t.Pending += s.Pending
 		t.Unacked += s.Unacked

@@ -57,6 +57,7 @@ func (e *engine) snapshot(final bool) {
 	s.RSS, s.PSS = e.rss, e.pss
 	if e.pub != nil {
 		s.Published, s.PubErrors, s.PubSkipped = e.pub.published.Load(), e.pub.errors.Load(), e.pub.skipped.Load()
+		s.PubDeferred = int64(e.pub.api.deferred.Load())
 		s.Pending, s.Unacked, _ = e.ledger.counts()
 		if final {
 			s.Lost = s.Pending

@@ -26,6 +26,9 @@ type apiClient struct {
 	// answers a resend with the first ids instead of publishing twice.
 	nonce string
 	seq   atomic.Uint64
+	// deferred counts publishes the server answered 503 with Retry-After
+	// and that were sent again after it.
+	deferred atomic.Uint64
 }
 
 var errAPI = errors.New("megatest: publish API")
@@ -53,29 +56,61 @@ type pubAnswer struct {
 // publish posts body (an object or a batch array) and returns the ids the
 // API gave, in order.
 func (a *apiClient) publish(body []byte, batch bool) ([]uint64, error) {
+	key := a.nonce + "-" + strconv.FormatUint(a.seq.Add(1), 10)
+	for tries := 1; ; tries++ {
+		raw, retry, err := a.post(body, key)
+		if retry > 0 && tries < maxPublishTries {
+			// The server is behind and says when to come back (503 with
+			// Retry-After); the same key makes the retry safe.
+			a.deferred.Add(1)
+			time.Sleep(min(retry, 5*time.Second))
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return decodeIDs(raw, batch)
+	}
+}
+
+// maxPublishTries bounds the retries of one publish the server deferred.
+const maxPublishTries = 30
+
+// post sends one publish request; retry is the server's Retry-After on a
+// 503, when it gave one.
+func (a *apiClient) post(body []byte, key string) (raw []byte, retry time.Duration, err error) {
 	req, err := http.NewRequest("POST", a.url, bytes.NewReader(body))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errAPI, err)
+		return nil, 0, fmt.Errorf("%w: %v", errAPI, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", a.nonce+"-"+strconv.FormatUint(a.seq.Add(1), 10))
+	req.Header.Set("Idempotency-Key", key)
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
 	resp, err := a.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errAPI, err)
+		return nil, 0, fmt.Errorf("%w: %v", errAPI, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	raw, err = io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("%w: read answer: %v", errAPI, err)
+		return nil, 0, fmt.Errorf("%w: read answer: %v", errAPI, err)
 	}
 	if resp.StatusCode != 200 {
 		var e pubAnswer
 		json.Unmarshal(raw, &e)
-		return nil, fmt.Errorf("%w: status %d %s", errAPI, resp.StatusCode, e.Error)
+		err = fmt.Errorf("%w: status %d %s", errAPI, resp.StatusCode, e.Error)
+		if s, perr := strconv.Atoi(resp.Header.Get("Retry-After")); resp.StatusCode == 503 && perr == nil && s >= 0 {
+			retry = max(time.Duration(s)*time.Second, 100*time.Millisecond)
+		}
+		return nil, retry, err
 	}
+	return raw, 0, nil
+}
+
+// decodeIDs reads the ids of a publish answer.
+func decodeIDs(raw []byte, batch bool) ([]uint64, error) {
 	if !batch {
 		var one pubAnswer
 		if err := json.Unmarshal(raw, &one); err != nil || one.ID == 0 {

@@ -305,23 +305,24 @@ type Summary struct {
 	LatencyMs        LatencyMs     `json:"latency_ms"`
 	BroadcastMs      []BroadcastMs `json:"broadcast_ms"`
 
-	Active         int64   `json:"active"` // held at the end
-	Ready          int64   `json:"ready"`  // of those, answered by the server
-	Opened         int64   `json:"opened"`
-	Closed         int64   `json:"closed"`
-	ProtocolErrors int64   `json:"protocol_errors"`
-	HTTPErrors     int64   `json:"http_errors"`
-	Published      int64   `json:"published"`
-	PublishErrors  int64   `json:"publish_errors"`
-	PublishSkipped int64   `json:"publish_skipped"`
-	Unacked        int64   `json:"unacked"`
-	Processes      int     `json:"processes"`
-	RampS          float64 `json:"ramp_s"`
-	DurationS      float64 `json:"duration_s"`
-	RSSBytes       int64   `json:"rss_bytes"` // every megatest process at the end, the parent too
-	RSSPerConn     float64 `json:"rss_per_conn"`
-	PSSBytes       int64   `json:"pss_bytes"` // the same, shared pages (the binary) counted once
-	PSSPerConn     float64 `json:"pss_per_conn"`
+	Active          int64   `json:"active"` // held at the end
+	Ready           int64   `json:"ready"`  // of those, answered by the server
+	Opened          int64   `json:"opened"`
+	Closed          int64   `json:"closed"`
+	ProtocolErrors  int64   `json:"protocol_errors"`
+	HTTPErrors      int64   `json:"http_errors"`
+	Published       int64   `json:"published"`
+	PublishErrors   int64   `json:"publish_errors"`
+	PublishDeferred int64   `json:"publish_deferred"` // answered 503 with Retry-After, then sent again
+	PublishSkipped  int64   `json:"publish_skipped"`
+	Unacked         int64   `json:"unacked"`
+	Processes       int     `json:"processes"`
+	RampS           float64 `json:"ramp_s"`
+	DurationS       float64 `json:"duration_s"`
+	RSSBytes        int64   `json:"rss_bytes"` // every megatest process at the end, the parent too
+	RSSPerConn      float64 `json:"rss_per_conn"`
+	PSSBytes        int64   `json:"pss_bytes"` // the same, shared pages (the binary) counted once
+	PSSPerConn      float64 `json:"pss_per_conn"`
 
 	// With -ping: GET /ping round trips while the connections were held.
 	PingMs     *LatencyMs `json:"ping_ms,omitempty"`
@@ -371,7 +372,7 @@ func (r *runner) summary() int {
 		BroadcastMs: []BroadcastMs{},
 		Active:      t.Active, Ready: t.Ready, Opened: t.Opened, Closed: t.Closed,
 		ProtocolErrors: t.ProtoErrs, HTTPErrors: t.HTTPErrs,
-		Published: t.Published, PublishErrors: t.PubErrors, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
+		Published: t.Published, PublishErrors: t.PubErrors, PublishDeferred: t.PubDeferred, PublishSkipped: t.PubSkipped, Unacked: t.Unacked,
 		Processes: r.procs, DurationS: time.Since(r.start).Seconds(),
 		RSSBytes: t.RSS, PSSBytes: t.PSS,
 	}

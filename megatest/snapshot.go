@@ -34,12 +34,13 @@ type Snapshot struct {
 	HTTPErrs    int64 `json:"http_errs"`
 	WriteErrs   int64 `json:"write_errs"`
 
-	Published  int64 `json:"published"`
-	PubErrors  int64 `json:"pub_errors"`
-	PubSkipped int64 `json:"pub_skipped"`
-	Pending    int64 `json:"pending"` // published, not delivered yet
-	Unacked    int64 `json:"unacked"` // delivered, but the publish answer failed
-	Lost       int64 `json:"lost"`    // final: pending when the run ended
+	Published   int64 `json:"published"`
+	PubErrors   int64 `json:"pub_errors"`
+	PubDeferred int64 `json:"pub_deferred"` // publishes the server deferred (503, Retry-After) and that were sent again
+	PubSkipped  int64 `json:"pub_skipped"`
+	Pending     int64 `json:"pending"` // published, not delivered yet
+	Unacked     int64 `json:"unacked"` // delivered, but the publish answer failed
+	Lost        int64 `json:"lost"`    // final: pending when the run ended
 
 	RampStart int64 `json:"ramp_start"` // unix ns of the first connect
 	RampEnd   int64 `json:"ramp_end"`   // unix ns when every connection had opened

@@ -2,10 +2,13 @@ package test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -226,5 +229,128 @@ func TestLongPollBacklog(t *testing.T) {
 	st := s.MustStats()
 	if sc := workerSum(st, func(w manager.WorkerStats) uint64 { return w.SlowConsumers }); sc != 0 {
 		t.Errorf("%d slow consumers dropped", sc)
+	}
+}
+
+// sseIDs reads an SSE stream with raw bytes and sends the id of every
+// message event on ids, keeping nothing else (the messages here are big).
+func sseIDs(t *testing.T, addr, path string) chan uint64 {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	ids := make(chan uint64, 100000)
+	go func() {
+		r := bufio.NewReaderSize(conn, 1<<20)
+		var id uint64
+		for {
+			line, err := r.ReadSlice('\n')
+			if err == bufio.ErrBufferFull {
+				for err == bufio.ErrBufferFull {
+					_, err = r.ReadSlice('\n')
+				}
+				line = nil
+			}
+			if err != nil {
+				return
+			}
+			switch {
+			case bytes.HasPrefix(line, []byte("id: ")):
+				id, _ = strconv.ParseUint(string(bytes.TrimSpace(line[4:])), 10, 64)
+			case bytes.HasPrefix(line, []byte("data: ")) && id != 0:
+				ids <- id
+				id = 0
+			}
+		}
+	}()
+	return ids
+}
+
+// A publish flood against a worker that has stopped taking its messages
+// (SIGSTOP): once its IPC backlog passes the high-water mark the API
+// answers 503 with Retry-After, one line naming the worker, instead of
+// taking more; when the worker runs again publishing goes on, and every
+// client gets every message that was answered 200, once and in order.
+func TestPublishFloodGets503(t *testing.T) {
+	s := testutil.Start(t, nil)
+	// Streams until both workers hold some, as the kernel spreads them.
+	var streams []chan uint64
+	for len(streams) < 40 {
+		streams = append(streams, sseIDs(t, s.Listen, fmt.Sprintf("/sse/flood%d", len(streams))))
+		st := s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+			if st.IDs != len(streams) {
+				return fmt.Errorf("%d ids subscribed, want %d", st.IDs, len(streams))
+			}
+			return nil
+		})
+		if len(streams) >= 4 && st.Workers[0].Connections > 0 && st.Workers[1].Connections > 0 {
+			break
+		}
+	}
+	pid := s.MustStats().Workers[0].PID
+	syscall.Kill(pid, syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}()
+	body := `{"broadcast":true,"data":"` + strings.Repeat("f", 250<<10) + `"}`
+	var accepted []uint64
+	var refused string
+	for i := 0; refused == "" && i < 2000; i++ {
+		status, resp, err := tryPost(s.API, body)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case status == 200:
+			var a struct{ ID uint64 }
+			json.Unmarshal([]byte(resp), &a)
+			accepted = append(accepted, a.ID)
+		case status == 503:
+			refused = resp
+		default:
+			t.Fatalf("publish: %d %s", status, resp)
+		}
+	}
+	if !strings.Contains(refused, "worker 0 is behind") {
+		t.Fatalf("after %d publishes to a stopped worker: %q, want a 503 naming worker 0", len(accepted), refused)
+	}
+	t.Logf("%d publishes accepted, then: %s", len(accepted), strings.TrimSpace(refused))
+	syscall.Kill(pid, syscall.SIGCONT)
+	stopped = false
+	testutil.CheckFor(t, time.Minute, func() error {
+		status, resp, err := tryPost(s.API, body)
+		if err != nil || status != 200 {
+			return fmt.Errorf("publish after SIGCONT: %d %s %v", status, resp, err)
+		}
+		var a struct{ ID uint64 }
+		json.Unmarshal([]byte(resp), &a)
+		accepted = append(accepted, a.ID)
+		return nil
+	})
+	for i, ids := range streams {
+		for _, want := range accepted {
+			select {
+			case got := <-ids:
+				if got != want {
+					t.Fatalf("client %d got message %d, want %d (in order, once)", i, got, want)
+				}
+			case <-time.After(time.Minute):
+				t.Fatalf("client %d: message %d never came", i, want)
+			}
+		}
+	}
+	st := s.MustStats()
+	if st.Manager.PublishRefused == 0 || st.Manager.WorkersKilled != 0 {
+		t.Errorf("publish_refused %d, workers_killed %d", st.Manager.PublishRefused, st.Manager.WorkersKilled)
+	}
+	for _, w := range st.Workers {
+		if w.Restarts != 0 {
+			t.Errorf("worker %d restarted", w.Slot)
+		}
 	}
 }
