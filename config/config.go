@@ -60,7 +60,20 @@ type Server struct {
 	MaxConns       int      `toml:"max_conns" json:"max_conns"`
 	AllowedOrigins []string `toml:"allowed_origins" json:"allowed_origins"`
 	HeaderTimeout  Duration `toml:"header_timeout" json:"header_timeout"`
+	// MaxHeaderBytes bounds a request head (431 past it); MaxConnsPerIP a
+	// source address's connections to one worker (0: no limit; 429 past
+	// it); TCPKeepalive is the idle time before keepalive probes on client
+	// sockets (0: off).
+	MaxHeaderBytes int      `toml:"max_header_bytes" json:"max_header_bytes"`
+	MaxConnsPerIP  int      `toml:"max_conns_per_ip" json:"max_conns_per_ip"`
+	TCPKeepalive   Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
 }
+
+// Bounds of server.max_header_bytes.
+const (
+	MinHeaderBytes = 1 << 10
+	MaxHeaderBytes = 1 << 20
+)
 
 // API configures the manager's publish and admin HTTP endpoint.
 type API struct {
@@ -135,7 +148,9 @@ func Default() Options {
 			Drain:          Duration(30 * time.Second),
 			MaxConns:       0,
 			AllowedOrigins: []string{"*"},
-			HeaderTimeout:  Duration(30 * time.Second),
+			HeaderTimeout:  Duration(10 * time.Second),
+			MaxHeaderBytes: 8 << 10,
+			TCPKeepalive:   Duration(60 * time.Second),
 		},
 		API: API{
 			Listen:   "127.0.0.1:9000",
@@ -240,6 +255,15 @@ func (o *Options) check() error {
 	}
 	if o.Server.MaxConns < 0 {
 		return bad("server.max_conns", "must be >= 0, got %d", o.Server.MaxConns)
+	}
+	if o.Server.MaxHeaderBytes < MinHeaderBytes || o.Server.MaxHeaderBytes > MaxHeaderBytes {
+		return bad("server.max_header_bytes", "must be %d to %d, got %d", MinHeaderBytes, MaxHeaderBytes, o.Server.MaxHeaderBytes)
+	}
+	if o.Server.MaxConnsPerIP < 0 {
+		return bad("server.max_conns_per_ip", "must be >= 0 (0: no limit), got %d", o.Server.MaxConnsPerIP)
+	}
+	if k := o.Server.TCPKeepalive; k != 0 && (k < Duration(time.Second) || k > Duration(32767*time.Second)) {
+		return bad("server.tcp_keepalive", "must be 0 (off) or 1s to 32767s, got %s", k.D())
 	}
 	if o.Server.HeaderTimeout < Duration(10*time.Millisecond) {
 		return bad("server.header_timeout", "must be at least 10ms, got %s", o.Server.HeaderTimeout.D())

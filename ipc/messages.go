@@ -48,17 +48,22 @@ type Counts struct {
 	// the next tick, to serve the loop's other events first.
 	TicksOverBudget uint64
 	// FanOutPauses counts broadcasts that paused to let other events in.
-	FanOutPauses  uint64
-	AuthRefused   uint64 // total requests and subscribes refused for their token
-	TokensExpired uint64 // total connections ended because their token expired
-	ReplaysPaced  uint64 // replays and long-poll answers cut at comet.max_pending: the rest after the client comes back from its cursor
-	GapsAnnounced uint64 // gap announcements sent: a replay left messages out
+	FanOutPauses     uint64
+	AuthRefused      uint64 // total requests and subscribes refused for their token
+	TokensExpired    uint64 // total connections ended because their token expired
+	ReplaysPaced     uint64 // replays and long-poll answers cut at comet.max_pending: the rest after the client comes back from its cursor
+	GapsAnnounced    uint64 // gap announcements sent: a replay left messages out
+	HeadersTooLarge  uint64 // request heads over server.max_header_bytes, answered 431
+	HeaderTimeouts   uint64 // requests whose head did not arrive within server.header_timeout, answered 408
+	PerIPRefused     uint64 // connections refused with 429 past server.max_conns_per_ip
+	KeepaliveClosed  uint64 // connections closed because TCP keepalive found the peer gone
+	WSControlLimited uint64 // WebSocket clients closed (1008) for sending control frames too fast
 }
 
-func (c *Counts) fields() [18]*uint64 {
+func (c *Counts) fields() [23]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
-		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced}
+		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited}
 }
 
 // AppendCounts appends a Counts frame.

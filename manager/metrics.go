@@ -52,6 +52,11 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_tokens_expired_total", "Connections a worker ended because their client token expired."},
 	{"worker_replays_paced_total", "Replays and long-poll answers a worker cut at comet.max_pending; the client gets the rest from its cursor."},
 	{"worker_gaps_announced_total", "Gap announcements a worker sent: a replay that left older messages out."},
+	{"worker_headers_too_large_total", "Request heads a worker answered 431: over server.max_header_bytes."},
+	{"worker_header_timeouts_total", "Requests a worker answered 408: the head did not arrive within server.header_timeout."},
+	{"worker_per_ip_refused_total", "Connections a worker refused with 429: past server.max_conns_per_ip for their address."},
+	{"worker_keepalive_closed_total", "Connections a worker closed because TCP keepalive probes went unanswered."},
+	{"worker_ws_control_limited_total", "WebSocket clients a worker closed (1008) for sending pings or pongs too fast."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 }
 
@@ -117,6 +122,11 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_tokens_expired_total", float64(w.TokensExpired), l...)
 		put("worker_replays_paced_total", float64(w.ReplaysPaced), l...)
 		put("worker_gaps_announced_total", float64(w.GapsAnnounced), l...)
+		put("worker_headers_too_large_total", float64(w.HeadersTooLarge), l...)
+		put("worker_header_timeouts_total", float64(w.HeaderTimeouts), l...)
+		put("worker_per_ip_refused_total", float64(w.PerIPRefused), l...)
+		put("worker_keepalive_closed_total", float64(w.KeepaliveClosed), l...)
+		put("worker_ws_control_limited_total", float64(w.WSControlLimited), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

@@ -77,6 +77,16 @@ type WorkerStats struct {
 	ReplaysPaced uint64 `json:"replays_paced"`
 	// GapsAnnounced: gap announcements sent: a replay left messages out
 	GapsAnnounced uint64 `json:"gaps_announced"`
+	// HeadersTooLarge: request heads over server.max_header_bytes, answered 431
+	HeadersTooLarge uint64 `json:"headers_too_large"`
+	// HeaderTimeouts: requests whose head did not arrive within server.header_timeout, answered 408
+	HeaderTimeouts uint64 `json:"header_timeouts"`
+	// PerIPRefused: connections refused with 429 past server.max_conns_per_ip
+	PerIPRefused uint64 `json:"per_ip_refused"`
+	// KeepaliveClosed: connections closed because TCP keepalive found the peer gone
+	KeepaliveClosed uint64 `json:"keepalive_closed"`
+	// WSControlLimited: WebSocket clients closed (1008) for sending control frames too fast
+	WSControlLimited uint64 `json:"ws_control_limited"`
 }
 
 // ManagerStats describes the manager process.
@@ -239,6 +249,11 @@ func (m *Manager) Snapshot() Stats {
 			ws.AuthRefused, ws.TokensExpired = c.AuthRefused, c.TokensExpired
 			ws.ReplaysPaced = c.ReplaysPaced
 			ws.GapsAnnounced = c.GapsAnnounced
+			ws.HeadersTooLarge = c.HeadersTooLarge
+			ws.HeaderTimeouts = c.HeaderTimeouts
+			ws.PerIPRefused = c.PerIPRefused
+			ws.KeepaliveClosed = c.KeepaliveClosed
+			ws.WSControlLimited = c.WSControlLimited
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

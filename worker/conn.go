@@ -77,6 +77,7 @@ type connExtra struct {
 	origin   []byte     // long-poll: the Access-Control-Allow-Origin to answer with
 	ws       *wsMessage // a fragmented WebSocket message being assembled
 	cmdAt    uint32     // WebSocket: the command rate limit's state (ws.go)
+	ctlAt    uint32     // WebSocket: the control frame rate limit's state
 	allowed  []string   // WebSocket: its token's channels claim, for later subscribes (authz.go)
 }
 
@@ -89,7 +90,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.allowed == nil {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.ctlAt == 0 && x.allowed == nil {
 		cc.x = nil
 	}
 }

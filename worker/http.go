@@ -8,8 +8,9 @@ import (
 	"github.com/megacomet/megacomet/ipc"
 )
 
-// maxHeader bounds the request line plus headers; past it the answer is 431.
-const maxHeader = 8 << 10
+// defaultMaxHeader is server.max_header_bytes' default: the request line
+// plus headers; past it the answer is 431.
+const defaultMaxHeader = 8 << 10
 
 // errNeedMore: the buffer holds no complete request head yet.
 var errNeedMore = errors.New("worker: need more data")
@@ -44,6 +45,8 @@ var (
 	errNotFound   = newHTTPError(404, "Not Found", "not found")
 	errMethod     = newHTTPError(405, "Method Not Allowed", "method not allowed", "Allow: GET, HEAD, OPTIONS")
 	errTooLarge   = newHTTPError(431, "Request Header Fields Too Large", "request header fields too large")
+	errTimeout    = newHTTPError(408, "Request Timeout", "the request head did not arrive within server.header_timeout")
+	errPerIP      = newHTTPError(429, "Too Many Requests", "too many connections from your address")
 	errVersion    = newHTTPError(505, "HTTP Version Not Supported", "HTTP version not supported")
 	// errRetryNow answers a connection a worker hands over before it has
 	// answered it (reload, stop): come back at once, another worker takes it.
@@ -101,7 +104,7 @@ var (
 // its length. It returns errNeedMore while the head is incomplete and an
 // *httpError for anything it rejects. Bare LF line ends are accepted, as
 // most servers do.
-func parseRequest(b []byte, r *request) (int, error) {
+func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 	end := headEnd(b)
 	if end < 0 {
 		if len(b) > maxHeader {

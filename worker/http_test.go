@@ -8,7 +8,7 @@ import (
 )
 
 func TestParseRequest(t *testing.T) {
-	big := "GET /x HTTP/1.1\r\nX: " + strings.Repeat("a", maxHeader) + "\r\n\r\n"
+	big := "GET /x HTTP/1.1\r\nX: " + strings.Repeat("a", defaultMaxHeader) + "\r\n\r\n"
 	cases := []struct {
 		name, in string
 		err      error
@@ -39,7 +39,7 @@ func TestParseRequest(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var r request
-			n, err := parseRequest([]byte(tc.in), &r)
+			n, err := parseRequest([]byte(tc.in), &r, defaultMaxHeader)
 			if err != tc.err {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
@@ -60,7 +60,7 @@ func TestParseRequestHeaders(t *testing.T) {
 	in := "GET /sse/a HTTP/1.1\r\nLast-Event-ID:  42 \r\nORIGIN: https://a.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
 	var r request
-	if _, err := parseRequest([]byte(in), &r); err != nil {
+	if _, err := parseRequest([]byte(in), &r, defaultMaxHeader); err != nil {
 		t.Fatal(err)
 	}
 	got := []string{string(r.lastEventID), string(r.origin), string(r.upgradeTo), string(r.wsKey), string(r.wsVersion), string(r.wsProtocol)}
@@ -90,7 +90,7 @@ func TestErrorResponsesAreWellFormed(t *testing.T) {
 func TestParseRequestAllocatesNothing(t *testing.T) {
 	in := []byte("GET /sse/abc?since=12 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: x\r\nLast-Event-ID: 9\r\nAccept: text/event-stream\r\n\r\n")
 	var r request
-	if n := testing.AllocsPerRun(1000, func() { parseRequest(in, &r) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { parseRequest(in, &r, defaultMaxHeader) }); n != 0 {
 		t.Errorf("parseRequest allocates %.1f times per call", n)
 	}
 }
@@ -106,8 +106,8 @@ func FuzzParseRequest(f *testing.F) {
 			return
 		}
 		var whole, part request
-		n1, err1 := parseRequest(data, &whole)
-		n2, err2 := parseRequest(data[:split], &part)
+		n1, err1 := parseRequest(data, &whole, defaultMaxHeader)
+		n2, err2 := parseRequest(data[:split], &part, defaultMaxHeader)
 		if err2 == errNeedMore {
 			if err1 == nil && n1 <= split {
 				t.Fatalf("prefix of %d needs more, but the whole head is %d bytes", split, n1)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,16 +29,12 @@ import (
 // Only listeners on port (the worker's client port) are replaced: tests run
 // several workers in one process.
 func leaveReusePortGroup(port int) error {
-	ents, err := os.ReadDir("/proc/self/fd")
+	fds, err := tcpListeners(port)
 	if err != nil {
 		return err
 	}
 	replaced := 0
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil || !isTCPListener(fd) || localPort(fd) != port {
-			continue
-		}
+	for _, fd := range fds {
 		s, err := idleListener()
 		if err != nil {
 			return fmt.Errorf("leave listener fd %d: %w", fd, err)
@@ -51,6 +48,47 @@ func leaveReusePortGroup(port int) error {
 	}
 	if replaced == 0 {
 		return fmt.Errorf("leave listener: no listening TCP socket found")
+	}
+	return nil
+}
+
+// tcpListeners returns this process's listening TCP descriptors on port.
+func tcpListeners(port int) ([]int, error) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && isTCPListener(fd) && localPort(fd) == port {
+			fds = append(fds, fd)
+		}
+	}
+	return fds, nil
+}
+
+// keepalive turns TCP keepalive on for every connection the listeners on
+// port accept: Linux copies a listening socket's keepalive settings to the
+// sockets it accepts, so this costs nothing per connection. Probes start
+// after idle without traffic, every idle/4, and 4 unanswered end the
+// connection (ETIMEDOUT): a peer that vanished is noticed within 2 × idle.
+func keepalive(port int, idle time.Duration) error {
+	fds, err := tcpListeners(port)
+	if err != nil {
+		return err
+	}
+	secs := max(int(idle/time.Second), 1)
+	for _, fd := range fds {
+		for _, o := range [...]struct{ level, opt, v int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/4, 1)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
+		} {
+			if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
+				return fmt.Errorf("server.tcp_keepalive on fd %d: %w", fd, err)
+			}
+		}
 	}
 	return nil
 }

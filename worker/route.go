@@ -49,7 +49,7 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 	case stPolling:
 		// Pipelined input behind a held long-poll waits for its answer.
 		x := cc.extra()
-		if len(x.in)+len(in) > maxHeader {
+		if len(x.in)+len(in) > w.opts.Server.MaxHeaderBytes {
 			w.reject(cc, errPipelined)
 			return evio.None
 		}
@@ -69,11 +69,14 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		buf = cc.x.in
 	}
 	for len(buf) > 0 && cc.state == stReading {
-		n, err := parseRequest(buf, &w.req)
+		n, err := parseRequest(buf, &w.req, w.opts.Server.MaxHeaderBytes)
 		if err == errNeedMore {
 			break
 		}
 		if err != nil {
+			if err == errTooLarge {
+				w.counts.HeadersTooLarge++
+			}
 			w.reject(cc, err.(*httpError))
 			return evio.None
 		}

@@ -115,7 +115,14 @@ func (w *Worker) expire(cc *conn) {
 			w.schedule(cc, w.tick+1)
 			return
 		}
-		w.kill(cc)
+		if cc.x != nil && len(cc.x.in) > 0 {
+			// Part of a head came, and no more within header_timeout
+			// (slowloris): say so, then close.
+			w.counts.HeaderTimeouts++
+			w.reject(cc, errTimeout)
+			return
+		}
+		w.kill(cc) // an idle keep-alive: nothing to answer
 	default: // lingering
 		w.kill(cc)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -111,6 +112,7 @@ type Worker struct {
 	byID         idIndex                       // subscribed connections by client id (subs.go)
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
+	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
 	awaitingPeak int
 	pollMsgs     int // messages in the long-poll answer being built (deliver.go)
 	nextToken    uint32
@@ -239,6 +241,9 @@ func (w *Worker) initComet() {
 	o := w.opts
 	w.byChan = make(map[string]map[*conn]struct{})
 	w.awaiting = make(map[uint32]awaiter)
+	if o.Server.MaxConnsPerIP > 0 {
+		w.perIP = make(map[netip.Addr]uint32)
+	}
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
 	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
 	w.reqTicks = ticksOf(o.Server.HeaderTimeout.D())
@@ -336,6 +341,13 @@ func (w *Worker) serving(s evio.Server, ctlAddr string) evio.Action {
 	if a, ok := s.Addrs[clientListener].(*net.TCPAddr); ok {
 		w.port = a.Port
 	}
+	if k := w.opts.Server.TCPKeepalive.D(); k > 0 {
+		if err := keepalive(w.port, k); err != nil {
+			w.log.Error("cannot serve", "err", err)
+			w.sendFatal(err)
+			return evio.Shutdown
+		}
+	}
 	w.ipcOut = ipc.AppendHello(w.ipcOut, &ipc.Hello{
 		PID:        uint64(os.Getpid()),
 		Slot:       uint64(w.cfg.Slot),
@@ -370,9 +382,17 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		return nil, opts, evio.Close
 	}
 	w.counts.Accepted++
-	evioForgetPeer(c)
 	cc := &conn{ec: c}
 	c.SetContext(cc)
+	if w.perIP != nil {
+		if !w.admitIP(c) {
+			w.counts.PerIPRefused++
+			w.reject(cc, errPerIP)
+			return nil, opts, evio.None
+		}
+	} else {
+		evioForgetPeer(c)
+	}
 	if w.draining || w.stopping {
 		// Accepted although the worker has left the port (it was already
 		// queued): a real answer, never a bare close.
@@ -401,8 +421,41 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 		return evio.None
 	}
 	w.open--
+	if w.perIP != nil {
+		w.leaveIP(c)
+	}
+	if err == syscall.ETIMEDOUT {
+		w.counts.KeepaliveClosed++ // TCP keepalive: the peer is gone
+	}
 	w.forget(cc)
 	return evio.None
+}
+
+// admitIP counts a new connection against its address's
+// server.max_conns_per_ip; false when it is one too many (it is still
+// counted: leaveIP undoes it at the close, as for every other).
+func (w *Worker) admitIP(c evio.Conn) bool {
+	a := peerIP(c)
+	n := w.perIP[a] + 1
+	w.perIP[a] = n
+	return int(n) <= w.opts.Server.MaxConnsPerIP
+}
+
+func (w *Worker) leaveIP(c evio.Conn) {
+	a := peerIP(c)
+	if n := w.perIP[a]; n > 1 {
+		w.perIP[a] = n - 1
+	} else {
+		delete(w.perIP, a)
+	}
+}
+
+// peerIP is a client's address, IPv4 unmapped.
+func peerIP(c evio.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (w *Worker) data(c evio.Conn, in []byte) ([]byte, evio.Action) {

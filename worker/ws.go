@@ -224,6 +224,11 @@ func (w *Worker) wsFrame(cc *conn, f *wsFrame) {
 	ws.Cipher(p, f.Mask, 0)
 	switch f.OpCode {
 	case ws.OpPing:
+		if !w.wsControlAllowed(cc) {
+			w.counts.WSControlLimited++
+			w.wsFail(cc, errWSControlRate)
+			return
+		}
 		// §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
 		// Pong frame in response"; §5.5.3: with "identical Application
 		// data".
@@ -339,20 +344,36 @@ const (
 	wsCommandBurst = 32
 )
 
-// wsCommandAllowed is the rate limit, a GCRA in ticks: x.cmdAt is the tick
-// by which the client will have earned back its whole burst (0: never
-// used); a command is refused when that is more than a burst ahead.
+// Each ping a client sends costs its worker a pong: a client may send
+// wsControlBurst at once, then wsControlRate a second. (Pongs cost nothing
+// but the read, and answer the worker's own pings: not limited, so an idle
+// connection keeps no limiter state.)
+const (
+	wsControlRate  = 10
+	wsControlBurst = 32
+)
+
 func (w *Worker) wsCommandAllowed(cc *conn) bool {
-	const every = uint32(time.Second / wsCommandRate / tickEvery)
-	x := cc.extra()
-	at := x.cmdAt
-	if x.cmdAt == 0 || int32(at-w.tick) < 0 {
-		at = w.tick
+	return w.allow(&cc.extra().cmdAt, wsCommandRate, wsCommandBurst)
+}
+
+func (w *Worker) wsControlAllowed(cc *conn) bool {
+	return w.allow(&cc.extra().ctlAt, wsControlRate, wsControlBurst)
+}
+
+// allow is a rate limit, a GCRA in ticks: *at is the tick by which the
+// client will have earned back its whole burst (0: never used); an event
+// is refused when that is more than a burst ahead.
+func (w *Worker) allow(at *uint32, rate, burst uint32) bool {
+	every := uint32(time.Second / tickEvery / time.Duration(rate))
+	t := *at
+	if t == 0 || int32(t-w.tick) < 0 {
+		t = w.tick
 	}
-	if at-w.tick > (wsCommandBurst-1)*every {
+	if t-w.tick > (burst-1)*every {
 		return false
 	}
-	x.cmdAt = at + every
+	*at = t + every
 	return true
 }
 
