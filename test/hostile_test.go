@@ -3,17 +3,23 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/megacomet/megacomet/internal/testutil"
 	"github.com/megacomet/megacomet/manager"
 )
@@ -76,14 +82,17 @@ func unharmed(t *testing.T, s *testutil.Server, cs []*streamClient) {
 	}
 }
 
-// A replay bomb: one join asks for everything its id, 16 channels and the
-// broadcasts retain - 18 rings of 100 messages of 100 KiB, 180 MiB, past
-// what one IPC frame may carry. It gets the newest comet.max_replay (100)
+// A replay bomb: one join asks for everything its id and 16 channels
+// retain - 17 rings of 100 messages of 48 KiB, 80 MiB, past what one IPC
+// frame may carry (64 MiB) (the broadcasts' ring would make it 18, but broadcasts
+// would also reach the suite's megatest). It gets the newest comet.max_replay (100)
 // after a gap announcement naming the oldest it gets, in order, nothing
 // twice; the worker's other clients notice nothing.
-func TestReplayBomb(t *testing.T) {
-	s := testutil.Start(t, map[string]string{"comet": `history_size = 100`})
-	const size = 100 << 10
+func replayBomb(t *testing.T, s *testutil.Server) {
+	before := s.MustStats()
+	cutBefore := before.Manager.ReplaysCut
+	gapsBefore := workerSum(before, func(w manager.WorkerStats) uint64 { return w.GapsAnnounced })
+	const size = 48 << 10
 	var all []uint64
 	all = append(all, publishMany(t, s.API, `"to":"bomb"`, 100, size)...)
 	var chans []string
@@ -91,7 +100,6 @@ func TestReplayBomb(t *testing.T) {
 		chans = append(chans, fmt.Sprintf("c%d", c))
 		all = append(all, publishMany(t, s.API, fmt.Sprintf(`"channel":"c%d"`, c), 100, size)...)
 	}
-	all = append(all, publishMany(t, s.API, `"broadcast":true`, 100, size)...)
 	slices.Sort(all)
 	newest := all[len(all)-100:]
 	by := bystanders(t, s, 20)
@@ -113,18 +121,19 @@ func TestReplayBomb(t *testing.T) {
 	}
 	got, gaps, conns := followBomb(t, s, path, nil, len(newest))
 	check(got, gaps)
-	t.Logf("a reading bomb: its 100 newest messages (10 MiB) over %d connection(s)", conns)
+	t.Logf("a reading bomb: its 100 newest messages (4.8 MiB) over %d connection(s)", conns)
 	got, gaps, conns = followBomb(t, s, path, stalledSSE(t, s, path(1)), len(newest))
 	check(got, gaps)
 	if conns < 2 {
-		t.Errorf("a bomb that did not read got its 10 MiB in %d connection: the replay was not paced", conns)
+		t.Errorf("a bomb that did not read got its 4.8 MiB in %d connection: the replay was not paced", conns)
 	}
 	t.Logf("a stalled bomb: %d connections", conns)
 	unharmed(t, s, by)
 	// Workers report their counts every second or so.
 	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
-		if g := workerSum(st, func(w manager.WorkerStats) uint64 { return w.GapsAnnounced }); st.Manager.ReplaysCut != 2 || g != 2 {
-			return fmt.Errorf("replays_cut %d, gaps_announced %d; want 2 and 2", st.Manager.ReplaysCut, g)
+		g := workerSum(st, func(w manager.WorkerStats) uint64 { return w.GapsAnnounced }) - gapsBefore
+		if cut := st.Manager.ReplaysCut - cutBefore; cut != 2 || g != 2 {
+			return fmt.Errorf("replays_cut +%d, gaps_announced +%d; want 2 and 2", cut, g)
 		}
 		return nil
 	})
@@ -199,8 +208,8 @@ func stalledSSE(t *testing.T, s *testutil.Server, path string) *streamClient {
 // times comet.max_pending) gets all of it over several polls, each answer
 // within the bound, its cursor moving forward each time: nothing dropped,
 // nothing twice, never refused as a slow consumer.
-func TestLongPollBacklog(t *testing.T) {
-	s := testutil.Start(t, nil)
+func lpBacklog(t *testing.T, s *testutil.Server) {
+	slowBefore := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.SlowConsumers })
 	want := publishMany(t, s.API, `"to":"lp5"`, 100, 52<<10)
 	cl := &http.Client{Timeout: time.Minute}
 	var got []uint64
@@ -226,8 +235,7 @@ func TestLongPollBacklog(t *testing.T) {
 	if polls < 5 {
 		t.Errorf("%d polls for 5 MiB: answers are not bounded by comet.max_pending", polls)
 	}
-	st := s.MustStats()
-	if sc := workerSum(st, func(w manager.WorkerStats) uint64 { return w.SlowConsumers }); sc != 0 {
+	if sc := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.SlowConsumers }) - slowBefore; sc != 0 {
 		t.Errorf("%d slow consumers dropped", sc)
 	}
 }
@@ -274,21 +282,23 @@ func sseIDs(t *testing.T, addr, path string) chan uint64 {
 // answers 503 with Retry-After, one line naming the worker, instead of
 // taking more; when the worker runs again publishing goes on, and every
 // client gets every message that was answered 200, once and in order.
-func TestPublishFloodGets503(t *testing.T) {
-	s := testutil.Start(t, nil)
-	// Streams until both workers hold some, as the kernel spreads them.
+func publishFlood(t *testing.T, s *testutil.Server) {
+	refusedBefore := s.MustStats().Manager.PublishRefused
+	// Streams on the flood's channel until worker 0 holds one of them.
 	var streams []chan uint64
-	for len(streams) < 40 {
-		streams = append(streams, sseIDs(t, s.Listen, fmt.Sprintf("/sse/flood%d", len(streams))))
-		st := s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
-			if st.IDs != len(streams) {
-				return fmt.Errorf("%d ids subscribed, want %d", st.IDs, len(streams))
+	for on0 := false; !on0; {
+		if len(streams) == 40 {
+			t.Fatal("40 streams, none on worker 0")
+		}
+		before := s.MustStats()
+		streams = append(streams, sseIDs(t, s.Listen, fmt.Sprintf("/sse/flood%d?channels=flood", len(streams))))
+		s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+			if st.Connections != before.Connections+1 {
+				return fmt.Errorf("%d connections, want %d", st.Connections, before.Connections+1)
 			}
+			on0 = st.Workers[0].Connections > before.Workers[0].Connections
 			return nil
 		})
-		if len(streams) >= 4 && st.Workers[0].Connections > 0 && st.Workers[1].Connections > 0 {
-			break
-		}
 	}
 	pid := s.MustStats().Workers[0].PID
 	syscall.Kill(pid, syscall.SIGSTOP)
@@ -298,7 +308,7 @@ func TestPublishFloodGets503(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}()
-	body := `{"broadcast":true,"data":"` + strings.Repeat("f", 250<<10) + `"}`
+	body := `{"channel":"flood","data":"` + strings.Repeat("f", 250<<10) + `"}`
 	var accepted []uint64
 	var refused string
 	for i := 0; refused == "" && i < 2000; i++ {
@@ -344,13 +354,339 @@ func TestPublishFloodGets503(t *testing.T) {
 			}
 		}
 	}
-	st := s.MustStats()
-	if st.Manager.PublishRefused == 0 || st.Manager.WorkersKilled != 0 {
-		t.Errorf("publish_refused %d, workers_killed %d", st.Manager.PublishRefused, st.Manager.WorkersKilled)
+	if st := s.MustStats(); st.Manager.PublishRefused == refusedBefore || st.Manager.WorkersKilled != 0 {
+		t.Errorf("publish_refused +%d, workers_killed %d", st.Manager.PublishRefused-refusedBefore, st.Manager.WorkersKilled)
 	}
-	for _, w := range st.Workers {
-		if w.Restarts != 0 {
-			t.Errorf("worker %d restarted", w.Slot)
+}
+
+// The hostile-client suite: a live manager and 2 workers, a well-behaved
+// megatest (1,000 SSE and 1,000 WebSocket connections, -pub 200) through
+// all of it, and one subtest per attack. At the end megatest has lost
+// nothing, had nothing twice and nothing closed under it, no worker
+// restarted, and no process grew past the stated bound.
+func TestHostileClients(t *testing.T) {
+	s := testutil.Start(t, map[string]string{
+		"server": "workers = 2\nheader_timeout = \"2s\"\nmax_conns_per_ip = 5000",
+		"comet":  "history_size = 100",
+	})
+	sse := runMegatest(t, s, "hs", "-transport", "sse", "-n", "1000", "-pub", "100")
+	wss := runMegatest(t, s, "hw", "-transport", "ws", "-n", "1000", "-pub", "100")
+	waitHeld(t, s, 2000, 3*time.Minute)
+	sse.waitMessages(t, 100)
+	wss.waitMessages(t, 100)
+
+	// What the server's processes may hold at any point of it (race-built
+	// binaries, history up to the replay bomb's 80 MiB).
+	const managerBound, workerBound = 1536 << 20, 768 << 20
+	var peakManager, peakWorker uint64
+	checkRSS := func(t *testing.T) {
+		st := s.MustStats()
+		peakManager = max(peakManager, st.Manager.RSSBytes)
+		for _, w := range st.Workers {
+			peakWorker = max(peakWorker, w.RSSBytes)
+			if w.Restarts != 0 {
+				t.Errorf("worker %d restarted", w.Slot)
+			}
+		}
+		if peakManager > managerBound || peakWorker > workerBound {
+			t.Errorf("RSS: manager %d MiB (bound %d), worker %d MiB (bound %d)", peakManager>>20, managerBound>>20, peakWorker>>20, workerBound>>20)
 		}
 	}
+	attacks := []struct {
+		name string
+		run  func(t *testing.T, s *testutil.Server)
+	}{
+		{"publish_flood", publishFlood},
+		{"slowloris", slowloris},
+		{"header_flood", headerFlood},
+		{"garbage", garbage},
+		{"never_send", neverSend},
+		{"ws_invalid_frames", wsInvalidFrames},
+		{"ping_flood", pingFlood},
+		{"non_readers", nonReaders},
+		{"connect_storm", connectStorm},
+		{"replay_bomb", replayBomb},
+		{"lp_backlog", lpBacklog},
+	}
+	for _, a := range attacks {
+		t.Run(a.name, func(t *testing.T) {
+			a.run(t, s)
+			checkRSS(t)
+		})
+	}
+	t.Logf("peak RSS: manager %d MiB, workers %d MiB", peakManager>>20, peakWorker>>20)
+	for _, r := range []*megatestRun{sse, wss} {
+		_, sum := r.stop(t, 2*time.Minute)
+		t.Logf("%s: %d published, %d messages, %d lost, %d duplicates, %d closed unexpectedly, %d reconnects", sum.Transport, sum.Published, sum.Messages, sum.Lost, sum.Duplicates, sum.ClosedUnexpected, sum.Reconnects)
+		if sum.Lost != 0 || sum.Duplicates != 0 || sum.ClosedUnexpected != 0 || sum.Reconnects != 0 || sum.Published == 0 {
+			t.Errorf("%s megatest: lost %d, duplicates %d, closed_unexpected %d, reconnects %d, published %d",
+				sum.Transport, sum.Lost, sum.Duplicates, sum.ClosedUnexpected, sum.Reconnects, sum.Published)
+		}
+	}
+}
+
+// answerOf reads what the server answers on c until it closes: the status
+// line and the body, or the error that ended the read.
+func answerOf(c net.Conn, wait time.Duration) (int, string, error) {
+	c.SetReadDeadline(time.Now().Add(wait))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b), err
+}
+
+// parallel runs n attackers at once and fails the test with the first
+// error any of them returns.
+func parallel(t *testing.T, n int, attack func(i int) error) {
+	t.Helper()
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- attack(i) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Slowloris: a request head a byte at a time, one every 300 ms. Past
+// server.header_timeout (2 s here) the server answers 408 and closes.
+func slowloris(t *testing.T, s *testutil.Server) {
+	parallel(t, 50, func(i int) error {
+		c, err := net.Dial("tcp", s.Listen)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		head := "GET /sse/slow HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("z", 200) + "\r\n\r\n"
+		answered := make(chan struct{})
+		go func() {
+			defer close(answered)
+			for j := 0; j < len(head); j++ {
+				if _, err := c.Write([]byte{head[j]}); err != nil {
+					return
+				}
+				select {
+				case <-answered:
+					return
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		}()
+		status, body, err := answerOf(c, time.Minute)
+		if status != 408 || !strings.Contains(body, "header_timeout") {
+			return fmt.Errorf("slowloris %d: %d %q %v, want 408 naming server.header_timeout", i, status, body, err)
+		}
+		return nil
+	})
+}
+
+// Header floods: one header past server.max_header_bytes, and many small
+// ones adding up past it: 431, then closed.
+func headerFlood(t *testing.T, s *testutil.Server) {
+	many := strings.Repeat("X-A: b\r\n", 2000)
+	parallel(t, 40, func(i int) error {
+		req := "GET /sse/h HTTP/1.1\r\nX-Big: " + strings.Repeat("x", 20<<10) + "\r\n\r\n"
+		if i%2 == 1 {
+			req = "GET /sse/h HTTP/1.1\r\n" + many + "\r\n"
+		}
+		c, err := net.Dial("tcp", s.Listen)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		go io.WriteString(c, req) // the server may answer before it has read all
+		if status, body, err := answerOf(c, time.Minute); status != 431 {
+			return fmt.Errorf("header flood %d: %d %q %v, want 431", i, status, body, err)
+		}
+		return nil
+	})
+}
+
+// Garbage: random bytes, with a blank line or without. Each gets one
+// 4xx line - malformed (400), too large (431) or, for bytes that never
+// end a head, the header timeout (408) - and is closed.
+func garbage(t *testing.T, s *testutil.Server) {
+	parallel(t, 40, func(i int) error {
+		junk := make([]byte, 1000+i*100)
+		rand.NewChaCha8([32]byte{byte(i)}).Read(junk)
+		if i%2 == 0 {
+			junk = append(junk, "\r\n\r\n"...)
+		}
+		c, err := net.Dial("tcp", s.Listen)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		go c.Write(junk)
+		status, body, err := answerOf(c, time.Minute)
+		if status != 400 && status != 408 && status != 431 && status != 505 {
+			return fmt.Errorf("garbage %d: %d %q %v, want a 4xx answer", i, status, body, err)
+		}
+		return nil
+	})
+}
+
+// Connections that never send: closed once server.header_timeout passes.
+func neverSend(t *testing.T, s *testutil.Server) {
+	parallel(t, 200, func(i int) error {
+		c, err := net.Dial("tcp", s.Listen)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
+			return fmt.Errorf("silent connection %d: read %d, %v; want it closed", i, n, err)
+		}
+		return nil
+	})
+}
+
+// dialWS opens a WebSocket with gobwas/ws's client.
+func dialWS(s *testutil.Server, id string) (net.Conn, error) {
+	c, _, _, err := ws.Dial(context.Background(), "ws://"+s.Listen+"/ws/"+id)
+	return c, err
+}
+
+// closeCode reads frames until the server's close frame and returns its
+// status code.
+func closeCode(c net.Conn) (ws.StatusCode, error) {
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	for {
+		f, err := ws.ReadFrame(c)
+		if err != nil {
+			return 0, err
+		}
+		if f.Header.OpCode == ws.OpClose {
+			code, _ := ws.ParseCloseFrameData(f.Payload)
+			return code, nil
+		}
+	}
+}
+
+// Invalid WebSocket frames, each on its own connection: the close code
+// RFC 6455 gives for it, then the close.
+func wsInvalidFrames(t *testing.T, s *testutil.Server) {
+	masked := func(op ws.OpCode, fin bool, payload []byte) []byte {
+		f := ws.NewFrame(op, fin, payload)
+		f = ws.MaskFrameInPlace(f)
+		b, _ := ws.CompileFrame(f)
+		return b
+	}
+	cases := []struct {
+		name  string
+		frame []byte
+		code  ws.StatusCode
+	}{
+		{"unmasked", ws.MustCompileFrame(ws.NewTextFrame([]byte(`{"since":1}`))), ws.StatusProtocolError},
+		{"reserved opcode", masked(0x3, true, []byte("x")), ws.StatusProtocolError},
+		{"oversized", masked(ws.OpText, true, bytes.Repeat([]byte("a"), 70<<10)), ws.StatusMessageTooBig},
+		{"bad UTF-8", masked(ws.OpText, true, []byte{0xff, 0xfe, 0xfd}), ws.StatusInvalidFramePayloadData},
+		{"fragmented control", masked(ws.OpPing, false, []byte("p")), ws.StatusProtocolError},
+		{"binary", masked(ws.OpBinary, true, []byte{1, 2, 3}), ws.StatusUnsupportedData},
+	}
+	for _, tc := range cases {
+		c, err := dialWS(s, "bad")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go c.Write(tc.frame)
+		if code, err := closeCode(c); code != tc.code {
+			t.Errorf("%s: close %d %v, want %d", tc.name, code, err, tc.code)
+		}
+		c.Close()
+	}
+}
+
+// A ping flood: pongs for the first 32, then close 1008.
+func pingFlood(t *testing.T, s *testutil.Server) {
+	before := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.WSControlLimited })
+	c, err := dialWS(s, "pinger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ping := ws.MaskFrameInPlace(ws.NewPingFrame([]byte("p")))
+	go func() {
+		for range 10000 {
+			if ws.WriteFrame(c, ping) != nil {
+				return
+			}
+		}
+	}()
+	if code, err := closeCode(c); code != ws.StatusPolicyViolation {
+		t.Errorf("ping flood: close %d %v, want 1008", code, err)
+	}
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+		if n := workerSum(st, func(w manager.WorkerStats) uint64 { return w.WSControlLimited }); n <= before {
+			return fmt.Errorf("ws_control_limited %d: not counted", n)
+		}
+		return nil
+	})
+}
+
+// 100 clients that never read while 8 MiB flow to their channel: each is
+// dropped as a slow consumer once comet.max_pending waits for it, and
+// the worker's memory stays bounded.
+func nonReaders(t *testing.T, s *testutil.Server) {
+	before := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.SlowConsumers })
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	ids0 := s.MustStats().IDs
+	for i := range 100 {
+		c, err := d.Dial("tcp", s.Listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /sse/nr%d?channels=nr HTTP/1.1\r\nHost: x\r\n\r\n", i)
+	}
+	s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+		if st.IDs < ids0+100 {
+			return fmt.Errorf("%d of 100 non-readers subscribed", st.IDs-ids0)
+		}
+		return nil
+	})
+	publishMany(t, s.API, `"channel":"nr"`, 128, 64<<10)
+	s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+		if n := workerSum(st, func(w manager.WorkerStats) uint64 { return w.SlowConsumers }) - before; n < 100 {
+			return fmt.Errorf("%d of 100 non-readers dropped as slow consumers", n)
+		}
+		return nil
+	})
+}
+
+// A connect/disconnect storm: 8 dialers connecting and closing as fast as
+// they can for 10 s, half of them asking /ping first.
+func connectStorm(t *testing.T, s *testutil.Server) {
+	var n atomic.Int64
+	end := time.Now().Add(10 * time.Second)
+	parallel(t, 8, func(i int) error {
+		req := []byte("GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+		buf := make([]byte, 512)
+		for time.Now().Before(end) {
+			c, err := net.Dial("tcp", s.Listen)
+			if err != nil {
+				return fmt.Errorf("storm: %v", err)
+			}
+			if i%2 == 0 {
+				c.Write(req)
+				c.SetReadDeadline(time.Now().Add(time.Minute))
+				if _, err := c.Read(buf); err != nil {
+					c.Close()
+					return fmt.Errorf("storm ping: %v", err)
+				}
+			}
+			c.Close()
+			n.Add(1)
+		}
+		return nil
+	})
+	t.Logf("%d connections in 10 s (%.0f/s)", n.Load(), float64(n.Load())/10)
 }
