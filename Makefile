@@ -49,13 +49,17 @@ test: vet deps verify-unit
 test-short:
 	$(GO) test -short -count=1 ./config/ ./ipc/ ./worker/ ./manager/
 
-# Short runs of every fuzz target (each parser, input split anywhere).
+# Every fuzz target in the module, found with go test -list, FUZZTIME each
+# (30 s): the parsers (HTTP, WebSocket frames, IPC, megatest's), the
+# publish JSON decoder, query strings and tokens. make test runs their
+# seed corpora.
 fuzz:
-	$(GO) test ./ipc -run '^$$' -fuzz FuzzParseSplit -fuzztime 30s
-	$(GO) test ./worker -run '^$$' -fuzz FuzzParseRequest -fuzztime 30s
-	$(GO) test ./worker -run '^$$' -fuzz FuzzParseFrame -fuzztime 30s
-	$(GO) test ./ipc -run '^$$' -fuzz FuzzDecoders -fuzztime 30s
-	$(MAKE) megatest-fuzz
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; \
+	    $(GO) test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(or $(FUZZTIME),30s) || exit 1; \
+	  done; \
+	done
 
 # The unit as `make install` writes it must pass systemd-analyze verify with
 # no complaint at all (unknown keys are only warnings there).

@@ -161,3 +161,36 @@ func BenchmarkVerify(b *testing.B) {
 		})
 	}
 }
+
+// FuzzVerify: no string that did not come from the key verifies - mangled
+// tokens, other algorithms, alg none - and each refusal is a *Refusal
+// with a one-line reason, never a panic. (The seeds include a real token,
+// which must verify only as it is.)
+func FuzzVerify(f *testing.F) {
+	secret := strings.Repeat("k", 32)
+	v, err := New(&config.Auth{Secret: secret, Required: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _ := Mint([]byte(secret), "alice", []string{"news"}, time.Hour, time.Now())
+	f.Add(good)
+	f.Add(good[:len(good)-2])
+	f.Add("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.")
+	f.Add("a.b.c")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, token string) {
+		c, err := v.Verify(token, "alice")
+		if token == good {
+			if err != nil {
+				t.Fatalf("the minted token is refused: %v", err)
+			}
+			return
+		}
+		if err == nil {
+			t.Fatalf("%q verified as %+v", token, c)
+		}
+		if r, ok := err.(*Refusal); !ok || r.Reason == "" || strings.ContainsAny(r.Reason, "\r\n") {
+			t.Fatalf("refusal %#v: want a *Refusal with a one-line reason", err)
+		}
+	})
+}

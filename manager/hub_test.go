@@ -1,9 +1,12 @@
 package manager
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/megacomet/megacomet/ipc"
 )
 
 func testHub() *hub {
@@ -104,4 +107,54 @@ func TestMaxBatch(t *testing.T) {
 	if items, _, err := parsePublish([]byte(body), 11); err != nil || len(items) != 11 {
 		t.Errorf("11 messages with max_batch 11: %d, %v", len(items), err)
 	}
+}
+
+// FuzzParsePublish: whatever the body, parsePublish answers with valid
+// items or one 4xx error, never a panic; every item it accepts names
+// exactly one kind of target, with valid ids, and valid JSON data within
+// the limits; a batch is within api.max_batch.
+func FuzzParsePublish(f *testing.F) {
+	for _, s := range []string{
+		`{"to":"a","data":1}`, `{"to":["a","b"],"data":{"x":[1,2]}}`, `{"channel":"news","data":"s"}`,
+		`{"broadcast":true,"data":null}`, `[{"to":"a","data":1},{"broadcast":true,"data":2}]`,
+		`{"to":"a","channel":"c","data":1}`, `{"to":"bad id","data":1}`, `[]`, `[`, `{"data":1,"x":2}`,
+		`{"to":"a","data":1}{"to":"b","data":2}`, "\xff",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		items, batch, err := parsePublish(body, 8)
+		if err != nil {
+			if ae, ok := err.(*apiError); !ok || ae.status < 400 || ae.status > 499 || strings.Contains(ae.msg, "\n") {
+				t.Fatalf("error %v: want one line with a 4xx status", err)
+			}
+			return
+		}
+		if len(items) == 0 || len(items) > 8 || (!batch && len(items) != 1) {
+			t.Fatalf("%d items (batch %v)", len(items), batch)
+		}
+		for _, it := range items {
+			kinds := 0
+			if len(it.to) > 0 {
+				kinds++
+				for _, id := range it.to {
+					if !ipc.ValidName(id) {
+						t.Fatalf("accepted id %q", id)
+					}
+				}
+			}
+			if it.channel != "" {
+				kinds++
+				if !ipc.ValidName(it.channel) {
+					t.Fatalf("accepted channel %q", it.channel)
+				}
+			}
+			if it.broadcast {
+				kinds++
+			}
+			if kinds != 1 || !json.Valid(it.data) || len(it.data) > maxMessageData {
+				t.Fatalf("accepted item %+v", it)
+			}
+		}
+	})
 }

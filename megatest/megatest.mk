@@ -28,6 +28,6 @@ c1m: megabench
 	  -broadcast $(or $(BROADCAST),3) -out c1m-report.json
 
 megatest-fuzz:
-	@for f in FuzzSSESplit FuzzChunkSplit FuzzHeadSplit FuzzWSSplit FuzzLPSplit FuzzScanMessage; do \
-	  $(GO) test ./megatest -run '^$$' -fuzz "^$$f\$$" -fuzztime 30s || exit 1; \
+	@for f in $$($(GO) test -list '^Fuzz' ./megatest | grep '^Fuzz'); do \
+	  $(GO) test ./megatest -run '^$$' -fuzz "^$$f\$$" -fuzztime $(or $(FUZZTIME),30s) || exit 1; \
 	done

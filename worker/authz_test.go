@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
@@ -185,4 +186,38 @@ func TestAuthKeepsNothingOfAnIdleConnection(t *testing.T) {
 	if authed > plain+8 {
 		t.Errorf("a connection with a token holds %.0f bytes, one without %.0f", authed, plain)
 	}
+}
+
+// FuzzQueryAndToken: a request's query string and token, however mangled,
+// parse without a panic into what the rules allow - channels that are
+// valid names, at most maxChannels of them, and a token that is bytes of
+// the request itself (from ?token=, Authorization: Bearer or the cookie),
+// never more.
+func FuzzQueryAndToken(f *testing.F) {
+	f.Add([]byte("GET /sse/a?since=5&channels=x,y&token=abc HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /sse/a HTTP/1.1\r\nAuthorization: Bearer t.o.k\r\n\r\n"))
+	f.Add([]byte("GET /sse/a HTTP/1.1\r\nCookie: a=1; mc_token=xyz; b\r\n\r\n"))
+	f.Add([]byte("GET /lp/a?callback=cb&channels=&token=&since=99999999999999999999 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /ws/a?channels=a,a,b%2Cc&cursor=1 HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		var r request
+		if _, err := parseRequest(head, &r, defaultMaxHeader); err != nil {
+			return
+		}
+		var q query
+		if parseQuery(r.query, &q) != nil {
+			return
+		}
+		if q.nchans > maxChannels {
+			t.Fatalf("%d channels", q.nchans)
+		}
+		for _, ch := range q.channels() {
+			if !ipc.ValidName(string(ch)) {
+				t.Fatalf("channel %q accepted", ch)
+			}
+		}
+		if tok := tokenOf(&r, &q, "mc_token"); len(tok) > 0 && !bytes.Contains(head, tok) {
+			t.Fatalf("token %q is not in the request", tok)
+		}
+	})
 }
