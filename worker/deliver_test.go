@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -365,4 +366,43 @@ func idleConnBytes(b testing.TB, mut func(*config.Options), request func(j int) 
 	// memory would be freed during it.
 	h.countsWhere(func(c ipc.Counts) bool { return c.Conns == 0 })
 	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n, float64(after.Mallocs-before.Mallocs) / n
+}
+
+// A replay that left messages out announces the gap first, in each
+// transport's own way, then what it has: an SSE "gap" event, a stream
+// line, a WebSocket text frame, the first element of a long-poll answer.
+func TestGapAnnouncedOnEveryTransport(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	h.gapAt.Store(15)
+	gap := `{"gap":{"after":5,"before":15}}`
+	for _, tc := range []struct {
+		req, gap, msg string
+	}{
+		{"GET /sse/g1?since=5 HTTP/1.1\r\n\r\n", "event: gap\ndata: " + gap + "\n\n", "id: 15\ndata: \"r\"\n\n"},
+		{"GET /stream/g2?since=5 HTTP/1.1\r\n\r\n", "20\r\n" + gap + "\n\r\n", "4\r\n\"r\"\n\r\n"},
+		{"GET /stream/g3?since=5 HTTP/1.0\r\n\r\n", gap + "\n", "\"r\"\n"},
+		{"GET /lp/g4?since=5 HTTP/1.1\r\n\r\n", "[" + gap + ",", "\"r\"]"},
+		{"GET /ws/g5?since=5 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+			string(appendWSText(nil, []byte(gap))), string(appendWSText(nil, []byte(`"r"`)))},
+	} {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(tc.req))
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		var got []byte
+		buf := make([]byte, 4096)
+		for !bytes.Contains(got, []byte(tc.msg)) {
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("%.20q: %v after %q", tc.req, err, got)
+			}
+			got = append(got, buf[:n]...)
+		}
+		if g, m := bytes.Index(got, []byte(tc.gap)), bytes.Index(got, []byte(tc.msg)); g < 0 || g > m {
+			t.Errorf("%.20q: got %q, want %q before %q", tc.req, got, tc.gap, tc.msg)
+		}
+		c.Close()
+	}
 }

@@ -27,6 +27,10 @@ type harness struct {
 	mu     sync.Mutex
 	frames []frame      // frames the worker sent
 	joins  atomic.Int64 // subscriptions answered
+	// gapAt, when set, makes every replay announce a gap before it and
+	// carry one message with that id (body "r"), as a manager does for a
+	// join past comet.max_replay.
+	gapAt atomic.Uint64
 }
 
 type frame struct {
@@ -111,7 +115,12 @@ func (h *harness) answerJoins(p []byte) {
 	pr := ipc.NewPresenceReader(p)
 	for op := pr.Next(); op != 0; op = pr.Next() {
 		if op == ipc.OpJoin {
-			out = ipc.AppendReplayHead(out, pr.Join.Token, false, 0, 0)
+			if g := h.gapAt.Load(); g != 0 {
+				out = ipc.AppendReplayHead(out, pr.Join.Token, false, g, 1)
+				out = ipc.AppendBytes(ipc.AppendUvarint(out, g), []byte(`"r"`))
+			} else {
+				out = ipc.AppendReplayHead(out, pr.Join.Token, false, 0, 0)
+			}
 			n++
 		}
 	}
