@@ -1,14 +1,11 @@
 package worker
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/gobwas/ws"
 )
@@ -301,130 +298,6 @@ func (w *Worker) wsPeerClose(cc *conn, p []byte) {
 	}
 }
 
-// wsMessage handles a complete text message: a command.
-func (w *Worker) wsMessage(cc *conn, p []byte) {
-	// §8.1: "When an endpoint is to interpret a byte stream as UTF-8 but
-	// finds that the byte stream is not, in fact, a valid UTF-8 stream, that
-	// endpoint MUST _Fail the WebSocket Connection_"; §7.4.1: 1007.
-	if !utf8.Valid(p) {
-		w.wsFail(cc, errWSUTF8)
-		return
-	}
-	var c wsCommand
-	if !parseCommand(p, &c) {
-		w.wsFail(cc, errWSCommand)
-		return
-	}
-	switch c.op {
-	case cmdSince:
-		w.resubscribe(cc, c.since, nil, nil)
-	case cmdSubscribe:
-		if !validID(c.channel) {
-			w.wsFail(cc, errWSChannel)
-			return
-		}
-		if !w.wsMayJoin(cc, c.channel) {
-			return
-		}
-		w.resubscribe(cc, cc.cursor, c.channel, nil)
-	case cmdUnsubscribe:
-		if !validID(c.channel) {
-			w.wsFail(cc, errWSChannel)
-			return
-		}
-		w.resubscribe(cc, cc.cursor, nil, c.channel)
-	}
-}
-
-// Each command that changes something makes the connection join again,
-// which costs the manager a history lookup, so a client may send
-// wsCommandBurst of those at once and then wsCommandRate a second.
-const (
-	wsCommandRate  = 10
-	wsCommandBurst = 32
-)
-
-// Each ping a client sends costs its worker a pong: a client may send
-// wsControlBurst at once, then wsControlRate a second. (Pongs cost nothing
-// but the read, and answer the worker's own pings: not limited, so an idle
-// connection keeps no limiter state.)
-const (
-	wsControlRate  = 10
-	wsControlBurst = 32
-)
-
-func (w *Worker) wsCommandAllowed(cc *conn) bool {
-	return w.allow(&cc.extra().cmdAt, wsCommandRate, wsCommandBurst)
-}
-
-func (w *Worker) wsControlAllowed(cc *conn) bool {
-	return w.allow(&cc.extra().ctlAt, wsControlRate, wsControlBurst)
-}
-
-// allow is a rate limit, a GCRA in ticks: *at is the tick by which the
-// client will have earned back its whole burst (0: never used); an event
-// is refused when that is more than a burst ahead.
-func (w *Worker) allow(at *uint32, rate, burst uint32) bool {
-	every := uint32(time.Second / tickEvery / time.Duration(rate))
-	t := *at
-	if t == 0 || int32(t-w.tick) < 0 {
-		t = w.tick
-	}
-	if t-w.tick > (burst-1)*every {
-		return false
-	}
-	*at = t + every
-	return true
-}
-
-// resubscribe joins again with cursor since and the channel set changed by
-// add or drop; the manager answers with the replay after since, and live
-// messages wait for it as on a new connection (subs.go).
-func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
-	id := cc.id
-	if id == "" {
-		return
-	}
-	var old []string
-	if cc.x != nil {
-		old = cc.x.channels
-	}
-	chans := w.q.chans[:0] // the query scratch: no request is being parsed
-	found := false
-	for _, ch := range old {
-		switch {
-		case drop != nil && ch == string(drop):
-			found = true
-			continue
-		case add != nil && ch == string(add):
-			found = true
-		}
-		chans = append(chans, stringBytes(ch))
-	}
-	switch {
-	case add != nil && found, drop != nil && !found:
-		return // nothing changes: no need to join again
-	case add != nil:
-		if len(chans) == maxChannels {
-			w.wsFail(cc, errWSChannels)
-			return
-		}
-		chans = append(chans, add)
-	}
-	if !w.wsCommandAllowed(cc) {
-		clear(w.q.chans[:])
-		w.wsFail(cc, errWSRate)
-		return
-	}
-	exp := w.expOf(cc)
-	w.unsubscribe(cc)
-	w.subscribe(cc, stringBytes(id), chans, since, exp)
-	clear(w.q.chans[:])
-}
-
-// stringBytes views s as bytes, for callees that only read them.
-func stringBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
 // wsClose sends a close frame and lingers: the client answers with its own
 // close and then closes the TCP connection, which ends ours (§7.1.1: the
 // server closes first only after the handshake; lingering bounds the wait).
@@ -479,84 +352,4 @@ func (w *Worker) wsHeartbeat(cc *conn) {
 	}
 	w.counts.Heartbeats++
 	w.schedule(cc, w.tick+w.hbTicks)
-}
-
-// Commands a client may send as text messages.
-const (
-	cmdSince = iota + 1
-	cmdSubscribe
-	cmdUnsubscribe
-)
-
-type wsCommand struct {
-	op      int
-	since   uint64
-	channel []byte // aliases the message
-}
-
-var (
-	cmdKeySince       = []byte(`"since"`)
-	cmdKeySubscribe   = []byte(`"subscribe"`)
-	cmdKeyUnsubscribe = []byte(`"unsubscribe"`)
-)
-
-// parseCommand reads a JSON object with exactly one of the keys since
-// (a uint64), subscribe or unsubscribe (a string without escapes, as
-// channel names need none), without allocating.
-func parseCommand(p []byte, c *wsCommand) bool {
-	p = skipJSONSpace(p)
-	if len(p) == 0 || p[0] != '{' {
-		return false
-	}
-	p = skipJSONSpace(p[1:])
-	switch {
-	case bytes.HasPrefix(p, cmdKeySince):
-		c.op, p = cmdSince, p[len(cmdKeySince):]
-	case bytes.HasPrefix(p, cmdKeySubscribe):
-		c.op, p = cmdSubscribe, p[len(cmdKeySubscribe):]
-	case bytes.HasPrefix(p, cmdKeyUnsubscribe):
-		c.op, p = cmdUnsubscribe, p[len(cmdKeyUnsubscribe):]
-	default:
-		return false
-	}
-	p = skipJSONSpace(p)
-	if len(p) == 0 || p[0] != ':' {
-		return false
-	}
-	p = skipJSONSpace(p[1:])
-	if c.op == cmdSince {
-		i := 0
-		for i < len(p) && '0' <= p[i] && p[i] <= '9' {
-			i++
-		}
-		if i > 1 && p[0] == '0' { // JSON numbers have no leading zeros
-			return false
-		}
-		var ok bool
-		if c.since, ok = parseUint(p[:i]); !ok {
-			return false
-		}
-		p = p[i:]
-	} else {
-		if len(p) == 0 || p[0] != '"' {
-			return false
-		}
-		end := bytes.IndexByte(p[1:], '"')
-		if end < 0 || bytes.IndexByte(p[1:1+end], '\\') >= 0 {
-			return false
-		}
-		c.channel, p = p[1:1+end], p[2+end:]
-	}
-	p = skipJSONSpace(p)
-	if len(p) == 0 || p[0] != '}' {
-		return false
-	}
-	return len(skipJSONSpace(p[1:])) == 0
-}
-
-func skipJSONSpace(p []byte) []byte {
-	for len(p) > 0 && (p[0] == ' ' || p[0] == '\t' || p[0] == '\n' || p[0] == '\r') {
-		p = p[1:]
-	}
-	return p
 }
