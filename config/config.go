@@ -108,6 +108,9 @@ type Comet struct {
 	MaxPending      int `toml:"max_pending" json:"max_pending"`
 	// WSMaxMessage bounds a WebSocket frame or message from a client.
 	WSMaxMessage int `toml:"ws_max_message" json:"ws_max_message"`
+	// WSPingRate is how many pings a second a WebSocket client may send
+	// after a burst of 32; past it the connection is closed (1008).
+	WSPingRate int `toml:"ws_ping_rate" json:"ws_ping_rate"`
 }
 
 // Bounds of comet.ws_max_message: at least a control frame's payload (RFC
@@ -172,6 +175,7 @@ func Default() Options {
 			// Clients only send short commands; 64 KiB is what most
 			// WebSocket servers accept by default.
 			WSMaxMessage: 64 << 10,
+			WSPingRate:   10,
 		},
 	}
 }
@@ -320,6 +324,9 @@ func (o *Options) check() error {
 	}
 	if o.Comet.MaxPending < 4096 {
 		return bad("comet.max_pending", "must be at least 4096 bytes, got %d", o.Comet.MaxPending)
+	}
+	if o.Comet.WSPingRate < 1 || o.Comet.WSPingRate > 100 {
+		return bad("comet.ws_ping_rate", "must be 1 to 100 pings a second, got %d", o.Comet.WSPingRate)
 	}
 	if o.Comet.WSMaxMessage < MinWSMaxMessage || o.Comet.WSMaxMessage > MaxWSMaxMessage {
 		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)

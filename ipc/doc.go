@@ -23,5 +23,6 @@
 // version only drains them (manager/handover.go).
 package ipc
 
-// Version is this build's IPC protocol version.
-const Version = 1
+// Version is this build's IPC protocol version. 2: RecReplay carries a
+// piece flag and a gap (deliver.go).
+const Version = 2

@@ -13,20 +13,17 @@ const (
 )
 
 // Each ping a client sends costs its worker a pong: a client may send
-// wsControlBurst at once, then wsControlRate a second. (Pongs cost nothing
-// but the read, and answer the worker's own pings: not limited, so an idle
-// connection keeps no limiter state.)
-const (
-	wsControlRate  = 10
-	wsControlBurst = 32
-)
+// wsPingBurst at once, then comet.ws_ping_rate a second. (Pongs cost
+// nothing but the read, and answer the worker's own pings: not limited, so
+// an idle connection keeps no limiter state.)
+const wsPingBurst = 32
 
 func (w *Worker) wsCommandAllowed(cc *conn) bool {
 	return w.allow(&cc.extra().cmdAt, wsCommandRate, wsCommandBurst)
 }
 
 func (w *Worker) wsControlAllowed(cc *conn) bool {
-	return w.allow(&cc.extra().ctlAt, wsControlRate, wsControlBurst)
+	return w.allow(&cc.extra().ctlAt, uint32(w.opts.Comet.WSPingRate), wsPingBurst)
 }
 
 // allow is a rate limit, a GCRA in ticks: *at is the tick by which the

@@ -60,7 +60,7 @@ var (
 	errWSChannel      = newWSError(ws.StatusPolicyViolation, "bad channel: use 1 to 64 of A-Z a-z 0-9 _ -")
 	errWSChannels     = newWSError(ws.StatusPolicyViolation, "too many channels: 16 at most")
 	errWSRate         = newWSError(ws.StatusPolicyViolation, "too many commands: 32 at once, then 10 a second")
-	errWSControlRate  = newWSError(ws.StatusPolicyViolation, "too many pings: 32 at once, then 10 a second")
+	errWSControlRate  = newWSError(ws.StatusPolicyViolation, "too many pings: over comet.ws_ping_rate")
 )
 
 // Precompiled frames the server sends.
