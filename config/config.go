@@ -90,6 +90,10 @@ type Manager struct {
 	Socket   string `toml:"socket" json:"socket"`
 	PidFile  string `toml:"pid_file" json:"pid_file"`
 	LogLevel string `toml:"log_level" json:"log_level"`
+	// StateDir holds what must outlive the manager: the message id
+	// high-water mark. Default: $STATE_DIRECTORY (systemd's StateDirectory=),
+	// else the runtime directory.
+	StateDir string `toml:"state_dir" json:"state_dir"`
 }
 
 // Comet configures message delivery.
@@ -163,6 +167,7 @@ func Default() Options {
 		Manager: Manager{
 			Socket:   filepath.Join(dir, "megacomet.sock"),
 			PidFile:  filepath.Join(dir, "megacomet.pid"),
+			StateDir: stateDir(dir),
 			LogLevel: "info",
 		},
 		Comet: Comet{
@@ -178,6 +183,14 @@ func Default() Options {
 			WSPingRate:   10,
 		},
 	}
+}
+
+// stateDir is manager.state_dir's default.
+func stateDir(runtime string) string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		return strings.Split(d, ":")[0]
+	}
+	return runtime
 }
 
 // RuntimeDir is where the default stats socket and pid file live:
@@ -289,6 +302,9 @@ func (o *Options) check() error {
 	}
 	if err := checkSocketPath(o.Manager.Socket); err != nil {
 		return bad("manager.socket", "%v", err)
+	}
+	if o.Manager.StateDir == "" {
+		return bad("manager.state_dir", "must not be empty")
 	}
 	if o.Manager.PidFile == "" {
 		return bad("manager.pid_file", "must not be empty")

@@ -44,6 +44,12 @@ type hub struct {
 	tell       func(*proc, func([]byte) []byte)
 	now        func() time.Time
 	maxReplay  int // comet.max_replay: the most messages one join replays
+	// mark is the id high-water mark reserved in manager.state_dir (ids up
+	// to it may be used); store writes a new one, markErr hears why it
+	// could not (idmark.go).
+	mark    uint64
+	store   func(uint64) error
+	markErr func(error)
 	// primed is closed once the hub holds the state it will serve from:
 	// at once on a fresh start, after the hand-over on an upgrade. Replays
 	// wait for it.
@@ -91,6 +97,13 @@ func (h *hub) dropLink(p *proc) {
 	h.frames[p.link] = h.frames[p.link][:0]
 }
 
+// last is the newest id issued.
+func (h *hub) last() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lastID
+}
+
 // nextID is time-based (microseconds since the epoch: exact in JavaScript
 // until the year 2255) and strictly increasing even when publishing
 // outruns the clock or the clock steps back.
@@ -98,6 +111,14 @@ func (h *hub) nextID(now time.Time) uint64 {
 	id := uint64(now.UnixMicro())
 	if id <= h.lastID {
 		id = h.lastID + 1
+	}
+	if h.store != nil && id > h.mark {
+		// Reserve the next block before its first id goes out.
+		if err := h.store(id + idBlock); err != nil {
+			h.markErr(err)
+		} else {
+			h.mark = id + idBlock
+		}
 	}
 	h.lastID = id
 	return id

@@ -60,8 +60,44 @@ type Manager struct {
 	handedOver bool     // an upgraded manager owns the workers now
 	handover   *os.File // the socket to the new manager, once Upgrade succeeded
 
+	skew           time.Duration // MEGACOMET_CLOCK_SKEW: the manager's clock less the real one
 	publishRefused atomic.Uint64 // publishes answered 503: a worker was behind
 	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
+}
+
+// startIDs makes ids continue above the high-water mark in
+// manager.state_dir, on the manager's clock (MEGACOMET_CLOCK_SKEW moves it,
+// for tests).
+func (m *Manager) startIDs() error {
+	skew, err := clockSkew()
+	if err != nil {
+		return err
+	}
+	m.skew = skew
+	if skew != 0 {
+		m.log.Warn("the manager's clock is moved by MEGACOMET_CLOCK_SKEW", "skew", skew.String())
+		m.hub.now = func() time.Time { return time.Now().Add(skew) }
+	}
+	k, err := newIDMark(m.opts.Manager.StateDir)
+	if err != nil {
+		return err
+	}
+	mark, err := k.load()
+	if err != nil {
+		return err
+	}
+	if now := uint64(m.hub.now().UnixMicro()); mark > now {
+		m.log.Info("message ids continue above the last mark, ahead of the clock", "mark", mark, "ahead", time.Duration(mark-now)*time.Microsecond)
+	}
+	var logged time.Time
+	m.hub.lastID, m.hub.mark, m.hub.store = mark, mark, k.store
+	m.hub.markErr = func(err error) {
+		if time.Since(logged) >= 10*time.Second {
+			m.log.Error("cannot record the message id high-water mark: after a crash ids could go back", "state_dir", m.opts.Manager.StateDir, "err", err)
+			logged = time.Now()
+		}
+	}
+	return nil
 }
 
 // Run starts a manager with opts (read from cfgPath, "" = built-in
@@ -81,6 +117,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	}
 	if opts.Comet.HistoryMaxBytes > 0 {
 		m.hub.hist.maxBytes = opts.Comet.HistoryMaxBytes
+	}
+	if err := m.startIDs(); err != nil {
+		return err
 	}
 	// First, so a signal during start-up is handled, not fatal.
 	sigs := make(chan os.Signal, 1)

@@ -33,6 +33,7 @@ func (w *Worker) deliverFrame(p []byte, deadline time.Time) bool {
 	for {
 		switch d.Next() {
 		case ipc.RecMsg:
+			w.saw(d.Msg.ID)
 			if !w.fanOut(&d.Msg, deadline) {
 				w.pauseFrame(d.Rest())
 				return false

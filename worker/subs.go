@@ -126,5 +126,17 @@ func (w *Worker) flushPresence() {
 }
 
 // connectCursor is the cursor of a connection that did not send one: the
-// newest id that can have been published before it connected.
-func (w *Worker) connectCursor() uint64 { return uint64(time.Now().UnixMicro()) - 1 }
+// newest id that can have been published before it connected - on the
+// manager's id clock, and never below an id this worker has seen, so ids
+// that ran ahead of the clock (a burst, a clock stepped back, a restart
+// above the state_dir mark) are not taken as already delivered.
+func (w *Worker) connectCursor() uint64 {
+	return max(w.lastSeen, uint64(time.Now().UnixMicro()+w.cfg.IDClockUs)-1)
+}
+
+// saw notes a message id from the manager.
+func (w *Worker) saw(id uint64) {
+	if id > w.lastSeen {
+		w.lastSeen = id
+	}
+}

@@ -33,6 +33,12 @@ type Config struct {
 	CPU        int            `json:"cpu"`    // -1 = not pinned
 	Listen     string         `json:"listen"` // host:port, port already resolved
 	Options    config.Options `json:"options"`
+	// LastID is the newest message id the manager had issued when it
+	// started the worker, and IDClockUs its id clock (microseconds) less
+	// the real one: a connection without a cursor starts from the newest
+	// id that can have been issued, whatever the worker's clock says.
+	LastID    uint64 `json:"last_id"`
+	IDClockUs int64  `json:"id_clock_us"`
 }
 
 // IPCFD is the descriptor the manager hands the worker its IPC socket on.
@@ -114,7 +120,8 @@ type Worker struct {
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
 	awaitingPeak int
-	pollMsgs     int // messages in the long-poll answer being built (deliver.go)
+	pollMsgs     int    // messages in the long-poll answer being built (deliver.go)
+	lastSeen     uint64 // the newest message id this worker knows was issued (subs.go)
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
 	presFlushed  time.Duration
@@ -241,6 +248,7 @@ func (w *Worker) initComet() {
 	o := w.opts
 	w.byChan = make(map[string]map[*conn]struct{})
 	w.awaiting = make(map[uint32]awaiter)
+	w.lastSeen = w.cfg.LastID
 	if o.Server.MaxConnsPerIP > 0 {
 		w.perIP = make(map[netip.Addr]uint32)
 	}

@@ -138,6 +138,7 @@ listen = "127.0.0.1:0"
 [manager]
 socket = "%[1]s/stats.sock"
 pid_file = "%[1]s/megacomet.pid"
+state_dir = "%[1]s/state"
 log_level = "debug"
 `
 

@@ -1,0 +1,98 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Message ids only grow, across restarts too: manager.state_dir holds a
+// high-water mark, the highest id this manager (or one before it) may have
+// issued. The hub reserves ids ahead in blocks - the file is written
+// (atomically, fsynced) before the first id of a block is used - and a
+// manager starts above the mark whatever its clock says. A crash, a
+// `systemctl restart` or a failed hand-over then cannot issue an id at or
+// below one a client holds as its cursor.
+
+// idBlock is how far ahead ids are reserved: ten seconds of time-based
+// ids, so the file is written about every ten seconds while publishing.
+const idBlock = uint64(10 * time.Second / time.Microsecond)
+
+// idMarkFile is the mark's file in manager.state_dir.
+const idMarkFile = "last-id"
+
+// idMark reads and writes the high-water mark.
+type idMark struct {
+	path string
+}
+
+func newIDMark(dir string) (*idMark, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("manager.state_dir %s: %w", dir, err)
+	}
+	return &idMark{path: filepath.Join(dir, idMarkFile)}, nil
+}
+
+// load returns the mark, 0 when none was written yet.
+func (k *idMark) load() (uint64, error) {
+	b, err := os.ReadFile(k.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("manager.state_dir: %w", err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("manager.state_dir: %s does not hold an id (%q): remove it to start from the clock", k.path, truncate(string(b)))
+	}
+	return v, nil
+}
+
+// store writes v durably: a new file, fsynced, renamed over the old one,
+// and the directory fsynced, so a crash leaves the old mark or the new.
+func (k *idMark) store(v uint64) error {
+	f, err := os.CreateTemp(filepath.Dir(k.path), idMarkFile+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.WriteString(strconv.FormatUint(v, 10) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, k.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(k.path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// clockSkew is the test hook MEGACOMET_CLOCK_SKEW (a duration such as
+// "-1h"): added to the manager's clock, to step it back or forward.
+func clockSkew() (time.Duration, error) {
+	s := os.Getenv("MEGACOMET_CLOCK_SKEW")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("MEGACOMET_CLOCK_SKEW=%q: %v", s, err)
+	}
+	return d, nil
+}
