@@ -3,6 +3,7 @@ package manager
 import (
 	"math"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -23,6 +24,11 @@ type ring struct {
 	buf  []*message
 	head int
 	n    int
+	// dropped is the newest id this ring let go of (size, TTL, bytes): a
+	// cursor below it may have missed something. emptied: when the ring
+	// last ran empty (it is deleted tombstoneFor TTLs after, if still empty).
+	dropped uint64
+	emptied time.Time
 }
 
 func (r *ring) push(m *message, limit int) (evicted *message) {
@@ -31,6 +37,7 @@ func (r *ring) push(m *message, limit int) (evicted *message) {
 	}
 	if r.n == limit {
 		evicted = r.buf[r.head]
+		r.dropped = max(r.dropped, evicted.id)
 		r.buf[r.head] = m
 		r.head = (r.head + 1) % len(r.buf)
 		return evicted
@@ -56,6 +63,7 @@ func (r *ring) front() *message {
 }
 
 func (r *ring) popFront() {
+	r.dropped = max(r.dropped, r.buf[r.head].id)
 	r.buf[r.head] = nil
 	r.head = (r.head + 1) % len(r.buf)
 	r.n--
@@ -86,7 +94,28 @@ type history struct {
 	bcast    ring
 	fifo     []*message // every retained message, oldest first, for expiry
 	fifoOff  int
+	// A ring that ran empty stays, as a tombstone that remembers what it
+	// dropped, for tombstoneFor TTLs; then it goes, and forgotten keeps the
+	// newest id any such ring had dropped: a cursor below it, for a key
+	// with no ring, may have missed something. horizon is where this
+	// history begins: ids up to it may have been issued before a restart,
+	// and are gone.
+	empties   []emptied
+	forgotten uint64
+	horizon   uint64
 }
+
+// emptied is a ring that ran empty, to be deleted once it has been for
+// tombstoneFor TTLs.
+type emptied struct {
+	rings map[string]*ring
+	key   string
+	at    time.Time
+}
+
+// tombstoneFor is how long an empty ring is kept for what it dropped, in
+// multiples of the history's TTL.
+const tombstoneFor = 10
 
 func newHistory(size int, ttl time.Duration) *history {
 	return &history{size: size, ttl: ttl, maxBytes: math.MaxInt, byID: make(map[string]*ring), byChan: make(map[string]*ring)}
@@ -158,6 +187,7 @@ func (h *history) expire(now time.Time) {
 		h.popOldest()
 	}
 	h.compact()
+	h.sweep(now)
 }
 
 // popOldest removes the oldest retained message from every ring.
@@ -195,23 +225,93 @@ func (h *history) popIf(rings map[string]*ring, key string, m *message) {
 	}
 	r.popFront()
 	if r.n == 0 {
-		delete(rings, key)
+		r.buf, r.head, r.emptied = nil, 0, m.expires
+		h.empties = append(h.empties, emptied{rings, key, m.expires})
+	}
+}
+
+// droppedMarks is every ring's dropped id, for a successor.
+func (h *history) droppedMarks() map[string]uint64 {
+	d := make(map[string]uint64)
+	for k, r := range h.byID {
+		if r.dropped > 0 {
+			d["i:"+k] = r.dropped
+		}
+	}
+	for k, r := range h.byChan {
+		if r.dropped > 0 {
+			d["c:"+k] = r.dropped
+		}
+	}
+	if h.bcast.dropped > 0 {
+		d["b"] = h.bcast.dropped
+	}
+	return d
+}
+
+// setDropped takes a predecessor's dropped ids; a ring that holds nothing
+// now is a tombstone, as if it had just run empty.
+func (h *history) setDropped(d map[string]uint64, now time.Time) {
+	for k, v := range d {
+		rings, key := h.byID, k[min(2, len(k)):]
+		switch {
+		case k == "b":
+			h.bcast.dropped = max(h.bcast.dropped, v)
+			continue
+		case strings.HasPrefix(k, "c:"):
+			rings = h.byChan
+		case !strings.HasPrefix(k, "i:"):
+			continue
+		}
+		r := rings[key]
+		if r == nil {
+			r = &ring{emptied: now}
+			rings[key] = r
+			h.empties = append(h.empties, emptied{rings, key, now})
+		}
+		r.dropped = max(r.dropped, v)
+	}
+}
+
+// sweep deletes rings that have been empty for tombstoneFor TTLs.
+func (h *history) sweep(now time.Time) {
+	keep := time.Duration(tombstoneFor) * h.ttl
+	n := 0
+	for _, e := range h.empties {
+		if now.Sub(e.at) < keep {
+			break
+		}
+		n++
+		if r := e.rings[e.key]; r != nil && r.n == 0 && r.emptied.Equal(e.at) {
+			h.forgotten = max(h.forgotten, r.dropped)
+			delete(e.rings, e.key)
+		}
+	}
+	if n > 0 {
+		h.empties = append(h.empties[:0], h.empties[n:]...)
 	}
 }
 
 // replay returns the retained messages a connection with id, channels and
-// cursor since should receive, in id order.
-func (h *history) replay(id string, channels []string, since uint64) []*message {
-	var out []*message
-	if r := h.byID[id]; r != nil {
+// cursor since should receive, in id order, and whether some after since
+// may be missing from them: a ring it reads dropped one, a key it reads
+// has no ring left but rings were forgotten past the cursor, or the cursor
+// is from before this history began (a restart).
+func (h *history) replay(id string, channels []string, since uint64) (out []*message, lost bool) {
+	lost = since < h.horizon
+	read := func(r *ring) {
+		if r == nil {
+			lost = lost || since < h.forgotten
+			return
+		}
+		lost = lost || since < r.dropped
 		out = r.after(out, since)
 	}
+	read(h.byID[id])
 	for _, ch := range channels {
-		if r := h.byChan[ch]; r != nil {
-			out = r.after(out, since)
-		}
+		read(h.byChan[ch])
 	}
-	out = h.bcast.after(out, since)
+	read(&h.bcast)
 	slices.SortFunc(out, func(a, b *message) int {
 		switch {
 		case a.id < b.id:
@@ -223,5 +323,5 @@ func (h *history) replay(id string, channels []string, since uint64) []*message 
 	})
 	// A message to several ids the client holds, or on two of its
 	// channels, appears once.
-	return slices.CompactFunc(out, func(a, b *message) bool { return a.id == b.id })
+	return slices.CompactFunc(out, func(a, b *message) bool { return a.id == b.id }), lost
 }

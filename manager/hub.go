@@ -43,7 +43,8 @@ type hub struct {
 	targets    map[linkID][]string // scratch: per link, a message's ids there
 	tell       func(*proc, func([]byte) []byte)
 	now        func() time.Time
-	maxReplay  int // comet.max_replay: the most messages one join replays
+	maxReplay  int  // comet.max_replay: the most messages one join replays
+	closed     bool // snapshot taken: no more publishing here
 	// mark is the id high-water mark reserved in manager.state_dir (ids up
 	// to it may be used); store writes a new one, markErr hears why it
 	// could not (idmark.go).
@@ -132,6 +133,9 @@ type pubItem struct {
 	data      []byte // compact JSON
 }
 
+// errHandingOver: the hub's state went to the manager taking over.
+var errHandingOver = errors.New("this manager is handing over to its successor: retry")
+
 // errIdemMismatch: an Idempotency-Key came back with a different body.
 var errIdemMismatch = errors.New("Idempotency-Key reused with a different request body")
 
@@ -142,6 +146,9 @@ var errIdemMismatch = errors.New("Idempotency-Key reused with a different reques
 func (h *hub) publish(items []pubItem, key string, sum uint64) (ids []uint64, replayed bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.closed {
+		return nil, false, errHandingOver
+	}
 	now := h.now()
 	h.hist.expire(now)
 	h.idem.expire(now)
@@ -267,14 +274,22 @@ func (h *hub) flushLink(l linkID) {
 const replayPiece = 1 << 20
 
 // appendReplay queues join j's replay to link l: at most h.maxReplay of
-// the newest messages after its cursor (the first piece then names the
-// oldest one sent as the gap), in pieces of about replayPiece bytes.
-func (h *hub) appendReplay(l linkID, j *ipc.Join, msgs []*message) {
+// the newest messages after its cursor, in pieces of about replayPiece
+// bytes. When some may be missing (lost: history let them go) or are left
+// out (past maxReplay), the first piece names the gap's end: the oldest id
+// sent, or the next id to be issued when there is none.
+func (h *hub) appendReplay(l linkID, j *ipc.Join, msgs []*message, lost bool) {
 	var gap uint64
 	if len(msgs) > h.maxReplay {
 		msgs = msgs[len(msgs)-h.maxReplay:]
-		gap = msgs[0].id
+		lost = true
 		h.replaysCut++
+	}
+	if lost {
+		gap = h.lastID + 1
+		if len(msgs) > 0 {
+			gap = msgs[0].id
+		}
 	}
 	for {
 		n, size := 0, 0
@@ -318,7 +333,8 @@ func (h *hub) presence(p *proc, payload []byte) error {
 			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
 				chans = append(chans, string(ch))
 			}
-			h.appendReplay(p.link, j, h.hist.replay(string(j.ID), chans, j.Since))
+			msgs, lost := h.hist.replay(string(j.ID), chans, j.Since)
+			h.appendReplay(p.link, j, msgs, lost)
 		case ipc.OpHas:
 			h.ids.add(h.ids.hash(pr.Name), p.link)
 		case ipc.OpSub:
@@ -368,6 +384,12 @@ type hubState struct {
 	Published uint64         `json:"published"`
 	Messages  []stateMessage `json:"messages"`
 	Keys      []stateKey     `json:"idempotency_keys,omitempty"`
+	// What history let go of, so gaps are still announced after it:
+	// the newest id each ring dropped ("i:ID", "c:CHANNEL", "b"), the
+	// forgotten rings' and where the history begins (history.go).
+	Dropped   map[string]uint64 `json:"dropped,omitempty"`
+	Forgotten uint64            `json:"forgotten,omitempty"`
+	Horizon   uint64            `json:"horizon,omitempty"`
 }
 
 type stateKey struct {
@@ -391,7 +413,9 @@ type stateMessage struct {
 func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := hubState{Seed: h.ids.seed, LastID: h.lastID, Published: h.published}
+	h.closed = true // nothing is published after the snapshot (errHandingOver)
+	st := hubState{Seed: h.ids.seed, LastID: h.lastID, Published: h.published,
+		Forgotten: h.hist.forgotten, Horizon: h.hist.horizon, Dropped: h.hist.droppedMarks()}
 	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
 		if m.body == nil {
 			continue // evicted from every ring
@@ -426,6 +450,8 @@ func (h *hub) restore(st *hubState) {
 	for _, k := range st.Keys {
 		h.idem.put(k.Key, &idemEntry{ids: k.IDs, sum: k.Sum, expires: time.Unix(0, k.Expires)})
 	}
+	h.hist.horizon, h.hist.forgotten = st.Horizon, max(h.hist.forgotten, st.Forgotten)
+	h.hist.setDropped(st.Dropped, h.now())
 }
 
 // setPresence records that link holds these ids and channels.

@@ -50,7 +50,7 @@ func TestHubStateRoundTrip(t *testing.T) {
 	next := testHub()
 	next.now = func() time.Time { return time.Unix(0, 0) } // a clock far behind
 	next.restore(&st)
-	if got := next.hist.replay("a", []string{"c"}, 0); len(got) != 2 || got[0].id != ids[0] || string(got[1].body) != string(renderMessage(ids[1], "c", []byte(`"y"`))) {
+	if got, _ := next.hist.replay("a", []string{"c"}, 0); len(got) != 2 || got[0].id != ids[0] || string(got[1].body) != string(renderMessage(ids[1], "c", []byte(`"y"`))) {
 		t.Errorf("history after restore: %v", got)
 	}
 	again, replayed, _ := next.publish(nil, "key", 1)
@@ -86,7 +86,7 @@ func TestHistoryMaxBytes(t *testing.T) {
 	if c.HistoryBytes > 10<<10 || c.HistoryEvicted < 19 || c.Retained+c.HistoryEvicted != 30 {
 		t.Errorf("history holds %d bytes in %d messages, %d evicted; want at most 10 KiB, the rest evicted", c.HistoryBytes, c.Retained, c.HistoryEvicted)
 	}
-	got := h.hist.replay("a", []string{"c"}, 0)
+	got, _ := h.hist.replay("a", []string{"c"}, 0)
 	if len(got) != int(c.Retained) || got[len(got)-1].id != ids[29] || got[0].id != ids[30-len(got)] {
 		t.Errorf("replay after eviction: %d messages, want the newest %d", len(got), c.Retained)
 	}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -57,30 +58,7 @@ func (k *idMark) load() (uint64, error) {
 // store writes v durably: a new file, fsynced, renamed over the old one,
 // and the directory fsynced, so a crash leaves the old mark or the new.
 func (k *idMark) store(v uint64) error {
-	f, err := os.CreateTemp(filepath.Dir(k.path), idMarkFile+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.WriteString(strconv.FormatUint(v, 10) + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, k.path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(k.path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return writeFileSync(k.path, []byte(strconv.FormatUint(v, 10)+"\n"))
 }
 
 // clockSkew is the test hook MEGACOMET_CLOCK_SKEW (a duration such as
@@ -95,4 +73,74 @@ func clockSkew() (time.Duration, error) {
 		return 0, fmt.Errorf("MEGACOMET_CLOCK_SKEW=%q: %v", s, err)
 	}
 	return d, nil
+}
+
+// historyFile, in manager.state_dir, carries the history across a clean
+// stop (systemctl restart): the stopping manager writes it once its
+// workers are gone, the next one reads it at start and removes it, so a
+// crash later cannot bring back a stale copy.
+const historyFile = "history.json"
+
+// saveHistory writes the hub's state for the next start.
+func (m *Manager) saveHistory() {
+	st, _ := m.hub.snapshot(nil)
+	b, err := json.Marshal(&st)
+	if err == nil {
+		err = writeFileSync(filepath.Join(m.opts.Manager.StateDir, historyFile), b)
+	}
+	if err != nil {
+		m.log.Error("cannot keep the history for the next start: clients that come back will be told of a gap", "state_dir", m.opts.Manager.StateDir, "err", err)
+		return
+	}
+	m.log.Info("history kept for the next start", "messages", len(st.Messages), "last_id", st.LastID)
+}
+
+// loadHistory takes the history a clean stop left, if any.
+func (m *Manager) loadHistory() error {
+	path := filepath.Join(m.opts.Manager.StateDir, historyFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("manager.state_dir: %w", err)
+	}
+	os.Remove(path)
+	var st hubState
+	if err := json.Unmarshal(b, &st); err != nil {
+		m.log.Error("the history the last stop left is unreadable: starting without it", "path", path, "err", err)
+		return nil
+	}
+	m.hub.restore(&st)
+	m.log.Info("history restored from the last stop", "messages", len(st.Messages), "last_id", st.LastID)
+	return nil
+}
+
+// writeFileSync writes path durably: a temporary file, fsynced, renamed
+// over it, and the directory fsynced.
+func writeFileSync(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }

@@ -90,7 +90,10 @@ func (m *Manager) startIDs() error {
 		m.log.Info("message ids continue above the last mark, ahead of the clock", "mark", mark, "ahead", time.Duration(mark-now)*time.Microsecond)
 	}
 	var logged time.Time
+	// Ids up to the mark may have been issued before, and history of them
+	// is gone unless a clean stop kept it (loadHistory).
 	m.hub.lastID, m.hub.mark, m.hub.store = mark, mark, k.store
+	m.hub.hist.horizon = mark
 	m.hub.markErr = func(err error) {
 		if time.Since(logged) >= 10*time.Second {
 			m.log.Error("cannot record the message id high-water mark: after a crash ids could go back", "state_dir", m.opts.Manager.StateDir, "err", err)
@@ -149,6 +152,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		m.log = log.With("generation", m.gen)
 		m.log.Info("upgrading: taking over from the previous manager")
 	} else {
+		if err := m.loadHistory(); err != nil {
+			return err
+		}
 		close(m.hub.primed)
 	}
 
@@ -220,6 +226,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 			m.log.Info("stopping", "signal", sig.String())
 			m.shutdownAPI(api, statsLn)
 			m.stopWorkers()
+			m.saveHistory()
 			// tableflip's Stop unlinks the socket too, but from its own
 			// goroutine, which may not run before the process exits.
 			os.Remove(opts.Manager.Socket)

@@ -200,6 +200,11 @@ func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ids, replayed, err := m.hub.publish(items, key, bodySum(body))
+	if err == errHandingOver {
+		w.Header().Set("Retry-After", "0")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return

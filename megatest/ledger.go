@@ -16,6 +16,7 @@ type ledger struct {
 	pending int64 // acked, not delivered yet
 	early   int64 // delivered, not acked yet
 	matched int64
+	gapped  int64 // owed, then announced as a gap
 }
 
 type ledgerKey struct {
@@ -56,6 +57,21 @@ func (l *ledger) delivered(conn uint32, id uint64) {
 	} else {
 		l.m[k] = lgDelivered
 		l.early++
+	}
+	l.mu.Unlock()
+}
+
+// gap records that the server announced conn may have missed the ids
+// strictly between after and before: those still owed are written off as
+// announced, not lost. (A scan of the ledger: gaps are rare.)
+func (l *ledger) gap(conn uint32, after, before uint64) {
+	l.mu.Lock()
+	for k, v := range l.m {
+		if k.conn == conn && k.id > after && k.id < before && v == lgAcked {
+			delete(l.m, k)
+			l.pending--
+			l.gapped++
+		}
 	}
 	l.mu.Unlock()
 }

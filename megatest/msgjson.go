@@ -30,7 +30,9 @@ type msgInfo struct {
 	t    int64  // send time of one of our messages, unix ns
 	seq  uint64 // k or b
 	kind uint8  // kindPub or kindBcast when the message is from this run
-	gap  bool   // not a message: the server's {"gap":{...}} announcement
+	gap  bool   // not a message: the server's {"gap":{"after":A,"before":B}}
+	// after, before: a gap's bounds (ids strictly between may be missing)
+	after, before uint64
 }
 
 // scanMessage reads the single message object that is all of b (blanks
@@ -67,6 +69,19 @@ func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 			}
 		case "gap":
 			gap = true
+			if i < len(b) && b[i] == '{' {
+				return scanObject(b, i, func(key, b []byte, i int) (int, error) {
+					if v, j, ok := scanUint(b, i); ok && (string(key) == "after" || string(key) == "before") {
+						if key[0] == 'a' {
+							m.after = v
+						} else {
+							m.before = v
+						}
+						return j, nil
+					}
+					return skipValue(b, i, 2)
+				})
+			}
 		}
 		return skipValue(b, i, 1)
 	})
@@ -74,7 +89,8 @@ func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 		return 0, err
 	}
 	if gap && !hasID {
-		m.gap = true
+		a, bf := m.after, m.before
+		*m = msgInfo{gap: true, after: a, before: bf}
 		return i, nil
 	}
 	if !hasID {

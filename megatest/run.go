@@ -196,9 +196,9 @@ func (r *runner) progress(final bool) {
 		p50, p99 = fmtMs(iv.quantile(0.50)), fmtMs(iv.quantile(0.99))
 	}
 	secs := time.Since(r.start).Seconds()
-	fmt.Fprintf(r.out, "t=%ss active=%d opened=%d closed=%d failed=%d msgs=%d hb=%d p50=%s p99=%s\n",
+	fmt.Fprintf(r.out, "t=%ss active=%d opened=%d closed=%d failed=%d msgs=%d hb=%d p50=%s p99=%s gaps=%d\n",
 		strconv.FormatFloat(float64(int64(secs*10))/10, 'f', -1, 64),
-		t.Active, t.Opened, t.Closed, t.Failed, t.Msgs, t.HB, p50, p99)
+		t.Active, t.Opened, t.Closed, t.Failed, t.Msgs, t.HB, p50, p99, t.Gaps)
 }
 
 // settle waits, after the ramp, until the server has answered every open

@@ -143,7 +143,7 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		if err := scanMessage(ev.data, e.tag, &m); err != nil {
 			return 0, err
 		}
-		if ev.hasID && !uintEquals(ev.id, m.id) {
+		if ev.hasID && !m.gap && !uintEquals(ev.id, m.id) {
 			return 0, errSSEID
 		}
 		e.message(idx, c, &m, now)
@@ -282,7 +282,15 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 // messages the latency and the check-off.
 func (e *engine) message(idx int32, c *conn, m *msgInfo, now int64) {
 	if m.gap {
+		// What the server says may be missing: owed ids in it are not
+		// lost, and the cursor moves past it.
 		e.st.gaps++
+		if e.ledger != nil {
+			e.ledger.gap(uint32(idx), m.after, m.before)
+		}
+		if m.before > 0 {
+			c.advance(m.before - 1)
+		}
 		return
 	}
 	e.st.msgs++

@@ -225,7 +225,7 @@ func checkContractFields(t *testing.T, raw map[string]any) {
 	}
 }
 
-var progressLine = regexp.MustCompile(`^t=[0-9.]+s active=\d+ opened=\d+ closed=\d+ failed=\d+ msgs=\d+ hb=\d+ p50=(-|[0-9.]+ms) p99=(-|[0-9.]+ms)$`)
+var progressLine = regexp.MustCompile(`^t=[0-9.]+s active=\d+ opened=\d+ closed=\d+ failed=\d+ msgs=\d+ hb=\d+ p50=(-|[0-9.]+ms) p99=(-|[0-9.]+ms) gaps=\d+$`)
 
 // checkProgress requires at least min progress lines, each well formed.
 func checkProgress(t *testing.T, out string, min int) {

@@ -297,6 +297,7 @@ func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
 	if rp.Gap > cc.cursor+1 {
 		w.body = appendGap(w.body, cc.cursor, rp.Gap)
 		w.counts.GapsAnnounced++
+		cc.cursor = rp.Gap - 1 // the answer's cursor: the next poll is past the gap
 	}
 	for i := 0; i < rp.N; i++ {
 		id, body := rp.Next()
@@ -326,15 +327,19 @@ func appendGap(b []byte, after, before uint64) []byte {
 }
 
 // sendGap announces a gap in the connection's transport: an SSE "gap"
-// event, a stream line, a WebSocket text frame.
+// event, a stream line, a WebSocket text frame. The cursor moves to just
+// before the gap's end - the SSE event carries it as its id - so a client
+// that comes back is not told of the same gap again.
 func (w *Worker) sendGap(cc *conn, before uint64) {
 	w.counts.GapsAnnounced++
 	g := appendGap(w.body[:0], cc.cursor, before)
 	w.body = g
+	cc.cursor = before - 1
 	b := w.scratch[:0]
 	switch {
 	case cc.tr == trSSE:
-		b = append(append(append(b, "event: gap\ndata: "...), g...), "\n\n"...)
+		b = strconv.AppendUint(append(b, "event: gap\nid: "...), cc.cursor, 10)
+		b = append(append(append(b, "\ndata: "...), g...), "\n\n"...)
 	case cc.tr == trWS:
 		b = appendWSText(b, g)
 	case cc.flags&fRaw != 0:

@@ -378,7 +378,7 @@ func TestGapAnnouncedOnEveryTransport(t *testing.T) {
 	for _, tc := range []struct {
 		req, gap, msg string
 	}{
-		{"GET /sse/g1?since=5 HTTP/1.1\r\n\r\n", "event: gap\ndata: " + gap + "\n\n", "id: 15\ndata: \"r\"\n\n"},
+		{"GET /sse/g1?since=5 HTTP/1.1\r\n\r\n", "event: gap\nid: 14\ndata: " + gap + "\n\n", "id: 15\ndata: \"r\"\n\n"},
 		{"GET /stream/g2?since=5 HTTP/1.1\r\n\r\n", "20\r\n" + gap + "\n\r\n", "4\r\n\"r\"\n\r\n"},
 		{"GET /stream/g3?since=5 HTTP/1.0\r\n\r\n", gap + "\n", "\"r\"\n"},
 		{"GET /lp/g4?since=5 HTTP/1.1\r\n\r\n", "[" + gap + ",", "\"r\"]"},
