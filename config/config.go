@@ -320,8 +320,11 @@ func (o *Options) check() error {
 	if o.Comet.PollTimeout <= 0 {
 		return bad("comet.poll_timeout", "must be positive, got %s", o.Comet.PollTimeout.D())
 	}
-	if o.Comet.HistoryTTL < 0 {
-		return bad("comet.history_ttl", "must be >= 0, got %s", o.Comet.HistoryTTL.D())
+	// History is also how a connection gets what was published while its
+	// subscription reached the manager: without it a second connection
+	// for an id would lose those messages.
+	if o.Comet.HistoryTTL < Duration(time.Second) {
+		return bad("comet.history_ttl", "must be at least 1s (history carries a new subscription's first messages), got %s", o.Comet.HistoryTTL.D())
 	}
 	if o.API.MaxBatch < 1 {
 		return bad("api.max_batch", "must be at least 1, got %d", o.API.MaxBatch)
@@ -335,8 +338,8 @@ func (o *Options) check() error {
 	if o.Comet.MaxReplay < 0 {
 		return bad("comet.max_replay", "must be >= 0 (0: history_size), got %d", o.Comet.MaxReplay)
 	}
-	if o.Comet.HistorySize < 0 {
-		return bad("comet.history_size", "must be >= 0, got %d", o.Comet.HistorySize)
+	if o.Comet.HistorySize < 1 {
+		return bad("comet.history_size", "must be at least 1 (history carries a new subscription's first messages), got %d", o.Comet.HistorySize)
 	}
 	if o.Comet.MaxPending < 4096 {
 		return bad("comet.max_pending", "must be at least 4096 bytes, got %d", o.Comet.MaxPending)
