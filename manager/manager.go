@@ -20,6 +20,7 @@ import (
 
 	"github.com/cloudflare/tableflip"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/internal/rlimit"
 	"golang.org/x/net/netutil"
 )
 
@@ -128,7 +129,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	raiseFileLimit()
+	rlimit.RaiseNoFile()
 	if w := checkMigrateReq(); w != "" {
 		log.Warn(w)
 	}
@@ -389,18 +390,4 @@ func (m *Manager) stopWorkers() {
 			<-p.exited
 		}
 	}
-}
-
-// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit explicitly.
-// Go raises its own soft limit at start-up but restores the original for
-// processes it starts; an explicit Setrlimit makes workers inherit the
-// raised one.
-func raiseFileLimit() uint64 {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0
-	}
-	lim.Cur = lim.Max
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
-	return lim.Cur
 }

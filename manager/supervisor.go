@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/ipc"
-	"github.com/megacomet/megacomet/worker"
 	"github.com/shirou/gopsutil/v3/process"
 	"golang.org/x/sys/unix"
 )
@@ -155,7 +154,7 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	cmd.Args = []string{"megacomet", "worker", "-slot", strconv.Itoa(s.idx)}
 	cmd.Env = workerEnv()
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{theirs} // fd 3 = worker.IPCFD
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3 = ipc.WorkerFD
 	// Own process group: a terminal's Ctrl-C reaches the manager only, and
 	// the manager decides how workers wind down.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -167,7 +166,7 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	p.cmd = cmd
 	opts := m.opts
 	opts.API.Token = "" // a worker never uses it: it does not go where it is not needed
-	cfg, _ := json.Marshal(worker.Config{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: opts,
+	cfg, _ := json.Marshal(ipc.WorkerConfig{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: opts,
 		LastID: m.hub.last(), IDClockUs: m.skew.Microseconds()})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
-
-	"github.com/megacomet/megacomet/ipc"
 )
 
 // defaultMaxHeader is server.max_header_bytes' default: the request line
@@ -257,7 +255,3 @@ func asciiEqualFold(b, lower []byte) bool {
 	}
 	return true
 }
-
-// validID reports whether id is 1 to 64 of [A-Za-z0-9_-].
-// validID is the id and channel rule (ipc.ValidName).
-func validID(id []byte) bool { return ipc.ValidName(id) }

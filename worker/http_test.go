@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/megacomet/megacomet/ipc"
 )
 
 func TestParseRequest(t *testing.T) {
@@ -126,8 +128,8 @@ func FuzzParseRequest(f *testing.F) {
 func TestValidID(t *testing.T) {
 	for id, ok := range map[string]bool{"a": true, "A-z_09": true, strings.Repeat("x", 64): true,
 		"": false, strings.Repeat("x", 65): false, "a.b": false, "a/b": false, "é": false, "a b": false} {
-		if validID([]byte(id)) != ok {
-			t.Errorf("validID(%q) != %v", id, ok)
+		if ipc.ValidName([]byte(id)) != ok {
+			t.Errorf("ipc.ValidName(%q) != %v", id, ok)
 		}
 	}
 }

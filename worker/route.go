@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 
+	"github.com/megacomet/megacomet/ipc"
 	"github.com/tidwall/evio"
 )
 
@@ -182,7 +183,7 @@ func (w *Worker) serve1(cc *conn, r *request) {
 // subscription reads what a comet request asks for into w.q and returns
 // the cursor to resume after; it rejects a bad id or query.
 func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (since uint64, ok bool) {
-	if !validID(id) {
+	if !ipc.ValidName(id) {
 		w.reject(cc, errBadID)
 		return 0, false
 	}
@@ -269,7 +270,7 @@ func parseQuery(q []byte, out *query) *httpError {
 				} else {
 					ch, v = v, nil
 				}
-				if !validID(ch) || out.nchans == maxChannels {
+				if !ipc.ValidName(ch) || out.nchans == maxChannels {
 					return errBadChannel
 				}
 				out.chans[out.nchans] = ch

@@ -21,28 +21,16 @@ import (
 	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/config"
 	"github.com/megacomet/megacomet/internal/memtrim"
+	"github.com/megacomet/megacomet/internal/rlimit"
 	"github.com/megacomet/megacomet/ipc"
 	"github.com/tidwall/evio"
 )
 
-// Config is the first IPC frame a worker receives: who it is and the
-// manager's validated options.
-type Config struct {
-	Slot       int            `json:"slot"`
-	Generation uint64         `json:"generation"`
-	CPU        int            `json:"cpu"`    // -1 = not pinned
-	Listen     string         `json:"listen"` // host:port, port already resolved
-	Options    config.Options `json:"options"`
-	// LastID is the newest message id the manager had issued when it
-	// started the worker, and IDClockUs its id clock (microseconds) less
-	// the real one: a connection without a cursor starts from the newest
-	// id that can have been issued, whatever the worker's clock says.
-	LastID    uint64 `json:"last_id"`
-	IDClockUs int64  `json:"id_clock_us"`
-}
+// Config is the first IPC frame a worker receives (ipc.WorkerConfig).
+type Config = ipc.WorkerConfig
 
 // IPCFD is the descriptor the manager hands the worker its IPC socket on.
-const IPCFD = 3
+const IPCFD = ipc.WorkerFD
 
 // fdReserve is how many descriptors a worker keeps for itself (listeners,
 // epoll, eventfd, IPC, stdio, /proc reads) below RLIMIT_NOFILE. evio stops
@@ -227,7 +215,7 @@ func newWorker(ipcFD int) (*Worker, error) {
 	if _, err := rand.Read(w.nonce[:]); err != nil {
 		return nil, err
 	}
-	w.fdLimit = raiseFileLimit()
+	w.fdLimit = rlimit.RaiseNoFile()
 	w.maxConns = w.fdLimit - fdReserve
 	if m := cfg.Options.Server.MaxConns; m > 0 && m < w.maxConns {
 		w.maxConns = m

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"unicode/utf8"
 	"unsafe"
+
+	"github.com/megacomet/megacomet/ipc"
 )
 
 // WebSocket commands: a client's text messages ({"since":N},
@@ -29,7 +31,7 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 	case cmdSince:
 		w.resubscribe(cc, c.since, nil, nil)
 	case cmdSubscribe:
-		if !validID(c.channel) {
+		if !ipc.ValidName(c.channel) {
 			w.wsFail(cc, errWSChannel)
 			return
 		}
@@ -38,7 +40,7 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 		}
 		w.resubscribe(cc, cc.cursor, c.channel, nil)
 	case cmdUnsubscribe:
-		if !validID(c.channel) {
+		if !ipc.ValidName(c.channel) {
 			w.wsFail(cc, errWSChannel)
 			return
 		}

@@ -240,7 +240,7 @@ func TestParseCommand(t *testing.T) {
 		` { "since" : 1764000000000001 } `:    "1 1764000000000001 ",
 		`{"subscribe":"news"}`:                "2 0 news",
 		"{\n\t\"unsubscribe\":\"a-b_c\"\r\n}": "3 0 a-b_c",
-		`{"subscribe":"bad name"}`:            "2 0 bad name", // parsed; validID rejects it
+		`{"subscribe":"bad name"}`:            "2 0 bad name", // parsed; ipc.ValidName rejects it
 		`{"since":01}`:                        "",
 		`{"since":-1}`:                        "",
 		`{"since":1.5}`:                       "",

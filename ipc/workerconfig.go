@@ -1,0 +1,22 @@
+package ipc
+
+import "github.com/megacomet/megacomet/config"
+
+// WorkerConfig is the first IPC frame a worker receives (TypeConfig, as
+// JSON): who it is and the manager's validated options.
+type WorkerConfig struct {
+	Slot       int            `json:"slot"`
+	Generation uint64         `json:"generation"`
+	CPU        int            `json:"cpu"`    // -1 = not pinned
+	Listen     string         `json:"listen"` // host:port, port already resolved
+	Options    config.Options `json:"options"`
+	// LastID is the newest message id the manager had issued when it
+	// started the worker, and IDClockUs its id clock (microseconds) less
+	// the real one: a connection without a cursor starts from the newest
+	// id that can have been issued, whatever the worker's clock says.
+	LastID    uint64 `json:"last_id"`
+	IDClockUs int64  `json:"id_clock_us"`
+}
+
+// WorkerFD is the descriptor a worker finds its IPC socket on.
+const WorkerFD = 3
