@@ -158,3 +158,20 @@ func FuzzParsePublish(f *testing.F) {
 		}
 	})
 }
+
+// Once the hand-over snapshot is taken nothing more is published here: a
+// publish that comes after it is told to retry (at the new manager), so no
+// message is lost after the snapshot or its id issued twice.
+func TestNoPublishAfterTheSnapshot(t *testing.T) {
+	h := testHub()
+	if _, _, err := h.publish([]pubItem{{broadcast: true, data: []byte("1")}}, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := h.snapshot(nil)
+	if _, _, err := h.publish([]pubItem{{broadcast: true, data: []byte("2")}}, "", 0); err != errHandingOver {
+		t.Errorf("publish after the snapshot: %v, want errHandingOver", err)
+	}
+	if len(st.Messages) != 1 || h.published != 1 {
+		t.Errorf("snapshot holds %d messages, %d published", len(st.Messages), h.published)
+	}
+}
