@@ -224,7 +224,8 @@ func TestLongPollLoopGetsEveryMessageOnce(t *testing.T) {
 
 // With the default comet.history_size a client id keeps its last 100
 // messages for replay: a client that comes with since=0 after 150 were
-// published to it gets the last 100, oldest first, and then live ones.
+// published to it is told of the gap, gets the last 100, oldest first, and
+// then live ones.
 func TestDefaultHistoryKeepsTheLast100(t *testing.T) {
 	const size = 100 // the default etc/megacomet.toml documents
 	if d := config.Default().Comet.HistorySize; d != size {
@@ -240,6 +241,10 @@ func TestDefaultHistoryKeepsTheLast100(t *testing.T) {
 	check := func(what string, got []msg) {
 		t.Helper()
 		kept := sent[len(sent)-size:]
+		if len(got) == 0 || got[0].Gap == nil || got[0].Gap.After != 0 || got[0].Gap.Before != kept[0].ID {
+			t.Fatalf("%s: first %+v, want the gap {after 0, before %d}", what, got[:min(1, len(got))], kept[0].ID)
+		}
+		got = got[1:]
 		if len(got) != len(kept) {
 			t.Fatalf("%s: %d messages replayed, want the last %d of %d: %s", what, len(got), size, len(sent), fmtIDs(got))
 		}
@@ -255,7 +260,7 @@ func TestDefaultHistoryKeepsTheLast100(t *testing.T) {
 	for _, path := range []string{"/sse/kept?since=0", "/stream/kept?since=0"} {
 		c := openStream(t, s.Listen, path)
 		var got []msg
-		for range size {
+		for range size + 1 { // the gap, then the messages
 			got = append(got, *next(t, c, 5*time.Second))
 		}
 		check(path, got)
