@@ -240,7 +240,7 @@ func (w *Worker) replay(rp *ipc.Replay) {
 		return
 	}
 	cc.flags &^= fAwaiting // push writes to it now
-	if rp.Gap > cc.cursor+1 && !a.cut {
+	if rp.Gap > cc.cursor+1 && !a.cut && !a.fresh {
 		w.sendGap(cc, rp.Gap)
 	}
 	for i := 0; i < rp.N && !a.cut && cc.state != stDead; i++ {
@@ -294,7 +294,7 @@ func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
 		w.setExpiry(cc, a.exp)
 	}
 	w.startPoll(cc)
-	if rp.Gap > cc.cursor+1 {
+	if rp.Gap > cc.cursor+1 && !a.fresh {
 		w.body = appendGap(w.body, cc.cursor, rp.Gap)
 		w.counts.GapsAnnounced++
 		cc.cursor = rp.Gap - 1 // the answer's cursor: the next poll is past the gap

@@ -406,3 +406,29 @@ func TestGapAnnouncedOnEveryTransport(t *testing.T) {
 		c.Close()
 	}
 }
+
+// A connection that came without a cursor missed nothing: it is never
+// told of a gap, even when the manager's replay names one.
+func TestNoGapForAFreshConnection(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	h.gapAt.Store(nowID() + 1_000_000) // a gap past any connect cursor
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET /stream/fresh HTTP/1.1\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte(`"r"`)) {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("%v after %q", err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if bytes.Contains(got, []byte("gap")) {
+		t.Errorf("a fresh connection was told of a gap: %q", got)
+	}
+}

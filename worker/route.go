@@ -183,6 +183,7 @@ func (w *Worker) serve1(cc *conn, r *request) {
 // subscription reads what a comet request asks for into w.q and returns
 // the cursor to resume after; it rejects a bad id or query.
 func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (since uint64, ok bool) {
+	w.fresh = false
 	if !ipc.ValidName(id) {
 		w.reject(cc, errBadID)
 		return 0, false
@@ -212,7 +213,9 @@ func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (si
 	// cursor too: a client without one gets every message published after
 	// it connected, including those published before its subscription
 	// reached the manager. The answer tells the client this cursor, so it
-	// can resume from it even before its first message.
+	// can resume from it even before its first message. Such a connection
+	// missed nothing, so it is never told of a gap (w.fresh).
+	w.fresh = true
 	return w.connectCursor(), true
 }
 

@@ -46,7 +46,8 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 	}
 	cc.token = w.nextToken
 	cc.flags |= fAwaiting
-	w.awaiting[cc.token] = awaiter{cc: cc, exp: exp}
+	w.awaiting[cc.token] = awaiter{cc: cc, exp: exp, fresh: w.fresh}
+	w.fresh = false
 	w.awaitingPeak = max(w.awaitingPeak, len(w.awaiting))
 	cc.cursor = since
 	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
@@ -56,9 +57,10 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 // awaiter is a subscription whose replay is on its way, and when its
 // token expires (0: never): cc.token holds the replay's token until then.
 type awaiter struct {
-	cc  *conn
-	exp uint32
-	cut bool // its replay outgrew what the client reads: the rest after a reconnect
+	cc    *conn
+	exp   uint32
+	cut   bool // its replay outgrew what the client reads: the rest after a reconnect
+	fresh bool // it came without a cursor: no gap is announced to it
 }
 
 // unsubscribe undoes subscribe; it is a no-op for a connection that is not

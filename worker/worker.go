@@ -110,6 +110,7 @@ type Worker struct {
 	awaitingPeak int
 	pollMsgs     int    // messages in the long-poll answer being built (deliver.go)
 	lastSeen     uint64 // the newest message id this worker knows was issued (subs.go)
+	fresh        bool   // the subscription being made came without a cursor (route.go)
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
 	presFlushed  time.Duration
