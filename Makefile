@@ -43,7 +43,7 @@ deps:
 # Every test, with the race detector (the server binaries the integration
 # tests start are race-built too).
 test: vet deps verify-unit
-	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 12m ./...
+	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 40m ./...
 
 # The fast part only: unit tests, no integration.
 test-short:
