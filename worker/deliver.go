@@ -261,10 +261,7 @@ func (w *Worker) replay(rp *ipc.Replay) {
 		w.awaiting[rp.Token] = a
 		return
 	}
-	w.doneAwaiting(rp.Token)
-	if a.exp != 0 {
-		w.setExpiry(cc, a.exp) // authz.go
-	}
+	w.goLive(rp.Token, cc, a)
 	if a.cut {
 		w.handOff(cc) // the rest when it comes back from its cursor
 	}
@@ -280,19 +277,11 @@ const replaySlack = 512
 func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
 	if rp.N == 0 {
 		if !rp.More {
-			w.doneAwaiting(rp.Token)
-			cc.flags &^= fAwaiting
-			if a.exp != 0 {
-				w.setExpiry(cc, a.exp)
-			}
+			w.goLive(rp.Token, cc, a)
 		}
 		return // held until a live message or the poll timeout
 	}
-	w.doneAwaiting(rp.Token)
-	cc.flags &^= fAwaiting
-	if a.exp != 0 {
-		w.setExpiry(cc, a.exp)
-	}
+	w.goLive(rp.Token, cc, a)
 	w.startPoll(cc)
 	if rp.Gap > cc.cursor+1 && !a.fresh {
 		w.body = appendGap(w.body, cc.cursor, rp.Gap)
@@ -307,6 +296,16 @@ func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
 		}
 	}
 	w.finishPoll(cc)
+}
+
+// goLive ends a connection's wait for its replay: live messages reach it
+// from now on, and its token's expiry counts.
+func (w *Worker) goLive(token uint32, cc *conn, a awaiter) {
+	w.doneAwaiting(token)
+	cc.flags &^= fAwaiting
+	if a.exp != 0 {
+		w.setExpiry(cc, a.exp) // authz.go
+	}
 }
 
 // doneAwaiting forgets a replay's token.
