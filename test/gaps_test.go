@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -38,14 +39,22 @@ func firstItems(t *testing.T, s *testutil.Server, tr, id string, since uint64, n
 			}
 		}
 	case "ws":
-		c, _, _, err := ws.Dial(context.Background(), "ws://"+s.Listen+path)
+		c, br, _, err := ws.Dial(context.Background(), "ws://"+s.Listen+path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
+		// Frames that came with the handshake's answer are in br.
+		var rw io.ReadWriter = c
+		if br != nil {
+			rw = struct {
+				io.Reader
+				io.Writer
+			}{io.MultiReader(br, c), c}
+		}
 		c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		for len(got) < n {
-			b, err := wsutil.ReadServerText(c)
+			b, err := wsutil.ReadServerText(rw)
 			if err != nil {
 				t.Fatal(err)
 			}
