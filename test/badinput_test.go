@@ -27,13 +27,11 @@ func rawRequest(t *testing.T, addr, req string) (int, string) {
 	if _, err := io.WriteString(c, req); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
+	status, body, err := answerOf(c, 5*time.Second)
+	if status == 0 {
 		t.Fatalf("%.40q: %v", req, err)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode, string(b)
+	return status, body
 }
 
 func TestBadInputIsRejectedAndOthersKeepBeingServed(t *testing.T) {

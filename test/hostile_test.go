@@ -175,15 +175,21 @@ func followBomb(t *testing.T, s *testutil.Server, path func(uint64) string, firs
 	return got, gaps, conns
 }
 
+// smallReceiveBuffer dials with a 4 KiB receive buffer: a client that does
+// not read fills it at once, and the server's unsent bytes pile up.
+func smallReceiveBuffer() net.Dialer {
+	return net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+}
+
 // stalledSSE opens an SSE stream with a small receive buffer and reads
 // nothing until a worker has paced a replay (replays_paced), then hands
 // it to a reader.
 func stalledSSE(t *testing.T, s *testutil.Server, path string) *streamClient {
 	t.Helper()
 	before := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.ReplaysPaced })
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
+	d := smallReceiveBuffer()
 	conn, err := d.Dial("tcp", s.Listen)
 	if err != nil {
 		t.Fatal(err)
@@ -635,9 +641,7 @@ func pingFlood(t *testing.T, s *testutil.Server) {
 // the worker's memory stays bounded.
 func nonReaders(t *testing.T, s *testutil.Server) {
 	before := workerSum(s.MustStats(), func(w manager.WorkerStats) uint64 { return w.SlowConsumers })
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
+	d := smallReceiveBuffer()
 	ids0 := s.MustStats().IDs
 	for i := range 100 {
 		c, err := d.Dial("tcp", s.Listen)

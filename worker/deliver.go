@@ -203,19 +203,27 @@ func (w *Worker) render(kind int, id uint64, body []byte) []byte {
 		b = append(b, "\ndata: "...)
 		b = append(b, body...)
 		b = append(b, "\n\n"...)
+	default:
+		b = appendLine(b, kind, body)
+	}
+	r.id, r.buf = id, b
+	return b
+}
+
+// appendLine frames body as one line of a stream (renderChunk, renderRaw)
+// or one WebSocket text frame (renderWS).
+func appendLine(b []byte, kind int, body []byte) []byte {
+	switch kind {
 	case renderChunk:
 		b = strconv.AppendInt(b, int64(len(body)+1), 16)
 		b = append(b, "\r\n"...)
 		b = append(b, body...)
-		b = append(b, "\n\r\n"...)
+		return append(b, "\n\r\n"...)
 	case renderRaw:
-		b = append(b, body...)
-		b = append(b, '\n')
-	case renderWS:
-		b = appendWSText(b, body) // wsframe.go
+		return append(append(b, body...), '\n')
+	default:
+		return appendWSText(b, body) // wsframe.go
 	}
-	r.id, r.buf = id, b
-	return b
 }
 
 // replay answers a connection's subscription with what it missed, one
@@ -340,12 +348,11 @@ func (w *Worker) sendGap(cc *conn, before uint64) {
 		b = strconv.AppendUint(append(b, "event: gap\nid: "...), cc.cursor, 10)
 		b = append(append(append(b, "\ndata: "...), g...), "\n\n"...)
 	case cc.tr == trWS:
-		b = appendWSText(b, g)
+		b = appendLine(b, renderWS, g)
 	case cc.flags&fRaw != 0:
-		b = append(append(b, g...), '\n')
+		b = appendLine(b, renderRaw, g)
 	default:
-		b = strconv.AppendInt(b, int64(len(g)+1), 16)
-		b = append(append(append(b, "\r\n"...), g...), "\n\r\n"...)
+		b = appendLine(b, renderChunk, g)
 	}
 	w.scratch = b
 	w.send(cc, b)
