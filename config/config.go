@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/megacomet/megacomet/internal/names"
 )
 
 // ErrInvalid marks every configuration error, so callers can tell a bad
@@ -28,6 +29,7 @@ type Options struct {
 	Manager Manager `toml:"manager" json:"manager"`
 	Comet   Comet   `toml:"comet" json:"comet"`
 	Auth    Auth    `toml:"auth" json:"auth"`
+	Cluster Cluster `toml:"cluster" json:"cluster"`
 }
 
 // Auth configures client tokens (JWT, see auth/): one of a shared secret
@@ -147,7 +149,12 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // `make run` uses. Nothing else in the code base may invent a default.
 func Default() Options {
 	dir := RuntimeDir()
+	host, _ := os.Hostname()
+	if !names.Valid(host) {
+		host = "megacomet"
+	}
 	return Options{
+		Cluster: defaultCluster(host),
 		Server: Server{
 			Listen:         "0.0.0.0:8000",
 			Workers:        0,
@@ -350,7 +357,10 @@ func (o *Options) check() error {
 	if o.Comet.WSMaxMessage < MinWSMaxMessage || o.Comet.WSMaxMessage > MaxWSMaxMessage {
 		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)
 	}
-	return o.checkAuth(bad)
+	if err := o.checkAuth(bad); err != nil {
+		return err
+	}
+	return o.checkCluster(bad)
 }
 
 func (o *Options) checkAuth(bad func(key, format string, args ...any) error) error {

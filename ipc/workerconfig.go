@@ -16,6 +16,10 @@ type WorkerConfig struct {
 	// id that can have been issued, whatever the worker's clock says.
 	LastID    uint64 `json:"last_id"`
 	IDClockUs int64  `json:"id_clock_us"`
+	// SeqIDs: ids are a cluster stream's sequence, not a clock; such a
+	// connection starts from the newest id the worker has seen (the
+	// manager tells every worker of each new one).
+	SeqIDs bool `json:"seq_ids,omitempty"`
 }
 
 // WorkerFD is the descriptor a worker finds its IPC socket on.

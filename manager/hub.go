@@ -55,6 +55,10 @@ type hub struct {
 	// at once on a fresh start, after the hand-over on an upgrade. Replays
 	// wait for it.
 	primed chan struct{}
+	// seqIDs: ids come from the cluster stream, not nextID (cluster.go);
+	// prime notes what a fresh start reads of it.
+	seqIDs bool
+	prime  *primer
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {
@@ -139,6 +143,19 @@ var errHandingOver = errors.New("this manager is handing over to its successor: 
 // errIdemMismatch: an Idempotency-Key came back with a different body.
 var errIdemMismatch = errors.New("Idempotency-Key reused with a different request body")
 
+// idemFind looks an Idempotency-Key up: ok with the first answer's ids,
+// or errIdemMismatch when its body was another. Call with h.mu held.
+func (h *hub) idemFind(key string, sum uint64, now time.Time) (ids []uint64, ok bool, err error) {
+	e := h.idem.lookup(key, now)
+	switch {
+	case e == nil:
+		return nil, false, nil
+	case e.sum != sum:
+		return nil, false, errIdemMismatch
+	}
+	return e.ids, true, nil
+}
+
 // publish assigns ids, records history and queues the messages to the links
 // that hold their targets: one Deliver frame per link for the whole batch.
 // With an idempotency key (sum is the body's hash) a repeat returns the
@@ -153,11 +170,8 @@ func (h *hub) publish(items []pubItem, key string, sum uint64) (ids []uint64, re
 	h.hist.expire(now)
 	h.idem.expire(now)
 	if key != "" {
-		if e := h.idem.lookup(key, now); e != nil {
-			if e.sum != sum {
-				return nil, false, errIdemMismatch
-			}
-			return e.ids, true, nil
+		if ids, ok, err := h.idemFind(key, sum, now); ok || err != nil {
+			return ids, ok, err
 		}
 	}
 	ids = make([]uint64, len(items))

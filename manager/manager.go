@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/megacomet/megacomet/cluster"
 	"github.com/megacomet/megacomet/config"
 	"github.com/megacomet/megacomet/internal/rlimit"
 	"golang.org/x/net/netutil"
@@ -53,6 +54,10 @@ type Manager struct {
 	started time.Time
 	sampler *sampler
 	hub     *hub
+	// cluster is the link to the other nodes ([cluster] nats), nil when
+	// alone; idMark the state_dir mark it must start a new stream above.
+	cluster *cluster.Node
+	idMark  uint64
 
 	mu         sync.Mutex
 	slots      []*slot
@@ -86,6 +91,11 @@ func (m *Manager) startIDs() error {
 	mark, err := k.load()
 	if err != nil {
 		return err
+	}
+	if m.opts.Cluster.On() {
+		// Ids come from the cluster stream, created above the mark.
+		m.idMark = mark
+		return nil
 	}
 	if now := uint64(m.hub.now().UnixMicro()); mark > now {
 		m.log.Info("message ids continue above the last mark, ahead of the clock", "mark", mark, "ahead", time.Duration(mark-now)*time.Microsecond)
@@ -125,6 +135,12 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	if err := m.startIDs(); err != nil {
 		return err
 	}
+	if err := m.startCluster(); err != nil {
+		return err
+	}
+	if m.cluster != nil {
+		defer m.cluster.Close()
+	}
 	// First, so a signal during start-up is handled, not fatal.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -152,6 +168,8 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		}
 		m.log = log.With("generation", m.gen)
 		m.log.Info("upgrading: taking over from the previous manager")
+	} else if m.cluster != nil {
+		m.readCluster(false) // the stream is the history
 	} else {
 		if err := m.loadHistory(); err != nil {
 			return err
@@ -189,6 +207,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	if handover == nil {
 		serve()
 	}
+	m.awaitCluster()
 	if err := m.startWorkers(); err != nil {
 		m.stopWorkers()
 		return err
@@ -200,10 +219,17 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	if handover != nil {
 		// The previous manager stops serving once it sees Ready; the
 		// listeners queue connections until we serve them below.
-		if err := m.receiveHandover(handover); err != nil {
+		err := m.receiveHandover(handover)
+		if err != nil {
 			m.log.Error("no state from the previous manager: serving without its history", "err", err)
 		}
-		close(m.hub.primed)
+		if m.cluster != nil {
+			// Without the predecessor's history, read all the stream has.
+			m.readCluster(err == nil)
+		}
+		if m.cluster == nil || err == nil {
+			close(m.hub.primed)
+		}
 		serve()
 	}
 	m.log.Info("megacomet ready",
@@ -227,7 +253,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 			m.log.Info("stopping", "signal", sig.String())
 			m.shutdownAPI(api, statsLn)
 			m.stopWorkers()
-			m.saveHistory()
+			if m.cluster == nil {
+				m.saveHistory() // else the stream keeps it
+			}
 			// tableflip's Stop unlinks the socket too, but from its own
 			// goroutine, which may not run before the process exits.
 			os.Remove(opts.Manager.Socket)

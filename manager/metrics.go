@@ -58,6 +58,13 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_keepalive_closed_total", "Connections a worker closed because TCP keepalive probes went unanswered."},
 	{"worker_ws_control_limited_total", "WebSocket clients a worker closed (1008) for sending pings or pongs too fast."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
+	{"cluster_connected", "1 while this node's NATS connection is up and the cluster stream is known."},
+	{"cluster_last_id", "The newest message id the cluster stream is known to hold."},
+	{"cluster_delivered_id", "The newest message id this node has read from the cluster stream and handed to its workers."},
+	{"cluster_lag_messages", "Messages in the cluster stream this node has not read yet."},
+	{"cluster_published_total", "Messages this node published into the cluster stream."},
+	{"cluster_publish_errors_total", "Publishes this node answered 503 because JetStream did not take them."},
+	{"cluster_disconnects_total", "Times this node lost its NATS connection."},
 }
 
 func newMetrics(m *Manager) *metrics {
@@ -103,6 +110,19 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("manager_pss_bytes", float64(st.Manager.PSSBytes))
 	put("host_load1", st.Host.Load1)
 	put("host_memory_used_bytes", float64(st.Host.MemUsedBytes))
+	if c := st.Cluster; c != nil {
+		up := 0.0
+		if c.State == "connected" && c.StreamReady {
+			up = 1
+		}
+		put("cluster_connected", up)
+		put("cluster_last_id", float64(c.LastID))
+		put("cluster_delivered_id", float64(c.DeliveredID))
+		put("cluster_lag_messages", float64(c.Lag))
+		put("cluster_published_total", float64(c.Published))
+		put("cluster_publish_errors_total", float64(c.PublishErrors))
+		put("cluster_disconnects_total", float64(c.Disconnects))
+	}
 	for _, w := range st.Workers {
 		l := []string{strconv.Itoa(w.Slot), w.State}
 		put("worker_connections", float64(w.Connections), l...)

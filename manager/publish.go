@@ -199,7 +199,18 @@ func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("worker %d is behind: %d MiB of messages not yet taken; retry", p.slot.idx, queued>>20))
 		return
 	}
-	ids, replayed, err := m.hub.publish(items, key, bodySum(body))
+	var ids []uint64
+	var replayed bool
+	if m.cluster != nil {
+		ids, replayed, err = m.publishCluster(items, key, bodySum(body))
+	} else {
+		ids, replayed, err = m.hub.publish(items, key, bodySum(body))
+	}
+	if isUnavailable(err) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
 	if err == errHandingOver {
 		w.Header().Set("Retry-After", "0")
 		writeError(w, http.StatusServiceUnavailable, err.Error())

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/megacomet/megacomet/cluster"
 	"github.com/megacomet/megacomet/internal/memtrim"
 	"github.com/megacomet/megacomet/internal/procfs"
 	"github.com/shirou/gopsutil/v3/load"
@@ -30,6 +31,9 @@ type Stats struct {
 	Generation uint64 `json:"generation"`
 	IDs        int    `json:"ids"`      // client ids the workers hold
 	Channels   int    `json:"channels"` // channels with a subscriber
+	// Cluster is the link to the other nodes: absent when this node is
+	// alone.
+	Cluster *cluster.Stats `json:"cluster,omitempty"`
 }
 
 // WorkerStats describes one worker process.
@@ -149,6 +153,7 @@ func (m *Manager) runSampler(stop <-chan struct{}) {
 	for {
 		m.sampleOnce()
 		m.hub.expire()
+		m.refreshCluster()
 		m.killStuck(time.Now())
 		trim.Observe(time.Since(m.started), m.hub.counters().IDs)
 		select {
@@ -233,6 +238,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.ReplaysCut, st.Manager.HistoryBytes, st.Manager.HistoryEvicted = hc.ReplaysCut, hc.HistoryBytes, hc.HistoryEvicted
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
+	st.Cluster = m.clusterStats()
 
 	m.mu.Lock()
 	defer m.mu.Unlock()

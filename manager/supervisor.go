@@ -167,7 +167,7 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	opts := m.opts
 	opts.API.Token = "" // a worker never uses it: it does not go where it is not needed
 	cfg, _ := json.Marshal(ipc.WorkerConfig{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: opts,
-		LastID: m.hub.last(), IDClockUs: m.skew.Microseconds()})
+		LastID: max(m.hub.last(), m.clusterLast()), IDClockUs: m.skew.Microseconds(), SeqIDs: m.cluster != nil})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p
 	m.startLink(p, nil)

@@ -42,7 +42,7 @@ type engine struct {
 	first  int
 	conns  []conn
 	tr     transport
-	dst    unix.Sockaddr
+	dsts   []unix.Sockaddr // the hosts, round-robin (target)
 	srcs   []unix.Sockaddr // round-robin by global index; nil = kernel's choice
 	family int
 	tag    []byte // our run tag, matched in message data
@@ -203,7 +203,7 @@ const (
 )
 
 // newEngine prepares the share of n connections from global index first.
-func newEngine(o *Options, first, n int, dst netip.AddrPort, srcs []netip.Addr, rate, pubRate float64, report func(*Snapshot), log *slog.Logger) (*engine, error) {
+func newEngine(o *Options, first, n int, dsts []netip.AddrPort, srcs []netip.Addr, rate, pubRate float64, report func(*Snapshot), log *slog.Logger) (*engine, error) {
 	e := &engine{
 		o: o, first: first, conns: make([]conn, n),
 		tr: parseTransport(o.Transport), tag: []byte(o.Run),
@@ -217,18 +217,20 @@ func newEngine(o *Options, first, n int, dst netip.AddrPort, srcs []netip.Addr, 
 	if o.measuresHeartbeat() {
 		e.hbMs = o.Heartbeat.Milliseconds()
 	}
-	e.dst, e.family = sockaddr(dst.Addr(), int(dst.Port()))
+	for _, d := range dsts {
+		sa, family := sockaddr(d.Addr(), int(d.Port()))
+		e.dsts, e.family = append(e.dsts, sa), family
+	}
 	for _, a := range srcs {
-		if a.Is4() != dst.Addr().Is4() {
-			return nil, fmt.Errorf("megatest: source %s and target %s are not the same IP version", a, dst.Addr())
+		if a.Is4() != dsts[0].Addr().Is4() {
+			return nil, fmt.Errorf("megatest: source %s and target %s are not the same IP version", a, dsts[0].Addr())
 		}
 		sa, _ := sockaddr(a, 0)
 		e.srcs = append(e.srcs, sa)
 	}
 	prefix := map[transport]string{trSSE: "/sse/", trStream: "/stream/", trLP: "/lp/", trWS: "/ws/"}[e.tr]
 	e.path = []byte(prefix + o.Letter)
-	host := joinHostPort(o.Host, o.Port)
-	tail := " HTTP/1.1\r\nHost: " + host + "\r\n"
+	tail := " HTTP/1.1\r\nHost: " + o.target() + "\r\n"
 	switch e.tr {
 	case trSSE:
 		tail += "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -407,7 +409,7 @@ func (e *engine) open(idx int32, c *conn) {
 	}
 	// Give up on a SYN after 1+2+4+8 s, without a timer of our own.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 3)
-	if err := unix.Connect(fd, e.dst); err != nil && err != unix.EINPROGRESS {
+	if err := unix.Connect(fd, e.target(idx, c)); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		e.connectFailed(idx, c, "connect", err)
 		return
@@ -420,6 +422,13 @@ func (e *engine) open(idx int32, c *conn) {
 	}
 	c.fd, c.state = int32(fd), stConnecting
 	e.st.connecting++
+}
+
+// target is where connection idx goes: its share of the hosts, spread
+// round-robin, and the next host after each failure in a row, so clients
+// of a node that is gone move to another as behind a load balancer.
+func (e *engine) target(idx int32, c *conn) unix.Sockaddr {
+	return e.dsts[(e.first+int(idx)+int(c.fails))%len(e.dsts)]
 }
 
 // connected finishes a connect and sends the request.

@@ -404,7 +404,7 @@ func BenchmarkEngineInputSSE(b *testing.B) {
 func inputBench(t testing.TB, n int) (*engine, *conn, [][]byte) {
 	o := defaultOptions()
 	o.Letter, o.Host, o.Run = "a", "127.0.0.1", "run1"
-	e, err := newEngine(&o, 0, 1, netip.MustParseAddrPort("127.0.0.1:1"), nil, 0, 0, func(*Snapshot) {}, logger())
+	e, err := newEngine(&o, 0, 1, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, nil, 0, 0, func(*Snapshot) {}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +429,7 @@ func TestUnexpectedClosesAreLogged(t *testing.T) {
 	o := defaultOptions()
 	o.Letter, o.Host = "a", "127.0.0.1"
 	var logs strings.Builder
-	e, err := newEngine(&o, 40, 3, netip.MustParseAddrPort("127.0.0.1:1"), nil, 0, 0, func(*Snapshot) {},
+	e, err := newEngine(&o, 40, 3, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, nil, 0, 0, func(*Snapshot) {},
 		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: dropTime})))
 	if err != nil {
 		t.Fatal(err)

@@ -54,8 +54,8 @@ type localFleet struct {
 	once sync.Once
 }
 
-func startLocal(o *Options, dst netip.AddrPort, srcs []netip.Addr, agg *aggregator) (fleet, error) {
-	e, err := newEngine(o, 0, o.N, dst, srcs, o.Rate, o.Pub, func(s *Snapshot) { agg.update(0, s) }, logger())
+func startLocal(o *Options, dsts []netip.AddrPort, srcs []netip.Addr, agg *aggregator) (fleet, error) {
+	e, err := newEngine(o, 0, o.N, dsts, srcs, o.Rate, o.Pub, func(s *Snapshot) { agg.update(0, s) }, logger())
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func btoi(b bool) int {
 // SIGTERM or SIGINT with a final snapshot.
 func runChild(o *Options) int {
 	nofileCapacity()
-	dst, err := resolveTarget(o.Host, o.Port)
+	dsts, err := resolveTargets(o.Host, o.Port)
 	if err != nil {
 		logger().Error(err.Error())
 		return 1
@@ -181,7 +181,7 @@ func runChild(o *Options) int {
 	}
 	w := bufio.NewWriterSize(os.Stdout, 64<<10)
 	enc := json.NewEncoder(w)
-	e, err := newEngine(o, o.First, o.N, dst, srcs, o.Rate, o.Pub, func(s *Snapshot) {
+	e, err := newEngine(o, o.First, o.N, dsts, srcs, o.Rate, o.Pub, func(s *Snapshot) {
 		enc.Encode(s)
 		if w.Flush() != nil {
 			os.Exit(1) // the parent is gone

@@ -118,7 +118,7 @@ func TestHeartbeatLatenessNotMeasured(t *testing.T) {
 func hbEngine(t *testing.T, tr string, hb time.Duration) (*engine, *conn) {
 	o := defaultOptions()
 	o.Letter, o.Host, o.Transport, o.Heartbeat = "a", "127.0.0.1", tr, hb
-	e, err := newEngine(&o, 0, 1, netip.MustParseAddrPort("127.0.0.1:1"), nil, 0, 0, func(*Snapshot) {}, logger())
+	e, err := newEngine(&o, 0, 1, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}, nil, 0, 0, func(*Snapshot) {}, logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -150,7 +151,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 		o.Token = os.Getenv(tokenEnv)
 	}
 	if o.API == "" {
-		o.API = joinHostPort(o.Host, 9000)
+		o.API = joinHostPort(o.firstHost(), 9000)
 	}
 	return &o, nil
 }
@@ -201,6 +202,34 @@ func fmtRate(r float64) string { return strconv.FormatFloat(r, 'f', -1, 32) }
 
 func isIDChar(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'
+}
+
+// firstHost is HOST's first host, without a port of its own.
+func (o *Options) firstHost() string {
+	h, _, _ := strings.Cut(o.Host, ",")
+	if hh, _, err := net.SplitHostPort(h); err == nil {
+		return hh
+	}
+	return h
+}
+
+// targets is HOST with -port added to each host that has none:
+// "host:port[,host:port...]", as the summary names it.
+func (o *Options) targets() string {
+	var hs []string
+	for _, h := range strings.Split(o.Host, ",") {
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = joinHostPort(h, o.Port)
+		}
+		hs = append(hs, h)
+	}
+	return strings.Join(hs, ",")
+}
+
+// target is the first of targets: the one /ping asks.
+func (o *Options) target() string {
+	t, _, _ := strings.Cut(o.targets(), ",")
+	return t
 }
 
 func joinHostPort(host string, port int) string {

@@ -51,7 +51,7 @@ type runner struct {
 
 // run is megatest's parent role. It returns the exit code.
 func run(o *Options, out io.Writer) int {
-	dst, err := resolveTarget(o.Host, o.Port)
+	dsts, err := resolveTargets(o.Host, o.Port)
 	if err != nil {
 		logger().Error(err.Error())
 		return 1
@@ -62,9 +62,9 @@ func run(o *Options, out io.Writer) int {
 			logger().Error(err.Error())
 			return 2
 		}
-	} else if srcs = autoSources(dst.Addr(), o.N); len(srcs) > 0 {
+	} else if srcs = autoSources(dsts[0].Addr(), o.N); len(srcs) > 0 {
 		logger().Info("loopback target: picked source addresses", "src", formatSources(srcs))
-	} else if !dst.Addr().IsLoopback() && o.N > portRange()-2000 {
+	} else if !dsts[0].Addr().IsLoopback() && o.N > portRange()-2000 {
 		logger().Warn("one source address has ports for about "+strconv.Itoa(portRange())+" connections to one server port; add IP aliases and name them with -src (docs/C1M.md)", "n", o.N)
 	}
 	if o.Run == "" {
@@ -80,7 +80,7 @@ func run(o *Options, out io.Writer) int {
 
 	var f fleet
 	if procs == 1 && o.Procs == 0 {
-		f, err = startLocal(o, dst, srcs, r.agg)
+		f, err = startLocal(o, dsts, srcs, r.agg)
 	} else {
 		logger().Info("splitting over child processes", "procs", procs, "per_process_limit", perProc)
 		r.split = true
@@ -133,7 +133,7 @@ wait:
 				holdC = time.After(r.o.Hold)
 			}
 			if r.o.Ping > 0 {
-				go r.ping.run(ctx, "http://"+joinHostPort(r.o.Host, r.o.Port)+"/ping", r.o.Ping)
+				go r.ping.run(ctx, "http://"+r.o.target()+"/ping", r.o.Ping)
 			}
 			if r.o.Broadcast > 0 {
 				bcastDone = make(chan struct{})
@@ -364,7 +364,7 @@ func latencyOf(h *hist) LatencyMs {
 func (r *runner) summary() int {
 	t := r.agg.total(true)
 	s := Summary{
-		Letter: r.o.Letter, Target: joinHostPort(r.o.Host, r.o.Port), Transport: r.o.Transport,
+		Letter: r.o.Letter, Target: r.o.targets(), Transport: r.o.Transport,
 		Connections: r.o.N, PeakActive: t.peak,
 		ConnectFailed: t.Failed, ClosedUnexpected: t.Unexpected, Reconnects: t.Reconnects, TokensExpired: t.Expired, Gaps: t.Gaps,
 		Messages: t.Msgs, Lost: t.Lost, Duplicates: t.Dups, Heartbeats: t.HB,

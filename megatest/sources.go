@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,7 +26,35 @@ import (
 // source address, well inside the ephemeral port range.
 const maxPerSource = 20000
 
-// resolveTarget turns HOST and -port into the one address to dial.
+// resolveTargets turns HOST - one host, or several separated by commas,
+// each with its own :port or -port's - into the addresses to dial.
+func resolveTargets(hosts string, port int) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, h := range strings.Split(hosts, ",") {
+		h, p := strings.TrimSpace(h), port
+		if hh, ps, err := net.SplitHostPort(h); err == nil {
+			n, err := strconv.Atoi(ps)
+			if err != nil || n <= 0 || n > 65535 {
+				return nil, fmt.Errorf("megatest: %q has no valid port", h)
+			}
+			h, p = hh, n
+		}
+		if h == "" {
+			return nil, fmt.Errorf("megatest: HOST %q names an empty host", hosts)
+		}
+		a, err := resolveTarget(h, p)
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 && a.Addr().Is4() != out[0].Addr().Is4() {
+			return nil, fmt.Errorf("megatest: hosts %s and %s are not the same IP version", out[0], a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// resolveTarget turns one host and port into the address to dial.
 func resolveTarget(host string, port int) (netip.AddrPort, error) {
 	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
 		return netip.AddrPortFrom(a.Unmap(), uint16(port)), nil

@@ -133,6 +133,9 @@ func (w *Worker) flushPresence() {
 // that ran ahead of the clock (a burst, a clock stepped back, a restart
 // above the state_dir mark) are not taken as already delivered.
 func (w *Worker) connectCursor() uint64 {
+	if w.cfg.SeqIDs {
+		return w.lastSeen
+	}
 	return max(w.lastSeen, uint64(time.Now().UnixMicro()+w.cfg.IDClockUs)-1)
 }
 
