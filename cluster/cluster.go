@@ -65,14 +65,17 @@ type Node struct {
 	ready   chan struct{} // closed once it is
 	closing chan struct{}
 
-	mu       sync.Mutex
-	consumer jetstream.ConsumeContext
-	lastErr  string
+	mu      sync.Mutex
+	lastErr string
+	// onReconnect restarts the reader after NATS reconnects: pulls in
+	// flight on the old connection are lost, and with them messages.
+	onReconnect func()
 
 	published     atomic.Uint64
 	publishErrors atomic.Uint64
 	disconnects   atomic.Uint64
 	consumerErrs  atomic.Uint64
+	restarts      atomic.Uint64 // readers started again for making no progress
 	foreign       atomic.Uint64
 	streamLast    atomic.Uint64 // newest id the stream is known to hold
 	delivered     atomic.Uint64 // newest id handed to the hub
@@ -99,6 +102,12 @@ func Connect(cfg config.Cluster, historyTTL time.Duration, historySize int, minB
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			n.log.Info("NATS reconnected", "server", c.ConnectedUrlRedacted())
+			n.mu.Lock()
+			f := n.onReconnect
+			n.mu.Unlock()
+			if f != nil {
+				f()
+			}
 		}),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			n.log.Info("NATS connected", "server", c.ConnectedUrlRedacted())
@@ -158,11 +167,6 @@ func (n *Node) Close() {
 	default:
 	}
 	close(n.closing)
-	n.mu.Lock()
-	if n.consumer != nil {
-		n.consumer.Stop()
-	}
-	n.mu.Unlock()
 	n.nc.Close()
 }
 
@@ -241,10 +245,13 @@ func (n *Node) ensureStream() error {
 	return nil
 }
 
-func (n *Node) noteLast(id uint64) {
+func (n *Node) noteLast(id uint64) { storeMax(&n.streamLast, id) }
+
+// storeMax raises a to v, never lowers it.
+func storeMax(a *atomic.Uint64, v uint64) {
 	for {
-		old := n.streamLast.Load()
-		if id <= old || n.streamLast.CompareAndSwap(old, id) {
+		old := a.Load()
+		if v <= old || a.CompareAndSwap(old, v) {
 			return
 		}
 	}

@@ -3,11 +3,14 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/megacomet/megacomet/internal/names"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // maxBatch bounds the messages handed to the hub at once: one lock hold.
@@ -22,54 +25,66 @@ func (n *Node) Consume(after uint64, deliver func([]Message), caughtUp func()) {
 	go n.consume(after, deliver, caughtUp)
 }
 
+// The reader is an ephemeral pull consumer (memory, no acks) that this
+// loop alone starts and restarts from the last id delivered, as nats.go's
+// ordered consumer does; that one holds its lock through a reset, so a
+// stats call could wait on it for as long as the reset took (75 s seen
+// here after a NATS server was killed). Restarts come from the reader's
+// own errors (a missed heartbeat: its server is gone), a consumer
+// sequence that skipped (messages lost on a reconnect), a NATS reconnect,
+// or no progress while the stream holds more.
+type reader struct {
+	n      *Node
+	base   uint64
+	ch     chan Message
+	gen    atomic.Uint64 // of the consumer whose messages count
+	reset  chan struct{} // a restart is wanted (1 slot)
+	cc     jetstream.ConsumeContext
+	seq    int
+	prefix string
+}
+
 func (n *Node) consume(after uint64, deliver func([]Message), caughtUp func()) {
 	select {
 	case <-n.ready:
 	case <-n.closing:
 		return
 	}
-	base := n.base.Load()
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
-	if after > base {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after-base+1
-	}
-	ch := make(chan Message, 4*maxBatch)
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		err := n.startConsumer(cfg, base, ch)
-		if err == nil {
-			break
-		}
-		n.setErr(err)
-		n.log.Warn("cannot read the cluster stream yet", "err", err)
-		select {
-		case <-n.closing:
-			return
-		case <-time.After(wait):
-		}
+	r := &reader{n: n, base: n.base.Load(), ch: make(chan Message, 4*maxBatch), reset: make(chan struct{}, 1),
+		prefix: n.cfg.Node + "-" + nuid.Next()}
+	n.mu.Lock()
+	n.onReconnect = r.restart
+	n.mu.Unlock()
+	defer r.stop()
+	if !r.open(after) {
+		return
 	}
 	n.log.Info("reading the cluster stream", "after", after)
 	// What the stream held at the start is delivered once the newest
 	// message read had nothing after it, or once the stream holds nothing
 	// past what was delivered (messages may expire before they are read).
 	caught := false
-	catchUp := func(last uint64) {
-		if !caught && n.streamLast.Load() <= last {
+	done := func() {
+		if !caught {
 			caught = true
 			caughtUp()
 		}
 	}
-	catchUp(after)
+	if n.streamLast.Load() <= max(after, r.base) {
+		done()
+	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	seen, movedAt := max(after, n.delivered.Load()), time.Now()
 	batch := make([]Message, 0, maxBatch)
 	for {
 		select {
-		case m := <-ch:
+		case m := <-r.ch:
 			batch = append(batch[:0], m)
 		more:
 			for len(batch) < maxBatch {
 				select {
-				case m := <-ch:
+				case m := <-r.ch:
 					batch = append(batch, m)
 				default:
 					break more
@@ -77,17 +92,38 @@ func (n *Node) consume(after uint64, deliver func([]Message), caughtUp func()) {
 			}
 			deliver(batch)
 			last := &batch[len(batch)-1]
-			n.delivered.Store(last.ID)
+			storeMax(&n.delivered, last.ID)
+			n.noteLast(last.ID)
 			n.pending.Store(last.Pending)
-			if last.Pending == 0 && !caught {
-				caught = true
-				caughtUp()
+			if last.Pending == 0 {
+				done()
 			}
 			clear(batch) // let the bodies go
-		case <-tick.C:
-			if !caught && len(ch) == 0 {
-				n.Refresh()
-				catchUp(max(after, n.delivered.Load()))
+		case <-r.reset:
+			if !r.open(max(after, n.delivered.Load())) {
+				return
+			}
+			movedAt = time.Now()
+		case now := <-tick.C:
+			if d := max(after, n.delivered.Load()); d != seen {
+				seen, movedAt = d, now
+			}
+			if len(r.ch) > 0 || caught && now.Sub(movedAt) < stallAfter {
+				break
+			}
+			held, last, err := n.streamState()
+			switch {
+			case err != nil:
+			case held == 0 || last <= seen:
+				done()
+				movedAt = now // idle, not stalled: look again in stallAfter
+			case now.Sub(movedAt) >= stallAfter:
+				n.log.Warn("the cluster stream reader made no progress: reading again from the last id delivered", "for", stallAfter.String(), "after", seen, "stream_last", last)
+				n.restarts.Add(1)
+				if !r.open(seen) {
+					return
+				}
+				movedAt = now
 			}
 		case <-n.closing:
 			return
@@ -95,48 +131,127 @@ func (n *Node) consume(after uint64, deliver func([]Message), caughtUp func()) {
 	}
 }
 
-func (n *Node) startConsumer(cfg jetstream.OrderedConsumerConfig, base uint64, ch chan<- Message) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// stallAfter is how long reading may make no progress, with messages
+// in the stream past what was delivered, before it is started again.
+const stallAfter = 5 * time.Second
+
+// restart asks for the reader to be started again (from any goroutine).
+func (r *reader) restart() {
+	select {
+	case r.reset <- struct{}{}:
+	default:
+	}
+}
+
+func (r *reader) stop() {
+	if r.cc != nil {
+		r.cc.Stop()
+		r.cc = nil
+	}
+}
+
+// open starts a consumer for the messages after id from, retrying until
+// JetStream takes it; false once the node is closing.
+func (r *reader) open(from uint64) bool {
+	r.stop()
+	r.gen.Add(1) // what the old one still sends is dropped
+	select {
+	case <-r.reset: // this is the restart asked for
+	default:
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		err := r.start(from)
+		if err == nil {
+			return true
+		}
+		r.n.setErr(err)
+		r.n.log.Warn("cannot read the cluster stream yet", "err", err)
+		select {
+		case <-r.n.closing:
+			return false
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (r *reader) start(from uint64) error {
+	n := r.n
+	cfg := jetstream.ConsumerConfig{
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckNonePolicy,
+		MemoryStorage: true,
+		Replicas:      1,
+		// One this loop let go of, or whose node died, goes by itself.
+		InactiveThreshold: 30 * time.Second,
+	}
+	if from > r.base {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from-r.base+1
+	}
+	r.seq++
+	cfg.Name = r.prefix + "-" + strconv.Itoa(r.seq)
+	// Short: while a JetStream cluster elects a new meta leader (after
+	// losing one: up to 20 s seen with nats-server 2.9) creates time out,
+	// and the first one after it should not wait long.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	cons, err := n.js.OrderedConsumer(ctx, n.cfg.Stream, cfg)
+	cons, err := n.js.CreateOrUpdateConsumer(ctx, n.cfg.Stream, cfg)
 	if err != nil {
 		return err
 	}
+	if old := r.seq - 1; old > 0 {
+		name := r.prefix + "-" + strconv.Itoa(old)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			n.js.DeleteConsumer(ctx, n.cfg.Stream, name)
+			cancel()
+		}()
+	}
+	gen := r.gen.Load()
+	var cseq uint64 // the consumer sequence of the last message taken
 	var logged time.Time
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		msg, ok := n.decode(m, base)
+		if r.gen.Load() != gen {
+			return
+		}
+		md, err := m.Metadata()
+		if err != nil || md.Sequence.Consumer != cseq+1 {
+			r.restart() // a message went missing on the way
+			return
+		}
+		cseq = md.Sequence.Consumer
+		msg, ok := n.decode(m, md, r.base)
 		if !ok {
 			return
 		}
 		select {
-		case ch <- msg:
+		case r.ch <- msg:
 		case <-n.closing:
 		}
-	}, jetstream.PullMaxMessages(maxBatch), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		n.consumerErrs.Add(1)
-		n.setErr(err)
-		if time.Since(logged) >= 10*time.Second {
-			logged = time.Now()
-			n.log.Warn("reading the cluster stream: the consumer recovers by itself from the last message delivered", "err", err)
-		}
-	}))
+	}, jetstream.PullMaxMessages(maxBatch),
+		// A missed heartbeat is how a consumer whose server is gone is
+		// noticed: after 2 s, not the default 10.
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			n.consumerErrs.Add(1)
+			n.setErr(err)
+			if time.Since(logged) >= 10*time.Second {
+				logged = time.Now()
+				n.log.Warn("reading the cluster stream: reading again from the last message delivered", "err", err)
+			}
+			if r.gen.Load() == gen {
+				r.restart()
+			}
+		}))
 	if err != nil {
 		return err
 	}
-	n.mu.Lock()
-	n.consumer = cc
-	n.mu.Unlock()
+	r.cc = cc
 	return nil
 }
 
 // decode reads one stream message; false for one megacomet did not write
 // (a subject or data it cannot deliver), which is skipped and counted.
-func (n *Node) decode(m jetstream.Msg, base uint64) (Message, bool) {
-	md, err := m.Metadata()
-	if err != nil {
-		n.foreign.Add(1)
-		return Message{}, false
-	}
+func (n *Node) decode(m jetstream.Msg, md *jetstream.MsgMetadata, base uint64) (Message, bool) {
 	msg := Message{ID: base + md.Sequence.Stream, Time: md.Timestamp, Pending: md.NumPending, Data: m.Data()}
 	rest, _ := strings.CutPrefix(m.Subject(), n.cfg.Stream+".")
 	switch {
@@ -169,7 +284,7 @@ func (n *Node) decode(m jetstream.Msg, base uint64) (Message, bool) {
 // delivered, so catching up does not wait for it.
 func (n *Node) skip(m Message) (Message, bool) {
 	n.foreign.Add(1)
-	n.delivered.Store(m.ID)
+	storeMax(&n.delivered, m.ID)
 	return Message{}, false
 }
 
@@ -178,17 +293,24 @@ func (n *Node) skip(m Message) (Message, bool) {
 func (n *Node) Refresh() {
 	select {
 	case <-n.ready:
+		n.streamState()
 	default:
-		return
 	}
+}
+
+// streamState is how many messages the stream holds and its newest id.
+func (n *Node) streamState() (held, last uint64, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	s, err := n.js.Stream(ctx, n.cfg.Stream)
 	if err != nil {
 		n.setErr(err)
-		return
+		return 0, 0, err
 	}
-	n.noteLast(n.base.Load() + s.CachedInfo().State.LastSeq)
+	st := s.CachedInfo().State
+	last = n.base.Load() + st.LastSeq
+	n.noteLast(last)
+	return st.Msgs, last, nil
 }
 
 // Stats is what stats and /metrics show of the link.
@@ -211,7 +333,8 @@ type Stats struct {
 	PublishErrors  uint64 `json:"publish_errors"`
 	Disconnects    uint64 `json:"disconnects"`
 	ConsumerErrors uint64 `json:"consumer_errors"`
-	Foreign        uint64 `json:"foreign"` // stream messages megacomet did not write, skipped
+	ReaderRestarts uint64 `json:"reader_restarts"` // readers started again for making no progress
+	Foreign        uint64 `json:"foreign"`         // stream messages megacomet did not write, skipped
 	LastError      string `json:"last_error,omitempty"`
 }
 
@@ -220,7 +343,7 @@ func (n *Node) Stats() Stats {
 	st := Stats{Node: n.cfg.Node, Stream: n.cfg.Stream, State: strings.ToLower(n.nc.Status().String()),
 		IDBase: n.base.Load(), LastID: n.streamLast.Load(), DeliveredID: n.delivered.Load(),
 		Published: n.published.Load(), PublishErrors: n.publishErrors.Load(), Disconnects: n.disconnects.Load(),
-		ConsumerErrors: n.consumerErrs.Load(), Foreign: n.foreign.Load()}
+		ConsumerErrors: n.consumerErrs.Load(), ReaderRestarts: n.restarts.Load(), Foreign: n.foreign.Load()}
 	if n.nc.IsConnected() {
 		st.Server = n.nc.ConnectedUrlRedacted()
 	}

@@ -32,12 +32,18 @@ type megatestRun struct {
 // runMegatest starts `megatest LETTER 127.0.0.1 -port … -api … -report 1s args…`.
 func runMegatest(t *testing.T, s *testutil.Server, letter string, args ...string) *megatestRun {
 	t.Helper()
-	bin := testutil.Binary(t, "megatest")
 	_, port, _ := strings.Cut(s.Listen, ":")
+	return runMegatestOn(t, "127.0.0.1", s.API, letter, append([]string{"-port", port}, args...)...)
+}
+
+// runMegatestOn starts `megatest LETTER HOSTS -api API -report 1s args…`.
+func runMegatestOn(t *testing.T, hosts, api, letter string, args ...string) *megatestRun {
+	t.Helper()
+	bin := testutil.Binary(t, "megatest")
 	r := &megatestRun{out: &testutil.SyncBuffer{}, errs: &testutil.SyncBuffer{}, done: make(chan struct{}),
 		summary: filepath.Join(t.TempDir(), "summary.json")}
 	// Progress every second (args may say otherwise): tests poll it.
-	r.cmd = exec.Command(bin, append([]string{letter, "127.0.0.1", "-port", port, "-api", s.API, "-json", r.summary, "-report", "1s"}, args...)...)
+	r.cmd = exec.Command(bin, append([]string{letter, hosts, "-api", api, "-json", r.summary, "-report", "1s"}, args...)...)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.errs
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
