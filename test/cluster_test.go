@@ -3,7 +3,9 @@ package test
 import (
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -299,5 +301,59 @@ func TestClusterLosesANATSServer(t *testing.T) {
 		if st.Cluster.Server == victim {
 			t.Errorf("%s still names the killed server %s", st.Cluster.Node, victim)
 		}
+	}
+}
+
+// A node reloaded (SIGHUP) goes on from its predecessor's position; one
+// stopped and started again reads its history back from the stream. Over
+// both, megatest's clients - spread over the two nodes, moving to the
+// other while one is away - lose nothing and get nothing twice.
+func TestClusterNodeReloadAndRestart(t *testing.T) {
+	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
+	nats := testutil.StartNATS(t)
+	stream := streamName()
+	a := startCometNode(t, nats.URL, "a", stream, map[string]string{"server": "workers = 2\ndrain = \"1s\""})
+	port, apiPort := testutil.FreePort(t), testutil.FreePort(t)
+	fixed := map[string]string{
+		"server": fmt.Sprintf("workers = 2\nlisten = \"127.0.0.1:%d\"", port),
+		"api":    fmt.Sprintf("listen = \"127.0.0.1:%d\"", apiPort),
+	}
+	b := startCometNode(t, nats.URL, "b", stream, fixed)
+	const n = 2000
+	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "h", "-n", fmt.Sprint(n), "-pub", "200")
+	testutil.CheckFor(t, 3*time.Minute, func() error {
+		if ca, cb := a.MustStats().Connections, b.MustStats().Connections; ca+cb != n {
+			return fmt.Errorf("a holds %d, b %d of %d", ca, cb, n)
+		}
+		return nil
+	})
+	load.waitMessages(t, 200)
+
+	a.Signal(syscall.SIGHUP)
+	waitGeneration(t, a, 2, 2, 0, 2*time.Minute)
+	load.waitMessages(t, load.progress("msgs")+200)
+	// The new manager read on from the id its predecessor handed over.
+	reads := regexp.MustCompile(`"reading the cluster stream" .*after=(\d+)`).FindAllStringSubmatch(a.Log.String(), -1)
+	if len(reads) != 2 || reads[0][1] != "0" || reads[1][1] == "0" {
+		t.Errorf("the reloaded node should read on from its predecessor's last id:\n%s", a.Log.String())
+	}
+
+	b.Stop()
+	load.waitMessages(t, load.progress("msgs")+200) // its clients went to a
+	b2 := startCometNode(t, nats.URL, "b", stream, fixed)
+	if !strings.Contains(b2.Log.String(), "caught up with the cluster stream") {
+		t.Errorf("the restarted node did not say it read the stream:\n%s", b2.Log.String())
+	}
+	if st := b2.MustStats(); st.Manager.Retained == 0 {
+		t.Errorf("the restarted node holds no history: %+v", st.Manager)
+	}
+	load.waitMessages(t, load.progress("msgs")+200)
+	for _, s := range []*testutil.Server{a, b2} {
+		waitCluster(t, s)
+	}
+	_, sum := load.stop(t, 2*time.Minute)
+	t.Logf("megatest across a reload and a restart: %+v", sum)
+	if sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 || sum.Published == 0 {
+		t.Errorf("lost %d, duplicates %d, publish_errors %d: all must be 0; published %d", sum.Lost, sum.Duplicates, sum.PublishErrors, sum.Published)
 	}
 }

@@ -15,6 +15,7 @@ need() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
 need curl curl
 need chromium chromium
 need systemd-analyze systemd
+need nats-server nats-server # JetStream, for the cluster tests
 if ! command -v node >/dev/null 2>&1; then
   # No Node.js at all: Debian's nodejs and its npm belong together.
   pkgs+=(nodejs)

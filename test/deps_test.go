@@ -32,17 +32,19 @@ func TestDepsInstallsOnlyWhatIsMissing(t *testing.T) {
 		apt, npm string   // what apt-get and npm must have been asked ("" = nothing)
 		fail     string   // the script must fail saying this
 	}{
-		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze"}, npmTree: true},
-		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze"},
+		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "nats-server"}, npmTree: true},
+		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze", "nats-server"},
 			apt: "update -qq\ninstall -y -qq --no-install-recommends chromium", npm: "ci --no-audit --no-fund --loglevel=error"},
-		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze"}, npmTree: true,
+		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze", "nats-server"}, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends nodejs npm"},
-		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze"}, debNode: true, npmTree: true,
+		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server"}, debNode: true, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends npm"},
-		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze"},
+		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server"},
 			fail: "has no npm beside it"},
+		{name: "no nats-server", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze"}, npmTree: true,
+			apt: "update -qq\ninstall -y -qq --no-install-recommends nats-server"},
 		{name: "nothing", npmTree: true,
-			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nodejs npm"},
+			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nats-server nodejs npm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bin := t.TempDir()
