@@ -12,7 +12,8 @@ BIN     := bin
 export CGO_ENABLED = 0
 LDFLAGS := -s -w
 
-.PHONY: all build megacomet megatest run test test-short deps fuzz bench microbench megabench soak vet clean install verify-unit
+comma := ,
+.PHONY: all build megacomet megatest run test test-short deps fuzz bench microbench megabench soak cluster-bench vet clean install verify-unit
 
 all: build
 
@@ -106,6 +107,13 @@ bench: megabench
 soak: megabench
 	$(MEGABENCH) -kind soak -n $(or $(N),200000) -rate $(or $(RATE),15000) -hold $(or $(HOLD),30m) \
 	  -pub 100 -broadcast $(or $(BROADCAST),30) -round-every 1m -sample 1m -out soak-report.json
+
+# Nodes sharing a NATS JetStream stream (Debian's nats-server, make deps):
+# what each node spends reading all of it at 10k and 100k publishes/s,
+# and megatest's publish -> delivery latency across nodes.
+cluster-bench: megabench
+	$(MEGABENCH) -kind cluster -n $(or $(N),10000) -pub 300 -hold $(or $(HOLD),20s) -nodes $(or $(NODES),3) \
+	  -rates $(or $(RATES),10000$(comma)100000) -for $(or $(FOR),20s) -out cluster-report.json
 
 clean:
 	rm -rf $(BIN) dist

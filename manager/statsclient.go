@@ -44,6 +44,10 @@ func PrintStats(w io.Writer, raw []byte) error {
 	fmt.Fprintf(w, "clients  %s   api %s\n", st.Listen, st.API)
 	fmt.Fprintf(w, "connections %d of capacity %d, refused %d; published %d, retained %d\n",
 		st.Connections, st.Capacity, st.Refused, st.Manager.Published, st.Manager.Retained)
+	if c := st.Cluster; c != nil {
+		fmt.Fprintf(w, "cluster node %s, stream %s: NATS %s %s, last id %d, delivered %d, lag %d, publish errors %d\n",
+			c.Node, c.Stream, c.State, c.Server, c.LastID, c.DeliveredID, c.Lag, c.PublishErrors)
+	}
 	fmt.Fprintf(w, "host load1 %.2f, memory %s used of %s\n\n",
 		st.Host.Load1, bytesIEC(st.Host.MemUsedBytes), bytesIEC(st.Host.MemTotalBytes))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

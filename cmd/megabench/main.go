@@ -16,7 +16,7 @@ import (
 func main() {
 	o := bench.Options{Log: os.Stdout}
 	fs := flag.NewFlagSet("megabench", flag.ContinueOnError)
-	fs.StringVar(&o.Kind, "kind", "c1m", "the report's name: c1m, bench or soak")
+	fs.StringVar(&o.Kind, "kind", "c1m", "the report's name: c1m, bench, soak or cluster")
 	fs.StringVar(&o.Bin, "bin", "bin", "directory with the megacomet and megatest binaries")
 	fs.IntVar(&o.N, "n", 1000000, "connections")
 	fs.IntVar(&o.Rate, "rate", 15000, "new connections per second")
@@ -36,8 +36,28 @@ func main() {
 	fs.IntVar(&o.FloorRounds, "floor-rounds", 20, "rounds of the loopback floor probe")
 	fs.BoolVar(&o.AuthCompare, "auth-compare", false, "then connect -n again with HS256 client tokens required: the connect rate auth costs")
 	extra := fs.String("megatest-flags", "", "more megatest flags, space-separated")
+	nodes := fs.Int("nodes", 3, "cluster: megacomet nodes sharing one NATS JetStream stream")
+	rates := fs.String("rates", "10000,100000", "cluster: flood rates, publishes per second over all nodes")
+	phase := fs.Duration("for", 20*time.Second, "cluster: how long each rate lasts")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
+	}
+	if o.Kind == "cluster" {
+		co := bench.ClusterOptions{Bin: o.Bin, Nodes: *nodes, N: o.N, Pub: o.Pub, Hold: o.Hold, For: *phase, Batch: 500, Out: o.Out, Log: os.Stdout}
+		for _, r := range strings.Split(*rates, ",") {
+			var v int
+			fmt.Sscan(r, &v)
+			co.Rates = append(co.Rates, v)
+		}
+		r, err := bench.RunCluster(co)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "megabench:", err)
+			os.Exit(1)
+		}
+		fmt.Println()
+		r.Table(os.Stdout)
+		fmt.Printf("report: %s\n", o.Out)
+		return
 	}
 	o.MegatestFlags = strings.Fields(*extra)
 	r, err := bench.Run(o)
