@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/internal/names"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 )
@@ -117,7 +118,7 @@ func (n *Node) consume(after uint64, deliver func([]Message), caughtUp func()) {
 			case held == 0 || last <= seen:
 				done()
 				movedAt = now // idle, not stalled: look again in stallAfter
-			case now.Sub(movedAt) >= stallAfter:
+			case now.Sub(movedAt) >= stallAfter && n.rc.IsConnected():
 				n.log.Warn("the cluster stream reader made no progress: reading again from the last id delivered", "for", stallAfter.String(), "after", seen, "stream_last", last)
 				n.restarts.Add(1)
 				if !r.open(seen) {
@@ -194,7 +195,7 @@ func (r *reader) start(from uint64) error {
 	// and the first one after it should not wait long.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	cons, err := n.js.CreateOrUpdateConsumer(ctx, n.cfg.Stream, cfg)
+	cons, err := n.rjs.CreateOrUpdateConsumer(ctx, n.cfg.Stream, cfg)
 	if err != nil {
 		return err
 	}
@@ -202,7 +203,7 @@ func (r *reader) start(from uint64) error {
 		name := r.prefix + "-" + strconv.Itoa(old)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			n.js.DeleteConsumer(ctx, n.cfg.Stream, name)
+			n.rjs.DeleteConsumer(ctx, n.cfg.Stream, name)
 			cancel()
 		}()
 	}
@@ -340,7 +341,11 @@ type Stats struct {
 
 // Stats reads the link's state without I/O.
 func (n *Node) Stats() Stats {
-	st := Stats{Node: n.cfg.Node, Stream: n.cfg.Stream, State: strings.ToLower(n.nc.Status().String()),
+	state := n.nc.Status()
+	if state == nats.CONNECTED {
+		state = n.rc.Status() // the worse of the two
+	}
+	st := Stats{Node: n.cfg.Node, Stream: n.cfg.Stream, State: strings.ToLower(state.String()),
 		IDBase: n.base.Load(), LastID: n.streamLast.Load(), DeliveredID: n.delivered.Load(),
 		Published: n.published.Load(), PublishErrors: n.publishErrors.Load(), Disconnects: n.disconnects.Load(),
 		ConsumerErrors: n.consumerErrs.Load(), ReaderRestarts: n.restarts.Load(), Foreign: n.foreign.Load()}

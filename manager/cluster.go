@@ -126,12 +126,14 @@ func (h *hub) deliverStream(msgs []cluster.Message) {
 		h.route(m)
 		h.published++
 	}
-	if !took {
+	if !took || now.Sub(h.tickedAt) < tickEvery {
+		h.flush()
 		return
 	}
 	// Every worker learns the newest id, even one that held none of its
 	// targets: a connection without a cursor starts there (ids are no
 	// clock here). A message record for no ids is that, to any worker.
+	h.tickedAt = now
 	for l, p := range h.links {
 		if p != nil {
 			f := ipc.AppendMsgHead(h.frame(linkID(l)), h.lastID, kindIDs, "")
@@ -140,6 +142,13 @@ func (h *hub) deliverStream(msgs []cluster.Message) {
 	}
 	h.flush()
 }
+
+// tickEvery bounds how often every worker is told the newest id: a frame
+// per worker per batch read was most of a reading node's system calls
+// (make cluster-bench profile). A connection without a cursor may then
+// start up to this long back, and get those messages for it again from
+// history - never fewer.
+const tickEvery = 5 * time.Millisecond
 
 // priming marks the start and the end of reading the whole stream on a
 // fresh start: what the stream let go before it is announced as a gap

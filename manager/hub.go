@@ -57,8 +57,9 @@ type hub struct {
 	primed chan struct{}
 	// seqIDs: ids come from the cluster stream, not nextID (cluster.go);
 	// prime notes what a fresh start reads of it.
-	seqIDs bool
-	prime  *primer
+	seqIDs   bool
+	prime    *primer
+	tickedAt time.Time // the newest id last went to every worker
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {

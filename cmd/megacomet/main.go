@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -108,6 +109,15 @@ func runManager(args []string, stdout io.Writer) error {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(opts.Manager.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", "manager")
+	if p := os.Getenv("MEGACOMET_CPUPROFILE"); p != "" {
+		// The manager's CPU profile, written when it stops: PATH.PID.
+		f, err := os.Create(fmt.Sprintf("%s.%d", p, os.Getpid()))
+		if err != nil {
+			return fmt.Errorf("MEGACOMET_CPUPROFILE: %w", err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	return manager.Run(opts, *path, log)
 }
 
