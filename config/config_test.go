@@ -70,6 +70,26 @@ func TestLoadOverlaysDefaults(t *testing.T) {
 	}
 }
 
+// cluster.nats is one URL, a comma list, or an array; empty is alone.
+func TestClusterURLs(t *testing.T) {
+	for in, want := range map[string][]string{
+		`nats = ""`:                                          nil,
+		`nats = "nats://a:4222"`:                             {"nats://a:4222"},
+		`nats = "nats://a:4222, nats://b:4222"`:              {"nats://a:4222", "nats://b:4222"},
+		`nats = ["nats://a:4222", "tls://b:4222,ws://c:80"]`: {"nats://a:4222", "tls://b:4222", "ws://c:80"},
+	} {
+		path := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(path, []byte("[cluster]\n"+in+"\n"), 0o644)
+		o, err := Load(path)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if !reflect.DeepEqual([]string(o.Cluster.NATS), want) || o.Cluster.On() != (want != nil) {
+			t.Errorf("%s: %q (on %v), want %q", in, o.Cluster.NATS, o.Cluster.On(), want)
+		}
+	}
+}
+
 func TestLoadErrorsNameTheKey(t *testing.T) {
 	cases := map[string]string{
 		"[server]\nworkers = \"x\"\n":                                 "server.workers",
@@ -96,6 +116,14 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[manager]\nstate_dir = \"\"\n":                               "manager.state_dir",
 		"[comet]\nmax_pending = 10\n":                                 "comet.max_pending",
 		"[comet]\npoll_timeout = \"-1s\"\n":                           "comet.poll_timeout",
+		"[cluster]\nnats = \"http://x:4222\"\n":                       "cluster.nats",
+		"[cluster]\nnats = 4222\n":                                    "cluster.nats",
+		"[cluster]\nnode = \"a.b\"\n":                                 "cluster.node",
+		"[cluster]\nstream = \"s>\"\n":                                "cluster.stream",
+		"[cluster]\nreplicas = 7\n":                                   "cluster.replicas",
+		"[cluster]\npublish_timeout = \"1ms\"\n":                      "cluster.publish_timeout",
+		"[cluster]\ntls_cert = \"c.pem\"\n":                           "cluster.tls_cert",
+		"[cluster]\nuser = \"u\"\n":                                   "cluster.user",
 	}
 	for in, want := range cases {
 		path := filepath.Join(t.TempDir(), "c.toml")

@@ -13,7 +13,10 @@
 // them, keeps them for replay (history.go) and routes each to the workers
 // holding its targets (presence.go), one Deliver frame per worker per batch;
 // presence frames from workers update the routing and get their replays
-// from the same hub. The sampler reads /proc once a second, so Snapshot -
+// from the same hub. On a cluster ([cluster] nats, cluster.go) a publish
+// goes to the shared JetStream stream instead, and the hub takes every
+// message, id assigned, from the node's reading of the stream
+// (deliverStream): history, routing and replays are the same path. The sampler reads /proc once a second, so Snapshot -
 // and the stats socket - never do.
 //
 // Lock order: Manager.mu (slots and process fields), then hub.mu (routing,

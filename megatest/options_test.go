@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -70,5 +72,41 @@ func TestSources(t *testing.T) {
 	}
 	if autoSources(netip.MustParseAddr("10.0.0.1"), 1_000_000) != nil {
 		t.Error("sources picked for a remote host")
+	}
+}
+
+// HOST may name several servers, each with its own port or -port's; the
+// connections go round-robin over them, and to the next after a failure.
+func TestSeveralHosts(t *testing.T) {
+	got, err := resolveTargets("127.0.0.1:8001, 127.0.0.2,[::1]:9", 8000)
+	if err == nil {
+		t.Fatalf("IPv4 and IPv6 together: %v, want an error", got)
+	}
+	got, err = resolveTargets("127.0.0.1:8001,127.0.0.2", 8000)
+	if err != nil || len(got) != 2 || got[0].String() != "127.0.0.1:8001" || got[1].String() != "127.0.0.2:8000" {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if _, err := resolveTargets("127.0.0.1:x", 8000); err == nil {
+		t.Error("a bad port was accepted")
+	}
+	o := defaultOptions()
+	o.Host, o.Port = "127.0.0.1:8001,127.0.0.2", 8000
+	if o.targets() != "127.0.0.1:8001,127.0.0.2:8000" || o.target() != "127.0.0.1:8001" || o.firstHost() != "127.0.0.1" {
+		t.Errorf("targets %q, target %q, first host %q", o.targets(), o.target(), o.firstHost())
+	}
+	e := &engine{dsts: make([]unix.Sockaddr, 2)}
+	for i := range e.dsts {
+		e.dsts[i] = &unix.SockaddrInet4{Port: i}
+	}
+	c := &conn{}
+	if p := e.target(0, c).(*unix.SockaddrInet4).Port; p != 0 {
+		t.Errorf("connection 0 goes to host %d", p)
+	}
+	if p := e.target(1, c).(*unix.SockaddrInet4).Port; p != 1 {
+		t.Errorf("connection 1 goes to host %d", p)
+	}
+	c.fails = 1
+	if p := e.target(0, c).(*unix.SockaddrInet4).Port; p != 1 {
+		t.Errorf("after a failure connection 0 goes to host %d, want the next", p)
 	}
 }
