@@ -17,9 +17,16 @@ type Claims struct {
 	// Channels the client may join: exact names, or prefixes ending in
 	// '*' ("news-*"). Absent: any channel.
 	Channels []string `json:"channels,omitempty"`
-	// Publish is reserved for client publishing (a later version).
+	// Publish lists the channels the client may publish to over
+	// WebSocket: exact names, prefixes ending in '*', or "*". Absent: none.
 	Publish []string `json:"publish,omitempty"`
 	jwt.RegisteredClaims
+}
+
+// MayPublish reports whether a publish claim admits channel: unlike
+// channels, no claim is no channel.
+func MayPublish(claim []string, channel string) bool {
+	return claim != nil && Allows(claim, channel)
 }
 
 // Allows reports whether the token lets its holder join channel.
@@ -151,9 +158,14 @@ func (v *Verifier) Verify(token, id string) (*Claims, error) {
 // Mint makes an HS256 token for id, valid for ttl, limited to channels
 // when that is not nil: for `megacomet token`, megatest and tests.
 func Mint(secret []byte, id string, channels []string, ttl time.Duration, now time.Time) (string, error) {
-	c := Claims{Channels: channels, RegisteredClaims: jwt.RegisteredClaims{
+	return MintClaims(secret, id, Claims{Channels: channels}, ttl, now)
+}
+
+// MintClaims signs claims (channels, publish) for id, valid for ttl.
+func MintClaims(secret []byte, id string, c Claims, ttl time.Duration, now time.Time) (string, error) {
+	c.RegisteredClaims = jwt.RegisteredClaims{
 		Subject: id, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-	}}
+	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 }
 

@@ -5,7 +5,7 @@
 // A token says who may listen (sub: the client id of the URL), until when
 // (exp, required), and what else: a channels claim lists the channels the
 // client may join, by exact name or by a prefix ending in '*'; a publish
-// claim is reserved for client publishing. The worker verifies a token once,
+// claim the channels it may publish to over WebSocket (none without it). The worker verifies a token once,
 // when a connection subscribes, and keeps only what it needs of it after
 // that: when it expires (in a field an idle connection already has) and, for
 // a WebSocket connection that may subscribe to more channels later, the

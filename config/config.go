@@ -117,6 +117,12 @@ type Comet struct {
 	// WSPingRate is how many pings a second a WebSocket client may send
 	// after a burst of 32; past it the connection is closed (1008).
 	WSPingRate int `toml:"ws_ping_rate" json:"ws_ping_rate"`
+	// ClientPublish lets WebSocket clients publish to channels
+	// ({"publish":"c","data":…}) when auth is off; with auth on, a token's
+	// publish claim decides. ClientPublishRate is each connection's
+	// publishes a second, after a burst of twice that.
+	ClientPublish     bool `toml:"client_publish" json:"client_publish"`
+	ClientPublishRate int  `toml:"client_publish_rate" json:"client_publish_rate"`
 }
 
 // Bounds of comet.ws_max_message: at least a control frame's payload (RFC
@@ -188,6 +194,8 @@ func Default() Options {
 			// WebSocket servers accept by default.
 			WSMaxMessage: 64 << 10,
 			WSPingRate:   10,
+			// A chat's pace; a burst of twice that.
+			ClientPublishRate: 10,
 		},
 	}
 }
@@ -353,6 +361,9 @@ func (o *Options) check() error {
 	}
 	if o.Comet.WSPingRate < 1 || o.Comet.WSPingRate > 100 {
 		return bad("comet.ws_ping_rate", "must be 1 to 100 pings a second, got %d", o.Comet.WSPingRate)
+	}
+	if o.Comet.ClientPublishRate < 1 || o.Comet.ClientPublishRate > 10000 {
+		return bad("comet.client_publish_rate", "must be 1 to 10000 publishes a second, got %d", o.Comet.ClientPublishRate)
 	}
 	if o.Comet.WSMaxMessage < MinWSMaxMessage || o.Comet.WSMaxMessage > MaxWSMaxMessage {
 		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)

@@ -4,6 +4,7 @@ package ipc
 //
 //	RecMsg     id uvarint, kind byte, [channel string | n uvarint, n × id string], body bytes
 //	RecReplay  token uvarint, more byte, gap uvarint, n uvarint, n × (id uvarint, body bytes)
+//	RecAck     token uvarint, id uvarint, error string
 //
 // A RecMsg for ids lists only the ids the receiving worker holds; a broadcast
 // or channel message is one record per worker however many clients it
@@ -14,11 +15,14 @@ package ipc
 // every piece but the last. gap, on the first piece, is nonzero when the
 // replay left out older messages (comet.max_replay): those with ids between
 // the join's cursor and gap may be missing, and the client is told so.
+// RecAck answers one TypePublish: the id it was published with, or 0 and
+// why it was not (one line, for the client).
 
 // Record kinds in a Deliver frame.
 const (
 	RecMsg    byte = 1
 	RecReplay byte = 2
+	RecAck    byte = 3
 )
 
 // Message kinds in a RecMsg.
@@ -52,6 +56,38 @@ func AppendReplayHead(dst []byte, token uint32, more bool, gap uint64, n int) []
 	}
 	dst = AppendUvarint(dst, gap)
 	return AppendUvarint(dst, uint64(n))
+}
+
+// AppendAck appends a RecAck: the publish with this token got id, or
+// (id 0) was refused for reason.
+func AppendAck(dst []byte, token uint32, id uint64, reason string) []byte {
+	dst = append(dst, RecAck)
+	dst = AppendUvarint(dst, uint64(token))
+	dst = AppendUvarint(dst, id)
+	return AppendString(dst, reason)
+}
+
+// Ack is one decoded RecAck; Reason aliases the payload.
+type Ack struct {
+	Token  uint32
+	ID     uint64
+	Reason []byte
+}
+
+// AppendPublish is a TypePublish payload: the worker's token for the
+// publishing connection, the channel and the message's data (JSON).
+func AppendPublish(dst []byte, token uint32, channel, data []byte) []byte {
+	dst = AppendUvarint(dst, uint64(token))
+	dst = AppendBytes(dst, channel)
+	return AppendBytes(dst, data)
+}
+
+// ParsePublish reads a TypePublish payload; the slices alias it.
+func ParsePublish(p []byte) (token uint32, channel, data []byte, err error) {
+	r := NewReader(p)
+	token = uint32(r.Uvarint())
+	channel, data = r.Bytes(), r.Bytes()
+	return token, channel, data, r.Err()
 }
 
 // Msg is one decoded RecMsg; its slices alias the payload.
@@ -93,6 +129,7 @@ type DeliverReader struct {
 	r      Reader
 	Msg    Msg    // valid after Next returns RecMsg
 	Replay Replay // valid after Next returns RecReplay
+	Ack    Ack    // valid after Next returns RecAck
 }
 
 // NewDeliverReader reads payload p.
@@ -161,6 +198,15 @@ func (d *DeliverReader) Next() byte {
 			return 0
 		}
 		rp.N, rp.r = int(n), NewReader(start[:len(start)-len(r.b)])
+		return rec
+	case RecAck:
+		a := &d.Ack
+		a.Token = uint32(r.Uvarint())
+		a.ID = r.Uvarint()
+		a.Reason = r.Bytes()
+		if r.err != nil {
+			return 0
+		}
 		return rec
 	default:
 		r.fail("deliver record")

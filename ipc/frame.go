@@ -19,6 +19,9 @@ const (
 	TypePresence
 	// Fatal: why the worker is about to exit. Payload: a string.
 	TypeFatal
+	// Publish: a client's message to a channel (WebSocket client
+	// publish). Payload: AppendPublish's; answered with a RecAck.
+	TypePublish
 )
 
 // Frames the manager sends to a worker.
@@ -44,6 +47,8 @@ func (t Type) String() string {
 		return "presence"
 	case TypeFatal:
 		return "fatal"
+	case TypePublish:
+		return "publish"
 	case TypeConfig:
 		return "config"
 	case TypeDeliver:

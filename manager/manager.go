@@ -69,6 +69,9 @@ type Manager struct {
 	skew           time.Duration // MEGACOMET_CLOCK_SKEW: the manager's clock less the real one
 	publishRefused atomic.Uint64 // publishes answered 503: a worker was behind
 	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
+	// clientPublished / clientPubRefused: WebSocket client publishes
+	// published, and refused here (busy, or the publish failed).
+	clientPublished, clientPubRefused atomic.Uint64
 }
 
 // startIDs makes ids continue above the high-water mark in

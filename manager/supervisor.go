@@ -93,6 +93,7 @@ type proc struct {
 	pss    uint64
 	cpuPct float64
 	behind time.Time // since when its outbox is past ipcHighWater (zero: not)
+	pubs   chan clientPub // its clients' publishes, in order (clientpub.go)
 }
 
 func newProc(s *slot, pid int, gen uint64, conn net.Conn) *proc {
@@ -101,7 +102,7 @@ func newProc(s *slot, pid int, gen uint64, conn net.Conn) *proc {
 		out:    ipc.NewOutbox(ipcOutboxLimit),
 		readyc: make(chan struct{}), exited: make(chan struct{}),
 		readDone: make(chan struct{}), outDone: make(chan struct{}),
-		started: time.Now(),
+		started: time.Now(), pubs: make(chan clientPub, clientPubQueue),
 	}
 	p.ps, _ = process.NewProcess(int32(pid))
 	return p
@@ -120,6 +121,7 @@ func (p *proc) kill() {
 func (m *Manager) startLink(p *proc, leftover []byte) {
 	m.hub.addLink(p)
 	runLink(p, func() { m.readLink(p, leftover) })
+	go m.runClientPublishes(p)
 }
 
 // runLink starts p's outbox writer and its reader, read.
@@ -357,6 +359,8 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 		m.mu.Lock()
 		p.fatal = string(payload)
 		m.mu.Unlock()
+	case ipc.TypePublish:
+		m.takeClientPublish(p, payload)
 	case ipc.TypePresence:
 		<-m.hub.primed // replays need the history a hand-over brings
 		if err := m.hub.presence(p, payload); err != nil {

@@ -34,6 +34,7 @@ const wsStatusTokenExpired ws.StatusCode = 4001
 type grant struct {
 	exp     uint32   // expiry tick, 0 = none
 	allowed []string // the channels claim; nil = any
+	publish []string // the publish claim; nil = none
 }
 
 // authorize checks the request's token for client id and the channels it
@@ -58,7 +59,7 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte) (grant, bo
 			return grant{}, false
 		}
 	}
-	g := grant{allowed: claims.Channels}
+	g := grant{allowed: claims.Channels, publish: claims.Publish}
 	if claims.ExpiresAt != nil {
 		g.exp = w.expiryTick(claims.ExpiresAt.Time)
 	}

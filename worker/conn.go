@@ -79,6 +79,9 @@ type connExtra struct {
 	cmdAt    uint32     // WebSocket: the command rate limit's state (ws.go)
 	ctlAt    uint32     // WebSocket: the control frame rate limit's state
 	allowed  []string   // WebSocket: its token's channels claim, for later subscribes (authz.go)
+	publish  []string   // WebSocket: its token's publish claim (publish.go)
+	pubAt    uint32     // WebSocket: the publish rate limit's state
+	pubOver  uint32     // publishes refused for the rate in a row
 }
 
 func (cc *conn) extra() *connExtra {
@@ -90,7 +93,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.ctlAt == 0 && x.allowed == nil {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.ctlAt == 0 && x.allowed == nil && x.publish == nil && x.pubAt == 0 {
 		cc.x = nil
 	}
 }

@@ -40,6 +40,8 @@ func (w *Worker) deliverFrame(p []byte, deadline time.Time) bool {
 			}
 		case ipc.RecReplay:
 			w.replay(&d.Replay)
+		case ipc.RecAck:
+			w.acked(&d.Ack)
 		default:
 			if err := d.Err(); err != nil {
 				w.log.Error("corrupt deliver frame from the manager", "err", err)

@@ -108,9 +108,11 @@ type Worker struct {
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
 	awaitingPeak int
-	pollMsgs     int    // messages in the long-poll answer being built (deliver.go)
-	lastSeen     uint64 // the newest message id this worker knows was issued (subs.go)
-	fresh        bool   // the subscription being made came without a cursor (route.go)
+	pollMsgs     int                // messages in the long-poll answer being built (deliver.go)
+	lastSeen     uint64             // the newest message id this worker knows was issued (subs.go)
+	pubs         map[uint32]pubWait // client publishes waiting for the manager (publish.go)
+	pubSeq       uint32
+	fresh        bool // the subscription being made came without a cursor (route.go)
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
 	presFlushed  time.Duration
@@ -505,6 +507,9 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	w.flushPresence()
 	if w.now >= w.nextCounts {
 		w.nextCounts = w.now + countsEvery
+		if len(w.pubs) > 0 {
+			w.sweepPublishes()
+		}
 		w.queueCounts()
 		// After a connection storm, return its garbage's pages.
 		w.trim.Observe(w.now, w.open)

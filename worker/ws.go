@@ -173,6 +173,9 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 	if w.grant.allowed != nil {
 		cc.extra().allowed = w.grant.allowed // for its later subscribes (authz.go)
 	}
+	if w.grant.publish != nil {
+		cc.extra().publish = w.grant.publish // for its publishes (publish.go)
+	}
 	w.subscribe(cc, id, q.channels(), since, w.grant.exp)
 	w.startHeartbeats(cc)
 }

@@ -24,6 +24,10 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 	}
 	var c wsCommand
 	if !parseCommand(p, &c) {
+		if isPublish(p) {
+			w.wsPublish(cc, p)
+			return
+		}
 		w.wsFail(cc, errWSCommand)
 		return
 	}

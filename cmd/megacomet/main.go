@@ -166,6 +166,7 @@ func runToken(args []string, stdout io.Writer) error {
 	fs := newFlags("token")
 	id := fs.String("id", "", "the client id the token is for (its sub)")
 	chans := fs.String("channels", "", "the channels it may join, comma-separated (prefix* allowed); none: any")
+	pub := fs.String("publish", "", "the channels it may publish to over WebSocket, comma-separated (prefix* or * allowed); none: no publishing")
 	ttl := fs.Duration("ttl", time.Hour, "how long it is valid")
 	path := fs.String("config", "", "config file with auth.secret (default: "+installedConfig+" when it exists)")
 	if err := parse(fs, args); err != nil {
@@ -196,7 +197,11 @@ func runToken(args []string, stdout io.Writer) error {
 	if *chans != "" {
 		channels = strings.Split(*chans, ",")
 	}
-	tok, err := auth.Mint([]byte(opts.Auth.Secret), *id, channels, *ttl, time.Now())
+	c := auth.Claims{Channels: channels}
+	if *pub != "" {
+		c.Publish = strings.Split(*pub, ",")
+	}
+	tok, err := auth.MintClaims([]byte(opts.Auth.Secret), *id, c, *ttl, time.Now())
 	if err != nil {
 		return err
 	}
