@@ -123,6 +123,21 @@ type Comet struct {
 	// publishes a second, after a burst of twice that.
 	ClientPublish     bool `toml:"client_publish" json:"client_publish"`
 	ClientPublishRate int  `toml:"client_publish_rate" json:"client_publish_rate"`
+	// PresenceEvents names the channels (exact, or prefixes ending in
+	// '*') whose subscribers are told who joins and leaves, and whose
+	// members GET /presence can list.
+	PresenceEvents []string `toml:"presence_events" json:"presence_events"`
+}
+
+// Announced reports whether channel's members are announced
+// (comet.presence_events).
+func (c *Comet) Announced(channel string) bool {
+	for _, p := range c.PresenceEvents {
+		if p == channel || strings.HasSuffix(p, "*") && strings.HasPrefix(channel, p[:len(p)-1]) {
+			return true
+		}
+	}
+	return false
 }
 
 // Bounds of comet.ws_max_message: at least a control frame's payload (RFC
@@ -196,6 +211,7 @@ func Default() Options {
 			WSPingRate:   10,
 			// A chat's pace; a burst of twice that.
 			ClientPublishRate: 10,
+			PresenceEvents:    []string{},
 		},
 	}
 }
@@ -361,6 +377,11 @@ func (o *Options) check() error {
 	}
 	if o.Comet.WSPingRate < 1 || o.Comet.WSPingRate > 100 {
 		return bad("comet.ws_ping_rate", "must be 1 to 100 pings a second, got %d", o.Comet.WSPingRate)
+	}
+	for _, p := range o.Comet.PresenceEvents {
+		if !names.Valid(strings.TrimSuffix(p, "*")) && p != "*" {
+			return bad("comet.presence_events", "%q is not a channel name or a prefix ending in *", p)
+		}
 	}
 	if o.Comet.ClientPublishRate < 1 || o.Comet.ClientPublishRate > 10000 {
 		return bad("comet.client_publish_rate", "must be 1 to 10000 publishes a second, got %d", o.Comet.ClientPublishRate)

@@ -24,5 +24,6 @@
 package ipc
 
 // Version is this build's IPC protocol version. 2: RecReplay carries a
-// piece flag and a gap (deliver.go).
-const Version = 2
+// piece flag and a gap (deliver.go). 3: presence records per connection,
+// not per worker (presence.go); TypePublish and RecAck.
+const Version = 3

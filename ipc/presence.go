@@ -3,14 +3,16 @@ package ipc
 // Presence frames (worker → manager) carry records that keep the manager's
 // routing table and ask for each new subscription's replay:
 //
-//	OpHas    id string       (the first connection of the id on this worker)
-//	OpSub    channel string  (the first connection on the channel here)
-//	OpLeave  id string       (no connection on this worker has the id any more)
-//	OpUnsub  channel string  (no connection on this worker is on the channel)
+//	OpHas    id string       (a connection on this worker takes the id)
+//	OpSub    channel string  (a connection here joins the channel)
+//	OpLeave  id string       (a connection here lets go of the id)
+//	OpUnsub  channel string  (a connection here leaves the channel)
 //	OpJoin   token uvarint, since uvarint, id string, n uvarint, n × channel string
+//	OpMemberJoin   channel string, id string  (on a comet.presence_events channel)
+//	OpMemberLeave  channel string, id string
 //
-// Has/Leave and Sub/Unsub come in pairs per worker, so the manager can count
-// them. Every subscribing connection sends a Join, with the cursor it resumes
+// Has/Leave and Sub/Unsub come in pairs per connection, so the manager
+// counts connections per id and channel (version 3; before, per worker). Every subscribing connection sends a Join, with the cursor it resumes
 // from, after the Has/Sub that make its worker a target; the manager answers
 // with a Replay record carrying the same token, so live and replayed
 // messages never race.
@@ -25,7 +27,16 @@ const (
 	OpUnsub
 	OpHas
 	OpSub
+	OpMemberJoin
+	OpMemberLeave
 )
+
+// AppendMember appends an OpMemberJoin or OpMemberLeave record: a
+// connection of id joined or left a channel whose members are announced.
+func AppendMember(dst []byte, op Op, channel, id string) []byte {
+	dst = AppendString(append(dst, byte(op)), channel)
+	return AppendString(dst, id)
+}
 
 // AppendJoin appends an OpJoin record.
 func AppendJoin(dst []byte, token uint32, since uint64, id []byte, channels [][]byte) []byte {
@@ -70,6 +81,9 @@ type PresenceReader struct {
 	r    Reader
 	Join Join   // valid after Next returns OpJoin
 	Name []byte // valid after Next returns OpHas, OpSub, OpLeave or OpUnsub
+	// Channel and Name are valid after Next returns OpMemberJoin or
+	// OpMemberLeave.
+	Channel []byte
 }
 
 // NewPresenceReader reads payload p.
@@ -100,6 +114,12 @@ func (pr *PresenceReader) Next() Op {
 		return op
 	case OpHas, OpSub, OpLeave, OpUnsub:
 		pr.Name = r.Bytes()
+		if r.err != nil {
+			return 0
+		}
+		return op
+	case OpMemberJoin, OpMemberLeave:
+		pr.Channel, pr.Name = r.Bytes(), r.Bytes()
 		if r.err != nil {
 			return 0
 		}

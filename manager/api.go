@@ -27,6 +27,8 @@ func (m *Manager) apiHandler() http.Handler {
 		writeJSON(w, http.StatusOK, m.Snapshot())
 	})
 	mux.Handle("GET /metrics", m.metricsHandler())
+	mux.HandleFunc("GET /presence", m.handlePresence)
+	mux.HandleFunc("GET /presence/{id}", m.handlePresence)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")

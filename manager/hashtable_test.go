@@ -19,7 +19,7 @@ func FuzzHashTable(f *testing.F) {
 			}
 			switch ops[i] % 3 {
 			case 0, 1:
-				v := holder{link: linkID(i), count: uint16(ops[i])}
+				v := holder{link: linkID(i), count: uint32(ops[i])}
 				tab.set(h, v)
 				model[h] = v
 			case 2:

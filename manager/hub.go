@@ -60,6 +60,7 @@ type hub struct {
 	seqIDs   bool
 	prime    *primer
 	tickedAt time.Time // the newest id last went to every worker
+	members  *members  // of the comet.presence_events channels (members.go)
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {
@@ -69,7 +70,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 		hist:    newHistory(historySize, historyTTL),
 		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
-		tell:    tell, now: time.Now, maxReplay: historySize,
+		tell:    tell, now: time.Now, maxReplay: historySize, members: newMembers(),
 		primed: make(chan struct{}),
 	}
 }
@@ -341,7 +342,7 @@ func (h *hub) presence(p *proc, payload []byte) error {
 	var chans []string
 	pr := ipc.NewPresenceReader(payload)
 	for {
-		switch pr.Next() {
+		switch op := pr.Next(); op {
 		case ipc.OpJoin:
 			j := &pr.Join
 			chans = chans[:0]
@@ -358,6 +359,8 @@ func (h *hub) presence(p *proc, payload []byte) error {
 			h.ids.remove(h.ids.hash(pr.Name), p.link)
 		case ipc.OpUnsub:
 			h.chans.remove(h.chans.hash(pr.Name), p.link)
+		case ipc.OpMemberJoin, ipc.OpMemberLeave:
+			h.members.note(string(pr.Channel), string(pr.Name), op == ipc.OpMemberJoin)
 		default:
 			h.flush()
 			return pr.Err()
@@ -405,6 +408,9 @@ type hubState struct {
 	Dropped   map[string]uint64 `json:"dropped,omitempty"`
 	Forgotten uint64            `json:"forgotten,omitempty"`
 	Horizon   uint64            `json:"horizon,omitempty"`
+	// The announced channels' members, so a reload announces no one
+	// again (members.go).
+	Members map[string]map[string]uint32 `json:"members,omitempty"`
 }
 
 type stateKey struct {
@@ -430,7 +436,7 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	defer h.mu.Unlock()
 	h.closed = true // nothing is published after the snapshot (errHandingOver)
 	st := hubState{Seed: h.ids.seed, LastID: h.lastID, Published: h.published,
-		Forgotten: h.hist.forgotten, Horizon: h.hist.horizon, Dropped: h.hist.droppedMarks()}
+		Forgotten: h.hist.forgotten, Horizon: h.hist.horizon, Dropped: h.hist.droppedMarks(), Members: h.members.conns}
 	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
 		if m.body == nil {
 			continue // evicted from every ring
@@ -466,6 +472,9 @@ func (h *hub) restore(st *hubState) {
 		h.idem.put(k.Key, &idemEntry{ids: k.IDs, sum: k.Sum, expires: time.Unix(0, k.Expires)})
 	}
 	h.hist.horizon, h.hist.forgotten = st.Horizon, max(h.hist.forgotten, st.Forgotten)
+	if st.Members != nil {
+		h.members.conns = st.Members
+	}
 	h.hist.setDropped(st.Dropped, h.now())
 }
 
@@ -474,13 +483,9 @@ func (h *hub) setPresence(l linkID, ids, chans []hashCount) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, hc := range ids {
-		for range hc.Count {
-			h.ids.add(hc.Hash, l)
-		}
+		h.ids.addN(hc.Hash, l, hc.Count)
 	}
 	for _, hc := range chans {
-		for range hc.Count {
-			h.chans.add(hc.Hash, l)
-		}
+		h.chans.addN(hc.Hash, l, hc.Count)
 	}
 }

@@ -198,6 +198,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go m.runSampler(stop)
+	if len(opts.Comet.PresenceEvents) > 0 {
+		go m.announceMembers(stop)
+	}
 	api := &http.Server{
 		Handler: m.apiHandler(), ReadHeaderTimeout: apiHeaderTimeout, ReadTimeout: apiReadTimeout,
 		WriteTimeout: apiWriteTimeout, IdleTimeout: apiIdleTimeout, MaxHeaderBytes: apiMaxHeaderBytes,

@@ -7,32 +7,35 @@ import "slices"
 // process's presence has been swept.
 type linkID uint16
 
-// presence maps a client id (or a channel) to the worker links holding it.
+// presence maps a client id (or a channel) to the worker links holding it,
+// with how many connections each holds: the routing, and the counts of
+// GET /presence.
 //
 // At a million ids a map keyed by the id strings cost ~60 MB here (slots
 // of 24 bytes, at most 7/8 full and half empty after each doubling, plus the
 // strings). So presence stores no names: it is keyed by a seeded 64-bit
-// hash of the name and counts, per link, how many distinct names with that
-// hash the link holds. Workers say when a name appears on them and when its
-// last connection goes (ipc.OpHas/OpLeave, OpSub/OpUnsub), so the counts are
-// exact. Two names colliding on the hash (about one chance in 10^7 at a
-// million ids) only means a message also goes to a worker that does not
-// need it, which its own exact index ignores: a collision wastes an IPC
-// record, it never loses a message.
+// hash of the name and counts, per link, the connections of names with that
+// hash the link holds. Workers say when a connection takes a name and when
+// it lets go (ipc.OpHas/OpLeave, OpSub/OpUnsub), so the counts are exact.
+// Two names colliding on the hash (about one chance in 10^7 at a million
+// ids) only means a message also goes to a worker that does not need it,
+// which its own exact index ignores, and a presence count that adds both:
+// a collision wastes an IPC record, it never loses a message.
 //
 // Almost every name lives on one worker: that case is one 12-byte entry of
-// a hashTable (hash → link and count); names on several workers move to a
-// map.
+// a hashTable (hash → link and count: 16 bytes a slot); names on several
+// workers move to a map.
 type presence struct {
 	seed uint64
 	one  hashTable
 	many map[uint64][]holder
 }
 
-// holder is one link's count of names with a given hash.
+// holder is one link's count of connections on names with a given hash.
+// 32 bits: a channel may have a million subscribers on one worker.
 type holder struct {
 	link  linkID
-	count uint16
+	count uint32
 }
 
 func newPresence(seed uint64) presence {
@@ -63,30 +66,9 @@ func (p *presence) hashString(name string) uint64 {
 // collisions).
 func (p *presence) len() int { return p.one.len() + len(p.many) }
 
-// add records that link holds one more name with this hash.
-func (p *presence) add(h uint64, l linkID) {
-	if hs, ok := p.many[h]; ok {
-		for i := range hs {
-			if hs[i].link == l {
-				hs[i].count++
-				return
-			}
-		}
-		p.many[h] = append(hs, holder{l, 1})
-		return
-	}
-	cur, ok := p.one.get(h)
-	switch {
-	case !ok:
-		p.one.set(h, holder{l, 1})
-	case cur.link == l:
-		cur.count++
-		p.one.set(h, cur)
-	default:
-		p.one.del(h)
-		p.many[h] = []holder{cur, {l, 1}}
-	}
-}
+// add records that link holds one more connection on a name with this
+// hash.
+func (p *presence) add(h uint64, l linkID) { p.addN(h, l, 1) }
 
 // remove records that link holds one name fewer with this hash.
 func (p *presence) remove(h uint64, l linkID) {
@@ -123,6 +105,43 @@ func (p *presence) remove(h uint64, l linkID) {
 	}
 }
 
+// addN records n more.
+func (p *presence) addN(h uint64, l linkID, n uint32) {
+	if hs, ok := p.many[h]; ok {
+		for i := range hs {
+			if hs[i].link == l {
+				hs[i].count += n
+				return
+			}
+		}
+		p.many[h] = append(hs, holder{l, n})
+		return
+	}
+	cur, ok := p.one.get(h)
+	switch {
+	case !ok:
+		p.one.set(h, holder{l, n})
+	case cur.link == l:
+		cur.count += n
+		p.one.set(h, cur)
+	default:
+		p.one.del(h)
+		p.many[h] = []holder{cur, {l, n}}
+	}
+}
+
+// count is the connections on names with this hash, over every link.
+func (p *presence) count(h uint64) uint64 {
+	if cur, ok := p.one.get(h); ok {
+		return uint64(cur.count)
+	}
+	var n uint64
+	for _, hc := range p.many[h] {
+		n += uint64(hc.count)
+	}
+	return n
+}
+
 // each calls fn for every link holding a name with this hash.
 func (p *presence) each(h uint64, fn func(linkID)) {
 	if cur, ok := p.one.get(h); ok {
@@ -146,11 +165,10 @@ func (p *presence) dropLink(l linkID) {
 		p.one.del(h)
 	}
 	for h, hs := range p.many {
-		for _, hc := range hs {
-			if hc.link == l {
-				for range hc.count {
-					p.remove(h, l)
-				}
+		for i := range hs {
+			if hs[i].link == l {
+				hs[i].count = 1 // the last remove takes it out
+				p.remove(h, l)
 				break
 			}
 		}
@@ -178,5 +196,5 @@ func (p *presence) heldBy(l linkID) []hashCount {
 // hashCount is a link's count of names with a hash, as handed over.
 type hashCount struct {
 	Hash  uint64 `json:"h"`
-	Count uint16 `json:"n"`
+	Count uint32 `json:"n"`
 }

@@ -92,7 +92,7 @@ type proc struct {
 	rss    uint64
 	pss    uint64
 	cpuPct float64
-	behind time.Time // since when its outbox is past ipcHighWater (zero: not)
+	behind time.Time      // since when its outbox is past ipcHighWater (zero: not)
 	pubs   chan clientPub // its clients' publishes, in order (clientpub.go)
 }
 

@@ -9,10 +9,10 @@ import (
 // Subscriptions. byID lists the connections of each client id (linked
 // through conn.inext, the index holding the first; idindex.go); byChan holds
 // each channel's connections. The manager learns of them through presence
-// records: a Has when an id's first connection arrives and a Leave when its
-// last one goes, a Sub and an Unsub likewise per channel, and a Join for
-// every subscribing connection (answered with that connection's replay,
-// matched by token).
+// records: a Has when a connection takes an id and a Leave when it lets
+// go, a Sub and an Unsub likewise per channel it is on (so the manager
+// counts connections: GET /presence), and a Join for every subscribing
+// connection (answered with that connection's replay, matched by token).
 
 // subscribe registers cc for id and channels, resuming after since. Until
 // its replay arrives the connection takes no live messages: the replay
@@ -22,8 +22,8 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 		cc.id, cc.inext = head.id, head // share the id's bytes
 	} else {
 		cc.id, cc.inext = string(id), nil
-		w.presOut = ipc.AppendName(w.presOut, ipc.OpHas, id)
 	}
+	w.presOut = ipc.AppendName(w.presOut, ipc.OpHas, id)
 	w.byID.put(cc)
 	if len(chans) > 0 {
 		x := cc.extra()
@@ -32,11 +32,14 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 			if set == nil {
 				set = make(map[*conn]struct{})
 				w.byChan[string(ch)] = set
-				w.presOut = ipc.AppendName(w.presOut, ipc.OpSub, ch)
 			}
 			if _, dup := set[cc]; !dup {
 				set[cc] = struct{}{}
 				x.channels = append(x.channels, string(ch))
+				w.presOut = ipc.AppendName(w.presOut, ipc.OpSub, ch)
+				if len(w.opts.Comet.PresenceEvents) > 0 && w.opts.Comet.Announced(string(ch)) {
+					w.presOut = ipc.AppendMember(w.presOut, ipc.OpMemberJoin, string(ch), cc.id)
+				}
 			}
 		}
 	}
@@ -74,10 +77,10 @@ func (w *Worker) unsubscribe(cc *conn) {
 		cc.flags &^= fAwaiting
 	}
 	cc.flags &^= fExp
+	w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
 	if head := w.byID.getString(cc.id); head == cc {
 		if cc.inext == nil {
 			w.byID.del(cc.id)
-			w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
 		} else {
 			w.byID.put(cc.inext)
 		}
@@ -89,14 +92,18 @@ func (w *Worker) unsubscribe(cc *conn) {
 			}
 		}
 	}
+	id := cc.id
 	cc.id, cc.inext = "", nil
 	if cc.x != nil && cc.x.channels != nil {
 		for _, ch := range cc.x.channels {
 			set := w.byChan[ch]
 			delete(set, cc)
+			w.presOut = ipc.AppendName(w.presOut, ipc.OpUnsub, ch)
+			if len(w.opts.Comet.PresenceEvents) > 0 && w.opts.Comet.Announced(ch) {
+				w.presOut = ipc.AppendMember(w.presOut, ipc.OpMemberLeave, ch, id)
+			}
 			if len(set) == 0 {
 				delete(w.byChan, ch)
-				w.presOut = ipc.AppendName(w.presOut, ipc.OpUnsub, ch)
 			}
 		}
 		cc.x.channels = nil
