@@ -59,13 +59,14 @@ type Report struct {
 	Heartbeat string `json:"heartbeat"`
 	Workers   int    `json:"workers"`
 
-	ConnectionsHeld  uint64  `json:"connections_held"` // the most the server held at once
-	Ready            int64   `json:"ready"`            // answered, as megatest saw at the end
-	ClosedUnexpected int64   `json:"closed_unexpected"`
-	ConnectFailed    int64   `json:"connect_failed"`
-	ConnectRate      float64 `json:"connect_rate"`
-	ConnectRateAuth  float64 `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
-	AuthConnectRatio float64 `json:"auth_connect_ratio,omitempty"`
+	ConnectionsHeld  uint64      `json:"connections_held"` // the most the server held at once
+	Ready            int64       `json:"ready"`            // answered, as megatest saw at the end
+	ClosedUnexpected int64       `json:"closed_unexpected"`
+	ConnectFailed    int64       `json:"connect_failed"`
+	ConnectRate      float64     `json:"connect_rate"`
+	ConnectRateAuth  float64     `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
+	AuthConnectRatio float64     `json:"auth_connect_ratio,omitempty"`
+	Chat             *ChatReport `json:"chat,omitempty"` // the -chat round
 
 	ServerBytesPerConn   float64 `json:"server_bytes_per_conn"` // PSS of manager and workers, (at N - at 0) / N
 	ServerPSSAt0         uint64  `json:"server_pss_bytes_at_0"`
@@ -150,6 +151,10 @@ func (r *Report) Table(w io.Writer) {
 	row("CPU seconds", "server %.1f, megatest %.1f", r.CPUSeconds.Server, r.CPUSeconds.Megatest)
 	if r.Published > 0 {
 		row("published / lost / duplicates", "%d / %d / %d", r.Published, r.Lost, r.Duplicates)
+	}
+	if c := r.Chat; c != nil {
+		row("chat", "%d members, %d msgs/s: fan-out p50 %.1f  p99 %.1f  max %.1f ms; lost %d of %d, duplicates %d",
+			c.Members, c.Rate, c.LatencyMs.P50, c.LatencyMs.P99, c.LatencyMs.Max, c.Lost, c.Owed, c.Duplicates)
 	}
 	if n := len(r.Samples); n > 0 {
 		row("RSS total", "%s → %s over %d samples; drift from the 5th minute %.2f %% (server %.2f %%, megatest %.2f %%)", mib(r.Samples[0].Total), mib(r.Samples[n-1].Total), n, r.RSSDriftPct, r.ServerRSSDriftPct, r.MegatestRSSDriftPct)

@@ -43,6 +43,9 @@ type Options struct {
 	FloorRounds   int
 	AuthSecret    string    // client tokens required, HS256 with this secret
 	AuthCompare   bool      // then connect N again with auth on: the rate it costs
+	ChatMembers   int       // then a -chat round: this many WebSocket members of one channel
+	ChatRate      int       // its client publishes per second
+	ClientPublish bool      // comet.client_publish (the chat round)
 	Log           io.Writer // progress: megatest's lines and ours
 }
 
@@ -177,6 +180,13 @@ func Run(o Options) (*Report, error) {
 		r.AuthConnectRatio = r.ConnectRateAuth / r.ConnectRate
 		say("with HS256 tokens: %.0f connects/s, %.0f %% of %.0f without", r.ConnectRateAuth, 100*r.AuthConnectRatio, r.ConnectRate)
 	}
+	if o.ChatMembers > 0 {
+		if r.Chat, err = chatRound(o, r.Workers); err != nil {
+			return nil, err
+		}
+		say("chat: %d members, %d/s: p50 %.1f p99 %.1f max %.1f ms, lost %d of %d", r.Chat.Members, r.Chat.Rate,
+			r.Chat.LatencyMs.P50, r.Chat.LatencyMs.P99, r.Chat.LatencyMs.Max, r.Chat.Lost, r.Chat.Owed)
+	}
 	r.judge()
 
 	b, _ := json.MarshalIndent(r, "", "  ")
@@ -296,12 +306,15 @@ listen = "127.0.0.1:%d"
 workers = %d
 [api]
 listen = "127.0.0.1:%d"
-[comet]
-heartbeat = %q
 [manager]
 socket = %q
 pid_file = %q
-`, o.Port, workers, o.APIPort, o.Heartbeat.String(), s.socket, filepath.Join(dir, "megacomet.pid"))
+[comet]
+heartbeat = %q
+`, o.Port, workers, o.APIPort, s.socket, filepath.Join(dir, "megacomet.pid"), o.Heartbeat.String())
+	if o.ClientPublish {
+		cfg += "client_publish = true\nclient_publish_rate = 1000\n" // under [comet]
+	}
 	if o.AuthSecret != "" {
 		cfg += fmt.Sprintf("[auth]\nsecret = %q\n", o.AuthSecret)
 	}
@@ -569,4 +582,55 @@ func host() string {
 	}
 	mem := procfs.MemTotal()
 	return fmt.Sprintf("Linux %s, %d CPUs, %.0f GiB", release, runtime.NumCPU(), float64(mem)/(1<<30))
+}
+
+// ChatReport is the -chat round: WebSocket members of one channel publish
+// to it from random members (issue 16's chat), every message checked at
+// every member.
+type ChatReport struct {
+	Members    int       `json:"members"`
+	Rate       int       `json:"rate_per_s"`
+	Sent       int64     `json:"sent"`
+	Owed       int64     `json:"owed"` // deliveries: acked messages × members
+	Deliveries int64     `json:"deliveries"`
+	Lost       int64     `json:"lost"`
+	Duplicates int64     `json:"duplicates"`
+	LatencyMs  Quantiles `json:"latency_ms"` // send → each member
+}
+
+// chatRound holds o.ChatMembers WebSocket connections in one channel for
+// 15 s while they publish o.ChatRate messages a second.
+func chatRound(o Options, workers int) (*ChatReport, error) {
+	o.N, o.Transport, o.Broadcast, o.Pub, o.Sample, o.Hold = o.ChatMembers, "ws", 0, 0, 0, 15*time.Second
+	o.AuthSecret, o.ClientPublish = "", true
+	o.MegatestFlags = append(o.MegatestFlags, "-ping", "0", "-chat", strconv.Itoa(o.ChatRate))
+	srv, err := startServer(o, workers)
+	if err != nil {
+		return nil, err
+	}
+	defer srv.stop(strings.TrimSuffix(o.Out, ".json") + "-chat-server.log")
+	if srv.wait(func(st manager.Stats) bool { return len(st.Workers) == workers && allReady(st) }, time.Minute) == nil {
+		return nil, fmt.Errorf("the workers for the chat round did not become ready")
+	}
+	path := strings.TrimSuffix(o.Out, ".json") + "-chat-megatest.json"
+	mt, err := startMegatest(o, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := mt.Wait(); err != nil {
+		return nil, fmt.Errorf("megatest -chat: %v", err)
+	}
+	var s struct {
+		Duplicates int64 `json:"duplicates"`
+		Chat       struct {
+			Sent, Owed, Deliveries, Lost int64
+			LatencyMs                    Quantiles `json:"latency_ms"`
+		} `json:"chat"`
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(b, &s) != nil {
+		return nil, fmt.Errorf("megatest's -chat summary: %v", err)
+	}
+	return &ChatReport{Members: o.ChatMembers, Rate: o.ChatRate, Sent: s.Chat.Sent, Owed: s.Chat.Owed, Deliveries: s.Chat.Deliveries,
+		Lost: s.Chat.Lost, Duplicates: s.Duplicates, LatencyMs: s.Chat.LatencyMs}, nil
 }

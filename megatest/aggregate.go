@@ -20,6 +20,7 @@ type aggregator struct {
 type procState struct {
 	s      Snapshot // counters; histograms are kept apart below
 	lat    sparse
+	chat   sparse
 	tagged sparse
 	hbLate sparse
 	rounds []RoundSnap
@@ -39,6 +40,9 @@ func (a *aggregator) update(p int, s *Snapshot) {
 	if s.Lat != nil {
 		ps.lat = s.Lat
 	}
+	if s.ChatLat != nil {
+		ps.chat = s.ChatLat
+	}
 	if s.Tagged != nil {
 		ps.tagged = s.Tagged
 	}
@@ -55,7 +59,7 @@ func (a *aggregator) update(p int, s *Snapshot) {
 		}
 	}
 	ps.s = *s
-	ps.s.Lat, ps.s.Tagged, ps.s.HBLate, ps.s.Rounds = nil, nil, nil, nil
+	ps.s.Lat, ps.s.Tagged, ps.s.HBLate, ps.s.Rounds, ps.s.ChatLat = nil, nil, nil, nil, nil
 	ps.seen = true
 	ps.final = ps.final || s.Final
 	var active, opened int64
@@ -81,6 +85,7 @@ type totals struct {
 	Snapshot
 	peak   int64
 	lat    hist
+	chat   hist
 	tagged hist
 	hbLate hist
 	rounds []roundTotal
@@ -124,6 +129,11 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.PubSkipped += s.PubSkipped
 		t.Pending += s.Pending
 		t.Unacked += s.Unacked
+		t.ChatSent += s.ChatSent
+		t.ChatAcked += s.ChatAcked
+		t.ChatRefused += s.ChatRefused
+		t.ChatOwed += s.ChatOwed
+		t.ChatRecv += s.ChatRecv
 		if ps.final {
 			t.Lost += s.Lost
 			t.finals++
@@ -149,6 +159,8 @@ func (a *aggregator) total(withHists bool) *totals {
 		if withHists {
 			h.fromSparse(ps.lat)
 			t.lat.merge(&h)
+			h.fromSparse(ps.chat)
+			t.chat.merge(&h)
 			h.fromSparse(ps.tagged)
 			t.tagged.merge(&h)
 			h.fromSparse(ps.hbLate)

@@ -75,6 +75,14 @@ type engine struct {
 
 	pub       *publisher
 	ledger    *ledger
+	chatRate  float64     // -chat, this process's share
+	chatOn    atomic.Bool // every connection of the run is answered: talk (SIGUSR1 in a child)
+	chatAllow float64
+	chatSeq   uint64
+	chatBuf   []byte
+	chatLat   hist
+	chatLatV  uint64
+	sentChatV uint64
 	pubAllow  float64
 	pubCursor int
 
@@ -117,6 +125,9 @@ type stats struct {
 	msgs, hb, dups, protoErrs, httpErrs int64
 	writeErrs, expired                  int64
 	gaps                                int64 // gap announcements: messages the server says may be missing
+	// -chat: publishes sent, acked, refused; deliveries owed to members
+	// (acked × its channel's members) and received.
+	chatSent, chatAcked, chatRefused, chatOwed, chatRecv int64
 }
 
 // conn is one connection's state: 48 bytes, and no buffer unless a unit
@@ -246,6 +257,9 @@ func newEngine(o *Options, first, n int, dsts []netip.AddrPort, srcs []netip.Add
 		}
 		e.pub = newPublisher(api, o.Letter, first, o.Run, pubRate, e.ledger)
 	}
+	if o.Chat > 0 {
+		e.chatRate = o.Chat
+	}
 	return e, nil
 }
 
@@ -298,6 +312,9 @@ func (e *engine) run() error {
 			if e.pub != nil {
 				e.pubTurn(now)
 			}
+			if e.chatRate > 0 {
+				e.chatTurn(now)
+			}
 		}
 		e.reopenDue(now)
 		if now-e.lastSnap >= int64(snapEvery) {
@@ -332,7 +349,7 @@ func (e *engine) run() error {
 // never past the next reopen, at most maxWait.
 func (e *engine) waitMs(now int64) int {
 	d := int64(maxWait)
-	if (e.nextNew < len(e.conns) && !e.stopping) || e.pub != nil {
+	if (e.nextNew < len(e.conns) && !e.stopping) || e.pub != nil || e.chatRate > 0 {
 		d = int64(5 * time.Millisecond)
 	}
 	if len(e.waiting) > 0 {
@@ -344,6 +361,10 @@ func (e *engine) waitMs(now int64) int {
 // drained: publishing stopped and every published message arrived, or
 // -grace passed.
 func (e *engine) drained(now int64) bool {
+	if e.chatRate > 0 {
+		// What other processes' members owe is not known here.
+		return now-e.stopAt >= int64(e.o.Grace)
+	}
 	if e.pub == nil {
 		return true
 	}
@@ -482,7 +503,11 @@ func (e *engine) sendRequest(idx int32, c *conn) bool {
 		// A fresh token for every request, as a page would fetch one
 		// before it reconnects: the last may have expired.
 		id := e.o.Letter + strconv.Itoa(e.first+int(idx))
-		if tok, err := auth.Mint([]byte(e.o.TokenSecret), id, nil, e.o.TokenTTL, time.Now()); err == nil {
+		var claims auth.Claims
+		if e.o.Chat > 0 {
+			claims.Publish = []string{e.o.Letter + "-c*"} // its own channels
+		}
+		if tok, err := auth.MintClaims([]byte(e.o.TokenSecret), id, claims, e.o.TokenTTL, time.Now()); err == nil {
 			b = append(append(append(b, sep), "token="...), tok...)
 		}
 	}

@@ -63,6 +63,10 @@ func (e *engine) snapshot(final bool) {
 			s.Lost = s.Pending
 		}
 	}
+	s.ChatSent, s.ChatAcked, s.ChatRefused, s.ChatOwed, s.ChatRecv = st.chatSent, st.chatAcked, st.chatRefused, st.chatOwed, st.chatRecv
+	if e.chatLatV != e.sentChatV {
+		s.ChatLat, e.sentChatV = e.chatLat.sparse(), e.chatLatV
+	}
 	if e.latV != e.sentLatV {
 		s.Lat, e.sentLatV = e.lat.sparse(), e.latV
 	}

@@ -71,6 +71,7 @@ func startLocal(o *Options, dsts []netip.AddrPort, srcs []netip.Addr, agg *aggre
 }
 
 func (f *localFleet) stop()                 { f.e.stop() }
+func (f *localFleet) startChat()            { f.e.chatOn.Store(true) }
 func (f *localFleet) done() <-chan struct{} { return f.fin }
 func (f *localFleet) kill()                 { os.Exit(1) } // the loop is stuck: nothing to save
 
@@ -150,6 +151,13 @@ func (f *childFleet) stop() {
 
 func (f *childFleet) done() <-chan struct{} { return f.fin }
 
+// startChat: SIGUSR1 tells a child to start -chat.
+func (f *childFleet) startChat() {
+	for _, c := range f.cmds {
+		c.Process.Signal(syscall.SIGUSR1)
+	}
+}
+
 func (f *childFleet) kill() {
 	for _, c := range f.cmds {
 		c.Process.Kill()
@@ -193,6 +201,13 @@ func runChild(o *Options) int {
 	}
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	chat := make(chan os.Signal, 1)
+	signal.Notify(chat, syscall.SIGUSR1)
+	go func() {
+		for range chat {
+			e.chatOn.Store(true)
+		}
+	}()
 	// The first signal finishes the run with a final snapshot. Later ones
 	// are ignored: children are in their own process group, so a second
 	// one is a broadcast kill, not a user insisting, and the parent

@@ -17,11 +17,13 @@ const maxDepth = 64
 
 // What megatest writes into the data of its own messages:
 // {"t":<send unix ns>,"k":<seq>,"r":"<run>"} for -pub and
-// {"t":<send unix ns>,"b":<round>,"r":"<run>"} for -broadcast.
+// {"t":<send unix ns>,"b":<round>,"r":"<run>"} for -broadcast and
+// {"t":<send unix ns>,"c":<seq>,"r":"<run>"} for -chat.
 const (
 	kindNone  = 0
 	kindPub   = 1
 	kindBcast = 2
+	kindChat  = 3
 )
 
 // msgInfo is what megatest reads from one message.
@@ -31,6 +33,10 @@ type msgInfo struct {
 	seq  uint64 // k or b
 	kind uint8  // kindPub or kindBcast when the message is from this run
 	gap  bool   // not a message: the server's {"gap":{"after":A,"before":B}}
+	// ack: not a message: the answer to a client publish, {"ack":ID};
+	// refused: not a message: {"error":…}, a refused publish.
+	ack     uint64
+	refused bool
 	// after, before: a gap's bounds (ids strictly between may be missing)
 	after, before uint64
 }
@@ -67,6 +73,13 @@ func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 			if i < len(b) && b[i] == '{' {
 				return scanData(b, i, &d)
 			}
+		case "ack":
+			if v, j, ok := scanUint(b, i); ok {
+				m.ack = v
+				return j, nil
+			}
+		case "error":
+			m.refused = true
 		case "gap":
 			gap = true
 			if i < len(b) && b[i] == '{' {
@@ -91,6 +104,11 @@ func scanMessageAt(b []byte, i int, run []byte, m *msgInfo) (int, error) {
 	if gap && !hasID {
 		a, bf := m.after, m.before
 		*m = msgInfo{gap: true, after: a, before: bf}
+		return i, nil
+	}
+	if !hasID && (m.ack != 0 || m.refused) {
+		a, r := m.ack, m.refused
+		*m = msgInfo{ack: a, refused: r}
 		return i, nil
 	}
 	if !hasID {
@@ -118,12 +136,16 @@ func scanData(b []byte, i int, d *dataInfo) (int, error) {
 				d.t, d.hasT = int64(v), true
 				return j, nil
 			}
-		case "k", "b":
+		case "k", "b", "c":
 			if v, j, ok := scanUint(b, i); ok {
 				d.seq = v
-				d.kind = kindPub
-				if key[0] == 'b' {
+				switch key[0] {
+				case 'k':
+					d.kind = kindPub
+				case 'b':
 					d.kind = kindBcast
+				default:
+					d.kind = kindChat
 				}
 				return j, nil
 			}

@@ -29,6 +29,8 @@ type Options struct {
 	Report    time.Duration // -report: progress line interval
 	API       string        // -api: manager API host:port (default HOST:9000)
 	Pub       float64       // -pub: messages per second to our own ids
+	Chat      float64       // -chat: client publishes per second, WebSocket (chat.go)
+	Total     int           // -total (children): every process's connections, for -chat
 	Broadcast int           // -broadcast: broadcast rounds
 	Channels  int           // -channels: connection i subscribes to channel LETTER-c(i mod N); rounds go to the channels
 	JSON      string        // -json: summary file
@@ -108,6 +110,8 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.Report, "report", o.Report, "progress line interval")
 	fs.StringVar(&o.API, "api", o.API, "manager API `host:port`, for -pub and -broadcast (default HOST:9000)")
 	fs.Float64Var(&o.Pub, "pub", o.Pub, "messages per second published to our own ids; delivery latency is measured")
+	fs.Float64Var(&o.Chat, "chat", o.Chat, "WebSocket: messages per second in all that random held clients publish to their channel; fan-out latency and loss at every member are measured")
+	fs.IntVar(&o.Total, "total", o.Total, "(children) every process's connections")
 	fs.IntVar(&o.Broadcast, "broadcast", o.Broadcast, "broadcast rounds; fan-out latency to every held connection is measured")
 	fs.IntVar(&o.Channels, "channels", o.Channels, "subscribe connection i to channel LETTER-c<i mod N>; each -broadcast round is then one message to each of the N channels (at most 10000)")
 	fs.StringVar(&o.JSON, "json", o.JSON, "write the summary JSON to this `file`")
@@ -144,6 +148,9 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
+	if o.Chat > 0 && o.Channels == 0 {
+		o.Channels = 1 // -chat: everyone in LETTER-c0
+	}
 	if o.TokenSecret == "" {
 		o.TokenSecret = os.Getenv(tokenSecretEnv)
 	}
@@ -175,8 +182,10 @@ func (o *Options) check() error {
 		return fmt.Errorf("megatest: -round-every %s: must not be negative", o.RoundEvery)
 	case o.Ping < 0:
 		return fmt.Errorf("megatest: -ping %s: must not be negative", o.Ping)
-	case o.Pub < 0 || o.Broadcast < 0:
-		return fmt.Errorf("megatest: -pub and -broadcast must not be negative")
+	case o.Pub < 0 || o.Broadcast < 0 || o.Chat < 0:
+		return fmt.Errorf("megatest: -pub, -broadcast and -chat must not be negative")
+	case o.Chat > 0 && o.Transport != "ws":
+		return fmt.Errorf("megatest: -chat needs -transport ws: clients publish over their WebSocket")
 	case o.Channels < 0 || o.Channels > maxChannels:
 		return fmt.Errorf("megatest: -channels %d: use 0 to %d", o.Channels, maxChannels)
 	case o.Procs < 0:
@@ -252,6 +261,8 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-src", src,
 		"-api", o.API,
 		"-pub", fmtRate(pub),
+		"-chat", fmtRate(o.Chat * float64(count) / float64(o.total())),
+		"-total", fmt.Sprint(o.total()),
 		"-grace", o.Grace.String(),
 		"-run", o.Run,
 		"-channels", fmt.Sprint(o.Channels),

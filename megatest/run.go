@@ -21,6 +21,7 @@ type fleet interface {
 	stop()                 // finish: stop publishing, drain, send final snapshots
 	done() <-chan struct{} // closed when every process has finished or exited
 	kill()                 // after stop did not finish in time
+	startChat()            // -chat: every connection is answered, talk
 }
 
 // stallAfter: if every connection was tried and none more opened for this
@@ -134,6 +135,9 @@ wait:
 			}
 			if r.o.Ping > 0 {
 				go r.ping.run(ctx, "http://"+r.o.target()+"/ping", r.o.Ping)
+			}
+			if r.o.Chat > 0 {
+				f.startChat()
 			}
 			if r.o.Broadcast > 0 {
 				bcastDone = make(chan struct{})
@@ -324,6 +328,9 @@ type Summary struct {
 	PSSBytes        int64   `json:"pss_bytes"` // the same, shared pages (the binary) counted once
 	PSSPerConn      float64 `json:"pss_per_conn"`
 
+	// With -chat: client publishes and their fan-out to every member.
+	Chat *ChatSummary `json:"chat,omitempty"`
+
 	// With -ping: GET /ping round trips while the connections were held.
 	PingMs     *LatencyMs `json:"ping_ms,omitempty"`
 	Pings      int64      `json:"pings,omitempty"`
@@ -354,6 +361,19 @@ type BroadcastMs struct {
 	Expected int64   `json:"expected"`
 }
 
+// ChatSummary is -chat's part of the summary (chat.go): deliveries owed
+// is acked publishes times their channel's members; lost, owed less
+// delivered.
+type ChatSummary struct {
+	Sent       int64     `json:"sent"`
+	Acked      int64     `json:"acked"`
+	Refused    int64     `json:"refused"`
+	Owed       int64     `json:"owed"`
+	Deliveries int64     `json:"deliveries"`
+	Lost       int64     `json:"lost"`
+	LatencyMs  LatencyMs `json:"latency_ms"` // send → each member
+}
+
 func latencyOf(h *hist) LatencyMs {
 	return LatencyMs{usToMs(h.quantile(0.50)), usToMs(h.quantile(0.99)), usToMs(h.max)}
 }
@@ -378,6 +398,10 @@ func (r *runner) summary() int {
 	}
 	if r.o.measuresHeartbeat() {
 		s.HeartbeatLatenessMs = &HeartbeatLatenessMs{latencyOf(&t.hbLate), int64(t.hbLate.n)}
+	}
+	if r.o.Chat > 0 {
+		s.Chat = &ChatSummary{Sent: t.ChatSent, Acked: t.ChatAcked, Refused: t.ChatRefused, Owed: t.ChatOwed,
+			Deliveries: t.ChatRecv, Lost: max(t.ChatOwed-t.ChatRecv, 0), LatencyMs: latencyOf(&t.chat)}
 	}
 	if r.o.Ping > 0 {
 		lat, n, errs := r.ping.latency()

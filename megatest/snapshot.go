@@ -47,6 +47,14 @@ type Snapshot struct {
 	RSS       int64 `json:"rss"`
 	PSS       int64 `json:"pss"` // RSS with shared pages split among their users
 
+	// -chat (chat.go).
+	ChatSent    int64  `json:"chat_sent,omitempty"`
+	ChatAcked   int64  `json:"chat_acked,omitempty"`
+	ChatRefused int64  `json:"chat_refused,omitempty"`
+	ChatOwed    int64  `json:"chat_owed,omitempty"`
+	ChatRecv    int64  `json:"chat_recv,omitempty"`
+	ChatLat     sparse `json:"chat_lat,omitempty"` // send → each member, µs
+
 	Lat    sparse      `json:"lat,omitempty"`     // -pub latency, µs
 	Tagged sparse      `json:"tagged,omitempty"`  // every message of ours, µs
 	HBLate sparse      `json:"hb_late,omitempty"` // heartbeat lateness, µs

@@ -281,6 +281,10 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 // message accounts one message: cursor, duplicates, and for our own
 // messages the latency and the check-off.
 func (e *engine) message(idx int32, c *conn, m *msgInfo, now int64) {
+	if m.ack != 0 || m.refused {
+		e.chatAnswer(idx, m)
+		return
+	}
 	if m.gap {
 		// What the server says may be missing: owed ids in it are not
 		// lost, and the cursor moves past it.
@@ -310,6 +314,10 @@ func (e *engine) message(idx int32, c *conn, m *msgInfo, now int64) {
 		e.lat.add(us)
 		e.latV++
 		e.ledger.delivered(uint32(idx), m.id)
+	case kindChat:
+		e.st.chatRecv++
+		e.chatLat.add(us)
+		e.chatLatV++
 	case kindBcast:
 		r := m.seq
 		if r == 0 || r > maxRounds || uint32(r) <= c.round {

@@ -209,3 +209,20 @@ func TestClientPublishOff(t *testing.T) {
 		t.Fatalf("publish with client_publish off: %+v %v", f, err)
 	}
 }
+
+// megatest -chat: its clients publish over their WebSocket, in two rooms,
+// split over two processes, with tokens; every message reaches every
+// member of its room once.
+func TestMegatestChat(t *testing.T) {
+	s := startAuthServer(t, map[string]string{"comet": "client_publish_rate = 100"})
+	const n = 1000
+	load := runMegatest(t, s, "m", "-transport", "ws", "-n", fmt.Sprint(n), "-channels", "2", "-procs", "2",
+		"-chat", "20", "-hold", "3s", "-token-secret", clientSecret)
+	raw, sum := load.wait(t, 3*time.Minute)
+	chat, _ := raw["chat"].(map[string]any)
+	num := func(k string) int64 { v, _ := chat[k].(float64); return int64(v) }
+	t.Logf("megatest -chat: %v", chat)
+	if num("acked") == 0 || num("owed") != num("acked")*n/2 || num("deliveries") != num("owed") || num("lost") != 0 || num("refused") != 0 || sum.Duplicates != 0 {
+		t.Errorf("chat %v, duplicates %d: every acked message at each of its room's %d members once", chat, sum.Duplicates, n/2)
+	}
+}
