@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -224,5 +227,55 @@ func TestMegatestChat(t *testing.T) {
 	t.Logf("megatest -chat: %v", chat)
 	if num("acked") == 0 || num("owed") != num("acked")*n/2 || num("deliveries") != num("owed") || num("lost") != 0 || num("refused") != 0 || sum.Duplicates != 0 {
 		t.Errorf("chat %v, duplicates %d: every acked message at each of its room's %d members once", chat, sum.Duplicates, n/2)
+	}
+}
+
+// The README's browser chat (docs/chat.html), in headless Chromium, with a
+// token: what it says reaches the room, and it shows the room's messages
+// and who joined.
+func TestBrowserChatExample(t *testing.T) {
+	example, err := os.ReadFile("../docs/chat.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, _ := os.ReadFile("../README.md")
+	script := string(example[strings.Index(string(example), "<script>"):])
+	if !strings.Contains(string(readme), strings.TrimSpace(script)) {
+		t.Fatal("README.md does not show docs/chat.html's script as it is")
+	}
+	s := startAuthServer(t, map[string]string{"comet": `presence_events = ["room1"]`})
+	bob := dialChat(t, s.Listen, "/ws/bob?channels=room1&token="+mintToken(t, s, "bob", "-channels", "room1"))
+	waitIDs(t, s, 1)
+	// The test's own script, after the example's: once the socket is
+	// open it types a line, and it reports every line the page shows.
+	driver := `<script>
+new MutationObserver(() => { const li = document.getElementById("log").lastChild;
+  new Image().src = "/report?m=" + encodeURIComponent(li.textContent); }).observe(document.getElementById("log"), {childList: true});
+ws.addEventListener("open", () => { const say = document.getElementById("say");
+  say.value = "hello from the browser"; say.dispatchEvent(new Event("change")); });
+</script>`
+	url, reports := page(t, string(example)+driver, s.Listen)
+	token := mintToken(t, s, "alice", "-channels", "room1", "-publish", "room1")
+	chromium(t, url+"#server="+s.Listen+"&id=alice&token="+token)
+	var f frame
+	for f.Channel != "room1" || !strings.Contains(string(f.Data), "hello from the browser") {
+		if f, err = bob.next(30 * time.Second); err != nil {
+			t.Fatalf("bob, in the room, did not get alice's message: %v", err)
+		}
+	}
+	if string(f.Data) != `{"from":"alice","text":"hello from the browser"}` {
+		t.Errorf("bob got %s", f.Data)
+	}
+	publish(t, s.API, `{"channel":"room1","data":{"from":"bob","text":"hi alice"}}`)
+	want := map[string]bool{"alice: hello from the browser": false, "bob: hi alice": false, `{"join":"alice"}`: false}
+	for deadline := time.After(30 * time.Second); slices.Contains(slices.Collect(maps.Values(want)), false); {
+		select {
+		case r := <-reports:
+			if _, ok := want[r]; ok {
+				want[r] = true
+			}
+		case <-deadline:
+			t.Fatalf("the page showed only part of %v", want)
+		}
 	}
 }
