@@ -180,21 +180,10 @@ nats = %q
 node = %q
 stream = "bench"
 `, port, apiPort, filepath.Join(d, "s.sock"), filepath.Join(d, "p.pid"), d, url, name)
-	path := filepath.Join(d, "megacomet.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
 	s := &server{dir: d, socket: filepath.Join(d, "s.sock"), logPath: filepath.Join(d, "server.log"), done: make(chan struct{})}
-	logf, err := os.Create(s.logPath)
-	if err != nil {
-		return nil, err
+	if err := s.launch(o.Bin, cfg); err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
-	s.cmd = exec.Command(filepath.Join(o.Bin, "megacomet"), "-config", path)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start node %s: %w", name, err)
-	}
-	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
 	return &clusterNode{server: s, name: name, api: fmt.Sprintf("127.0.0.1:%d", apiPort), port: port}, nil
 }
 

@@ -318,22 +318,28 @@ heartbeat = %q
 	if o.AuthSecret != "" {
 		cfg += fmt.Sprintf("[auth]\nsecret = %q\n", o.AuthSecret)
 	}
-	cfgPath := filepath.Join(dir, "megacomet.toml")
+	return s, s.launch(o.Bin, cfg)
+}
+
+// launch writes cfg into the server's dir and starts its manager, logging
+// to s.logPath.
+func (s *server) launch(bin, cfg string) error {
+	cfgPath := filepath.Join(s.dir, "megacomet.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	logf, err := os.Create(s.logPath)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s.cmd = exec.Command(filepath.Join(o.Bin, "megacomet"), "-config", cfgPath)
+	s.cmd = exec.Command(filepath.Join(bin, "megacomet"), "-config", cfgPath)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("start the manager: %w", err)
+		return fmt.Errorf("start the manager: %w", err)
 	}
 	go func() { s.cmd.Wait(); logf.Close(); close(s.done) }()
-	return s, nil
+	return nil
 }
 
 func (s *server) stats() *manager.Stats {

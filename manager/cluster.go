@@ -63,15 +63,26 @@ func (m *Manager) clusterLast() uint64 {
 // it reads everything the stream holds, and is primed once it has.
 func (m *Manager) readCluster(restored bool) {
 	if restored {
-		m.cluster.Consume(m.hub.last(), m.hub.deliverStream, func() {})
+		m.cluster.Consume(m.hub.last(), m.deliverStream, func() {})
 		return
 	}
 	m.hub.priming(true)
-	m.cluster.Consume(0, m.hub.deliverStream, func() {
+	m.cluster.Consume(0, m.deliverStream, func() {
 		m.hub.priming(false)
 		m.log.Info("caught up with the cluster stream", "last_id", m.hub.last(), "retained", m.hub.counters().Retained)
 		close(m.hub.primed)
 	})
+}
+
+// deliverStream hands a batch read from the stream to the hub, once no
+// worker is behind: reading waits (JetStream keeps the rest) where a
+// single node would answer publishes 503, and a worker that does not catch
+// up is killed after ipcStuckAfter as there.
+func (m *Manager) deliverStream(msgs []cluster.Message) {
+	for p, _ := m.behind(); p != nil; p, _ = m.behind() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.hub.deliverStream(msgs)
 }
 
 // publishCluster publishes through the stream: ids come with JetStream's

@@ -48,6 +48,27 @@ func waitCluster(t *testing.T, s *testutil.Server) manager.Stats {
 	})
 }
 
+// waitSpread waits until the nodes hold n connections between them, each
+// some: megatest spread them and every one is answered.
+func waitSpread(t *testing.T, n uint64, nodes ...*testutil.Server) {
+	t.Helper()
+	testutil.CheckFor(t, 3*time.Minute, func() error {
+		var sum uint64
+		var each []uint64
+		for _, s := range nodes {
+			c := s.MustStats().Connections
+			sum, each = sum+c, append(each, c)
+			if c == 0 {
+				return fmt.Errorf("a node holds none: %v of %d", each, n)
+			}
+		}
+		if sum != n {
+			return fmt.Errorf("the nodes hold %v of %d", each, n)
+		}
+		return nil
+	})
+}
+
 func streamName() string { return fmt.Sprintf("t%d", rand.Uint32()) }
 
 // The first case: a message published on node A reaches a client on node
@@ -166,13 +187,7 @@ func TestClusterNodeKilledLosesNothing(t *testing.T) {
 	b := startCometNode(t, nats.URL, "b", stream, nil)
 	const n = 2000
 	load := runMegatestOn(t, a.Listen+","+b.Listen, b.API, "k", "-n", fmt.Sprint(n), "-pub", "200")
-	testutil.CheckFor(t, 3*time.Minute, func() error {
-		ca, cb := a.MustStats().Connections, b.MustStats().Connections
-		if ca+cb != n || ca == 0 {
-			return fmt.Errorf("a holds %d, b %d of %d", ca, cb, n)
-		}
-		return nil
-	})
+	waitSpread(t, n, a, b)
 	load.waitMessages(t, 200)
 	a.Cmd.Process.Kill()
 	waitHeld(t, b, n, 3*time.Minute)
@@ -272,12 +287,7 @@ func TestClusterLosesANATSServer(t *testing.T) {
 	b := startCometNode(t, testutil.URLs(servers), "b", stream, rep)
 	const n = 10000
 	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "r", "-n", fmt.Sprint(n), "-rate", "20000", "-pub", "300")
-	testutil.CheckFor(t, 3*time.Minute, func() error {
-		if ca, cb := a.MustStats().Connections, b.MustStats().Connections; ca+cb != n {
-			return fmt.Errorf("a holds %d, b %d of %d", ca, cb, n)
-		}
-		return nil
-	})
+	waitSpread(t, n, a, b)
 	load.waitMessages(t, 300)
 	victim := a.MustStats().Cluster.Server
 	for _, s := range servers {
@@ -321,12 +331,7 @@ func TestClusterNodeReloadAndRestart(t *testing.T) {
 	b := startCometNode(t, nats.URL, "b", stream, fixed)
 	const n = 2000
 	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "h", "-n", fmt.Sprint(n), "-pub", "200")
-	testutil.CheckFor(t, 3*time.Minute, func() error {
-		if ca, cb := a.MustStats().Connections, b.MustStats().Connections; ca+cb != n {
-			return fmt.Errorf("a holds %d, b %d of %d", ca, cb, n)
-		}
-		return nil
-	})
+	waitSpread(t, n, a, b)
 	load.waitMessages(t, 200)
 
 	a.Signal(syscall.SIGHUP)

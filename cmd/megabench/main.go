@@ -6,6 +6,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -52,22 +53,21 @@ func main() {
 			co.Rates = append(co.Rates, v)
 		}
 		r, err := bench.RunCluster(co)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "megabench:", err)
-			os.Exit(1)
-		}
-		fmt.Println()
-		r.Table(os.Stdout)
-		fmt.Printf("report: %s\n", o.Out)
+		finish(r, err, o.Out)
 		return
 	}
 	o.MegatestFlags = strings.Fields(*extra)
 	r, err := bench.Run(o)
+	finish(r, err, o.Out)
+}
+
+// finish prints the report's table, or the error and exits 1.
+func finish(r interface{ Table(io.Writer) }, err error, out string) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "megabench:", err)
 		os.Exit(1)
 	}
 	fmt.Println()
 	r.Table(os.Stdout)
-	fmt.Printf("report: %s\n", o.Out)
+	fmt.Printf("report: %s\n", out)
 }
