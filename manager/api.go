@@ -8,7 +8,8 @@ import (
 	"github.com/megacomet/megacomet/ipc"
 )
 
-// statusPage is the live status page: it polls /stats from the browser.
+// statusPage is the live status page, fed by GET /status/events
+// (statusfeed.go).
 //
 //go:embed status.html
 var statusPage []byte
@@ -29,6 +30,7 @@ func (m *Manager) apiHandler() http.Handler {
 	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("GET /presence", m.handlePresence)
 	mux.HandleFunc("GET /presence/{id}", m.handlePresence)
+	mux.HandleFunc("GET /status/events", m.handleStatusEvents)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")

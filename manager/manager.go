@@ -53,6 +53,7 @@ type Manager struct {
 	cpus    []int
 	started time.Time
 	sampler *sampler
+	status  *statusFeed
 	hub     *hub
 	// cluster is the link to the other nodes ([cluster] nats), nil when
 	// alone; idMark the state_dir mark it must start a new stream above.
@@ -127,7 +128,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		// and change slowly; less headroom is memory kept for clients.
 		debug.SetGCPercent(managerGCPercent)
 	}
-	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler()}
+	m := &Manager{opts: opts, log: log, gen: 1, started: time.Now(), sampler: newSampler(), status: newStatusFeed()}
 	m.hub = newHub(opts.Comet.HistorySize, opts.Comet.HistoryTTL.D(), m.tell)
 	if opts.Comet.MaxReplay > 0 {
 		m.hub.maxReplay = opts.Comet.MaxReplay
@@ -198,6 +199,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go m.runSampler(stop)
+	go m.runStatus(stop)
 	if len(opts.Comet.PresenceEvents) > 0 {
 		go m.announceMembers(stop)
 	}
@@ -288,6 +290,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 // requests in progress finish.
 func (m *Manager) shutdownAPI(api *http.Server, statsLn net.Listener) {
 	statsLn.Close()
+	m.status.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	api.Shutdown(ctx)
 	cancel()

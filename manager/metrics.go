@@ -40,7 +40,7 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_pss_bytes", "Proportional set size of a worker."},
 	{"worker_cpu_percent", "CPU use of a worker."},
 	{"worker_restarts_total", "Restarts of a worker slot."},
-	{"worker_messages_out_total", "Messages a worker wrote to clients."},
+	{"worker_messages_out_total", "Messages a worker wrote to clients (deliveries; heartbeats are counted apart)."},
 	{"worker_heartbeats_total", "Heartbeats a worker wrote."},
 	{"worker_slow_consumers_total", "Clients a worker dropped for not reading."},
 	{"worker_bad_requests_total", "Requests a worker rejected."},
@@ -58,6 +58,8 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_keepalive_closed_total", "Connections a worker closed because TCP keepalive probes went unanswered."},
 	{"worker_ws_control_limited_total", "WebSocket clients a worker closed (1008) for sending pings or pongs too fast."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
+	{"ping_p50_seconds", "Median time of a GET /ping to the client port over the last 10 s, measured by the manager every second."},
+	{"ping_p99_seconds", "99th percentile time of a GET /ping to the client port over the last 10 s, measured by the manager every second."},
 	{"cluster_connected", "1 while this node's NATS connection is up and the cluster stream is known."},
 	{"cluster_last_id", "The newest message id the cluster stream is known to hold."},
 	{"cluster_delivered_id", "The newest message id this node has read from the cluster stream and handed to its workers."},
@@ -110,6 +112,10 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("manager_pss_bytes", float64(st.Manager.PSSBytes))
 	put("host_load1", st.Host.Load1)
 	put("host_memory_used_bytes", float64(st.Host.MemUsedBytes))
+	if p, ok := mt.m.status.latest(); ok {
+		put("ping_p50_seconds", p.PingP50Ms/1000)
+		put("ping_p99_seconds", p.PingP99Ms/1000)
+	}
 	if c := st.Cluster; c != nil {
 		up := 0.0
 		if c.State == "connected" && c.StreamReady {

@@ -90,16 +90,15 @@ func TestMetricsAndStatusPage(t *testing.T) {
 		t.Errorf("unknown path: %d %s", code, body)
 	}
 
-	// The status page is HTML whose script reads "stats" - relative to
-	// /status, so /stats - with the page's own access_token. What it reads
-	// there is the live server: the connection held now, each worker.
-	// (TestBrowserStatusPage renders it as a browser does.)
+	// The status page is HTML whose script opens "status/events" -
+	// relative to /status, so /status/events - with the page's own
+	// access_token. (TestBrowserStatusPage renders it as a browser does.)
 	code, page, h := get(t, base+"/status?access_token=t0k")
 	if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") {
 		t.Fatalf("/status: %d %s", code, h.Get("Content-Type"))
 	}
-	if !strings.Contains(page, `"stats"`) || !strings.Contains(page, "access_token") {
-		t.Errorf("the status page does not read stats with its access_token:\n%s", page)
+	if !strings.Contains(page, `"status/events"`) || !strings.Contains(page, "access_token") {
+		t.Errorf("the status page does not read its events with its access_token:\n%s", page)
 	}
 	hold(t, s.Listen, "watched")
 	live := waitHeld(t, s, 1, 10*time.Second)

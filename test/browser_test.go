@@ -8,7 +8,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,39 +178,64 @@ func TestBrowserEventSource(t *testing.T) {
 	}
 }
 
-// The status page in a browser shows the live server: the connection held
-// now, each worker's pid and state, no error - behind api.token too, which
-// the page takes from its own URL to read /stats.
+// The status page in headless Chromium, driven over the DevTools
+// protocol, while megatest holds connections: it shows what megacomet
+// stats says, follows more clients connecting, draws its charts, goes on
+// through a SIGHUP, and the console shows no error. Behind api.token too,
+// which the page takes from its own URL. Its screenshot is the test's
+// artifact (MEGACOMET_UPDATE_DOCS=1 also writes docs/status.png).
 func TestBrowserStatusPage(t *testing.T) {
-	s := testutil.Start(t, map[string]string{"server": "workers = 2", "api": `token = "t0k"`})
-	hold(t, s.Listen, "watched")
-	st := waitHeld(t, s, 1, 10*time.Second)
-	want := []string{
-		fmt.Sprintf("manager pid %d · generation 1", st.Manager.PID),
-		"connections<b>1</b>",
-		`<p id="err"></p>`, // the page's fetch worked
-	}
-	for _, w := range st.Workers {
-		want = append(want, fmt.Sprintf("<td>%d</td><td>%d</td>", w.Slot, w.PID))
-	}
-	testutil.CheckFor(t, 2*time.Minute, func() error {
-		dom, err := renderedDOM(t, "http://"+s.API+"/status?access_token=t0k")
-		if err != nil {
-			return err
-		}
-		var missing []string
-		for _, w := range want {
-			if !strings.Contains(dom, w) {
-				missing = append(missing, w)
+	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
+	s := testutil.Start(t, map[string]string{"server": "workers = 2\ndrain = \"1s\"", "api": `token = "t0k"`})
+	first := runMegatest(t, s, "s", "-n", "2000", "-token", "t0k", "-pub", "50")
+	waitHeld(t, s, 2000, 3*time.Minute)
+	p := openCDP(t, "http://"+s.API+"/status?access_token=t0k")
+	shows := func(n uint64) {
+		t.Helper()
+		testutil.CheckFor(t, time.Minute, func() error {
+			st := statsCLI(t, s)
+			if got := digits(p.eval(`document.getElementById("connections").textContent`)); got != fmt.Sprint(n) || st.Connections != n {
+				return fmt.Errorf("the page shows %q connections, megacomet stats %d, want %d", got, st.Connections, n)
 			}
-		}
-		if ready := strings.Count(dom, "<td>ready</td>"); ready != len(st.Workers) {
-			missing = append(missing, fmt.Sprintf("%d workers ready (it shows %d)", len(st.Workers), ready))
-		}
-		if len(missing) > 0 {
-			body, _, _ := strings.Cut(dom, "<script>")
-			return fmt.Errorf("the status page does not show %q:\n%s", missing, body)
+			return nil
+		})
+	}
+	shows(2000)
+	second := runMegatest(t, s, "u", "-n", "1000", "-token", "t0k")
+	shows(3000)
+	points := func() int {
+		n, _ := strconv.Atoi(p.eval(`document.getElementById("c-conns").dataset.points || "0"`))
+		return n
+	}
+	testutil.CheckFor(t, time.Minute, func() error {
+		if n := points(); n < 3 {
+			return fmt.Errorf("the connections chart has %d points", n)
 		}
 		return nil
 	})
+	if rows := p.eval(`document.querySelectorAll("#workers tr").length`); rows != "2" {
+		t.Errorf("the worker table has %s rows, want 2", rows)
+	}
+
+	before := points()
+	s.Signal(syscall.SIGHUP)
+	waitGeneration(t, s, 2, 2, 3000, 3*time.Minute)
+	testutil.CheckFor(t, time.Minute, func() error {
+		sub := p.eval(`document.getElementById("sub").textContent`)
+		if !strings.Contains(sub, "generation 2") || points() <= before+2 {
+			return fmt.Errorf("after the SIGHUP the page shows %q, %d points (%d before)", sub, points(), before)
+		}
+		return nil
+	})
+	shows(3000)
+	png := p.screenshot()
+	os.WriteFile(filepath.Join(t.ArtifactDir(), "status.png"), png, 0o644)
+	if os.Getenv("MEGACOMET_UPDATE_DOCS") != "" {
+		os.WriteFile("../docs/status.png", png, 0o644)
+	}
+	if errs := p.consoleErrors(); len(errs) > 0 {
+		t.Errorf("the console showed errors: %q", errs)
+	}
+	first.stop(t, time.Minute)
+	second.stop(t, time.Minute)
 }

@@ -16,6 +16,7 @@ need curl curl
 need chromium chromium
 need systemd-analyze systemd
 need nats-server nats-server # JetStream, for the cluster tests
+need promtool prometheus     # promtool checks /metrics and etc/prometheus/alerts.yml
 if ! command -v node >/dev/null 2>&1; then
   # No Node.js at all: Debian's nodejs and its npm belong together.
   pkgs+=(nodejs)

@@ -32,19 +32,19 @@ func TestDepsInstallsOnlyWhatIsMissing(t *testing.T) {
 		apt, npm string   // what apt-get and npm must have been asked ("" = nothing)
 		fail     string   // the script must fail saying this
 	}{
-		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "nats-server"}, npmTree: true},
-		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze", "nats-server"},
+		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "nats-server", "promtool"}, npmTree: true},
+		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze", "nats-server", "promtool"},
 			apt: "update -qq\ninstall -y -qq --no-install-recommends chromium", npm: "ci --no-audit --no-fund --loglevel=error"},
-		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze", "nats-server"}, npmTree: true,
+		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze", "nats-server", "promtool"}, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends nodejs npm"},
-		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server"}, debNode: true, npmTree: true,
+		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool"}, debNode: true, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends npm"},
-		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server"},
+		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool"},
 			fail: "has no npm beside it"},
-		{name: "no nats-server", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze"}, npmTree: true,
+		{name: "no nats-server", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "promtool"}, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends nats-server"},
 		{name: "nothing", npmTree: true,
-			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nats-server nodejs npm"},
+			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nats-server prometheus nodejs npm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bin := t.TempDir()
