@@ -142,19 +142,12 @@ func presenceData(joins, leaves []string) []byte {
 
 // announceMembers publishes each window's joins and leaves until stop.
 func (m *Manager) announceMembers(stop <-chan struct{}) {
-	t := time.NewTicker(memberWindow)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
+	every(memberWindow, stop, func() {
 		m.hub.mu.Lock()
 		ann := m.hub.members.take()
 		m.hub.mu.Unlock()
 		if len(ann) == 0 {
-			continue
+			return
 		}
 		items := make([]pubItem, len(ann))
 		for i, a := range ann {
@@ -163,7 +156,7 @@ func (m *Manager) announceMembers(stop <-chan struct{}) {
 		if _, err := m.publishItems(items); err != nil {
 			m.log.Warn("presence announcements not published", "channels", len(items), "err", err)
 		}
-	}
+	})
 }
 
 // presenceCounts is the hub's side of GET /presence.

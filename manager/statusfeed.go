@@ -87,16 +87,23 @@ func (f *statusFeed) close() { f.once.Do(func() { close(f.closed) }) }
 
 // runStatus makes a point a second until stop.
 func (m *Manager) runStatus(stop <-chan struct{}) {
-	t := time.NewTicker(time.Second)
+	every(time.Second, stop, func() {
+		m.probePings()
+		m.status.add(m.statusPoint())
+	})
+}
+
+// every calls fn each d until stop is closed.
+func every(d time.Duration, stop <-chan struct{}, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+			fn()
 		}
-		m.probePings()
-		m.status.add(m.statusPoint())
 	}
 }
 
