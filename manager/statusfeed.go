@@ -189,7 +189,9 @@ func (m *Manager) statusPoint() statusPoint {
 	}
 	if len(ds) > 0 {
 		slices.Sort(ds)
-		q := func(x float64) float64 { return float64(ds[min(int(x*float64(len(ds))), len(ds)-1)].Microseconds()) / 1000 }
+		q := func(x float64) float64 {
+			return float64(ds[min(int(x*float64(len(ds))), len(ds)-1)].Microseconds()) / 1000
+		}
 		p.PingP50Ms, p.PingP99Ms = q(0.50), q(0.99)
 	}
 	return p
