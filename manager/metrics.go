@@ -112,7 +112,8 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("manager_pss_bytes", float64(st.Manager.PSSBytes))
 	put("host_load1", st.Host.Load1)
 	put("host_memory_used_bytes", float64(st.Host.MemUsedBytes))
-	if p, ok := mt.m.status.latest(); ok {
+	mt.m.status.scraped()
+	if p, ok := mt.m.status.latest(); ok && p.PingP99Ms > 0 {
 		put("ping_p50_seconds", p.PingP50Ms/1000)
 		put("ping_p99_seconds", p.PingP99Ms/1000)
 	}

@@ -17,7 +17,10 @@ import (
 // reload) draws them at once, then gets each new point as it is made.
 // /ping's time is measured here as a user would see it: once a second,
 // for each worker, a real TCP request to the client port (the kernel
-// picks which worker answers it).
+// picks which worker answers it) - while someone looks: a page is open,
+// or /metrics was scraped in the last minute. The probes are connections
+// like any other (accepted, refused when a worker is full), so a server
+// nobody watches is not probed.
 
 // statusHistory is how many points the feed keeps: ten minutes.
 const statusHistory = 600
@@ -74,8 +77,10 @@ type statusFeed struct {
 	prev    *Stats
 	prevAt  time.Time
 	last    statusPoint
-	closed  chan struct{} // closed when the API stops: the streams end
-	once    sync.Once
+	// scrapedUntil: probe /ping until then (a /metrics scrape).
+	scrapedUntil time.Time
+	closed       chan struct{} // closed when the API stops: the streams end
+	once         sync.Once
 }
 
 func newStatusFeed() *statusFeed {
@@ -88,9 +93,28 @@ func (f *statusFeed) close() { f.once.Do(func() { close(f.closed) }) }
 // runStatus makes a point a second until stop.
 func (m *Manager) runStatus(stop <-chan struct{}) {
 	every(time.Second, stop, func() {
-		m.probePings()
+		if m.status.watched() {
+			m.probePings()
+		}
 		m.status.add(m.statusPoint())
 	})
+}
+
+// scrapeKeepsProbing is how long a /metrics scrape keeps the probes on.
+const scrapeKeepsProbing = time.Minute
+
+// watched: a page is open, or /metrics was scraped lately.
+func (f *statusFeed) watched() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs) > 0 || time.Now().Before(f.scrapedUntil)
+}
+
+// scraped notes a /metrics scrape.
+func (f *statusFeed) scraped() {
+	f.mu.Lock()
+	f.scrapedUntil = time.Now().Add(scrapeKeepsProbing)
+	f.mu.Unlock()
 }
 
 // every calls fn each d until stop is closed.

@@ -24,14 +24,14 @@ import (
 func chromium(t *testing.T, url string) {
 	t.Helper()
 	cmd := exec.Command(chromiumBin(t), append(chromiumFlags(t), url)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var log testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		killGroup(cmd)
 		if t.Failed() {
 			t.Logf("chromium output:\n%s", log.String())
 		}
@@ -52,9 +52,27 @@ func chromiumBin(t *testing.T) string {
 }
 
 func chromiumFlags(t *testing.T) []string {
+	// Its own profile dir, removed after the browser is killed (cleanups
+	// run last first) and retried: the browser's helper processes may
+	// still be writing for a moment after it.
+	dir, err := os.MkdirTemp("", "chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for i := 0; os.RemoveAll(dir) != nil && i < 50; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	return []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 		"--no-first-run", "--disable-background-networking", "--disable-component-update",
-		"--disable-sync", "--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}
+		"--disable-sync", "--disable-dev-shm-usage", "--user-data-dir=" + dir}
+}
+
+// killGroup kills a browser started with Setpgid and all its helpers.
+func killGroup(cmd *exec.Cmd) {
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.Wait()
 }
 
 // renderedDOM loads url in headless Chromium and returns the page as its

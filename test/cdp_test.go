@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,6 +41,7 @@ var devtoolsURL = regexp.MustCompile(`DevTools listening on (ws://\S+)`)
 func openCDP(t *testing.T, url string) *cdpPage {
 	t.Helper()
 	cmd := exec.Command(chromiumBin(t), append(chromiumFlags(t), "--remote-debugging-port=0", "--window-size=1280,900", "about:blank")...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -56,8 +58,7 @@ func openCDP(t *testing.T, url string) *cdpPage {
 		}
 	}()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		killGroup(cmd)
 		if t.Failed() {
 			t.Logf("chromium:\n%s", log.String())
 		}
