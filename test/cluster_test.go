@@ -335,7 +335,8 @@ func TestClusterNodeReloadAndRestart(t *testing.T) {
 	load.waitMessages(t, 200)
 
 	a.Signal(syscall.SIGHUP)
-	waitGeneration(t, a, 2, 2, 0, 2*time.Minute)
+	waitGeneration(t, a, 2, 0, 0, 2*time.Minute)
+	waitSpread(t, n, a, b) // every client is back, wherever it went
 	load.waitMessages(t, load.progress("msgs")+200)
 	// The new manager read on from the id its predecessor handed over.
 	reads := regexp.MustCompile(`"reading the cluster stream" .*after=(\d+)`).FindAllStringSubmatch(a.Log.String(), -1)
