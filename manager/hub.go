@@ -400,7 +400,7 @@ type hubState struct {
 	Seed      uint64         `json:"seed"` // of the presence hashes
 	LastID    uint64         `json:"last_id"`
 	Published uint64         `json:"published"`
-	Messages  []stateMessage `json:"messages"`
+	Messages  []stateMessage `json:"messages,omitempty"`
 	Keys      []stateKey     `json:"idempotency_keys,omitempty"`
 	// What history let go of, so gaps are still announced after it:
 	// the newest id each ring dropped ("i:ID", "c:CHANNEL", "b"), the

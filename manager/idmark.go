@@ -85,7 +85,7 @@ const historyFile = "history.json"
 func (m *Manager) saveHistory() {
 	st, _ := m.hub.snapshot(nil)
 	st.Members = nil // every connection is gone with the workers
-	b, err := json.Marshal(&st)
+	b, err := encodeState(&st)
 	if err == nil {
 		err = writeFileSync(filepath.Join(m.opts.Manager.StateDir, historyFile), b)
 	}
@@ -94,6 +94,55 @@ func (m *Manager) saveHistory() {
 		return
 	}
 	m.log.Info("history kept for the next start", "messages", len(st.Messages), "last_id", st.LastID)
+}
+
+// encodeState is st as JSON, written by hand for the messages: their
+// bodies are our own rendered JSON and are copied as they are, where
+// encoding/json validates and compacts each (a stop with 80 MiB of
+// history took over 15 s under -race). loadHistory reads it with
+// encoding/json.
+func encodeState(st *hubState) ([]byte, error) {
+	rest := *st
+	rest.Messages = nil
+	tail, err := json.Marshal(&rest)
+	if err != nil || len(st.Messages) == 0 {
+		return tail, err
+	}
+	size := len(tail) + 16
+	for i := range st.Messages {
+		size += len(st.Messages[i].Body) + 96
+	}
+	b := append(make([]byte, 0, size), `{"messages":[`...)
+	for i := range st.Messages {
+		m := &st.Messages[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(append(b, `{"id":`...), m.ID, 10)
+		b = strconv.AppendUint(append(b, `,"kind":`...), uint64(m.Kind), 10)
+		if m.Channel != "" {
+			b = append(append(append(b, `,"channel":"`...), m.Channel...), '"') // names need no escaping
+		}
+		if len(m.To) > 0 {
+			b = append(b, `,"to":[`...)
+			for j, id := range m.To {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = append(append(append(b, '"'), id...), '"')
+			}
+			b = append(b, ']')
+		}
+		b = append(append(b, `,"body":`...), m.Body...)
+		b = append(strconv.AppendInt(append(b, `,"expires":`...), m.Expires, 10), '}')
+	}
+	b = append(b, ']')
+	if len(tail) > 2 { // more than {}
+		b = append(append(b, ','), tail[1:]...)
+	} else {
+		b = append(b, '}')
+	}
+	return b, nil
 }
 
 // loadHistory takes the history a clean stop left, if any.

@@ -309,9 +309,14 @@ func (s *Server) Stop() {
 		select {
 		case <-s.exited:
 		case <-time.After(15 * time.Second):
-			s.t.Errorf("manager did not stop after SIGTERM")
-			s.Cmd.Process.Kill()
-			<-s.exited
+			s.t.Errorf("manager did not stop after SIGTERM (its goroutines follow, from SIGQUIT)")
+			s.Signal(syscall.SIGQUIT)
+			select {
+			case <-s.exited:
+			case <-time.After(5 * time.Second):
+				s.Cmd.Process.Kill()
+				<-s.exited
+			}
 		}
 	}
 	pid := s.ManagerPID()
