@@ -347,9 +347,12 @@ func TestClusterNodeReloadAndRestart(t *testing.T) {
 	b.Stop()
 	load.waitMessages(t, load.progress("msgs")+200) // its clients went to a
 	b2 := startCometNode(t, nats.URL, "b", stream, fixed)
-	if !strings.Contains(b2.Log.String(), "caught up with the cluster stream") {
-		t.Errorf("the restarted node did not say it read the stream:\n%s", b2.Log.String())
-	}
+	testutil.CheckFor(t, time.Minute, func() error { // its log arrives through a pipe
+		if !strings.Contains(b2.Log.String(), "caught up with the cluster stream") {
+			return fmt.Errorf("the restarted node did not say it read the stream")
+		}
+		return nil
+	})
 	if st := b2.MustStats(); st.Manager.Retained == 0 {
 		t.Errorf("the restarted node holds no history: %+v", st.Manager)
 	}
