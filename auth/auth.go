@@ -5,11 +5,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/internal/names"
 )
 
 // Claims are what a megacomet client token may say.
@@ -35,15 +35,7 @@ func (c *Claims) Allows(channel string) bool { return Allows(c.Channels, channel
 // Allows reports whether a channels claim (nil: no claim, any channel)
 // admits channel.
 func Allows(claim []string, channel string) bool {
-	if claim == nil {
-		return true
-	}
-	for _, p := range claim {
-		if p == channel || strings.HasSuffix(p, "*") && strings.HasPrefix(channel, p[:len(p)-1]) {
-			return true
-		}
-	}
-	return false
+	return claim == nil || names.Match(claim, channel)
 }
 
 // A Refusal is why a token was not accepted: the HTTP status to answer with

@@ -132,12 +132,7 @@ type Comet struct {
 // Announced reports whether channel's members are announced
 // (comet.presence_events).
 func (c *Comet) Announced(channel string) bool {
-	for _, p := range c.PresenceEvents {
-		if p == channel || strings.HasSuffix(p, "*") && strings.HasPrefix(channel, p[:len(p)-1]) {
-			return true
-		}
-	}
-	return false
+	return names.Match(c.PresenceEvents, channel)
 }
 
 // Bounds of comet.ws_max_message: at least a control frame's payload (RFC

@@ -93,10 +93,11 @@ func (f *statusFeed) close() { f.once.Do(func() { close(f.closed) }) }
 // runStatus makes a point a second until stop.
 func (m *Manager) runStatus(stop <-chan struct{}) {
 	every(time.Second, stop, func() {
+		st := m.Snapshot()
 		if m.status.watched() {
-			m.probePings()
+			m.probePings(len(st.Workers))
 		}
-		m.status.add(m.statusPoint())
+		m.status.add(m.statusPoint(st))
 	})
 }
 
@@ -132,8 +133,8 @@ func every(d time.Duration, stop <-chan struct{}, fn func()) {
 }
 
 // probePings times a GET /ping to the client port per worker, at once.
-func (m *Manager) probePings() {
-	n := max(len(m.Snapshot().Workers), 1)
+func (m *Manager) probePings(workers int) {
+	n := max(workers, 1)
 	done := make(chan pingSample, n)
 	for range n {
 		go func() { done <- pingOnce(m.listen) }()
@@ -166,8 +167,7 @@ func pingOnce(addr string) pingSample {
 }
 
 // statusPoint assembles this second's point.
-func (m *Manager) statusPoint() statusPoint {
-	st := m.Snapshot()
+func (m *Manager) statusPoint(st Stats) statusPoint {
 	now := time.Now()
 	p := statusPoint{T: now.UnixMilli(), Generation: st.Generation, Connections: st.Connections, Capacity: st.Capacity,
 		Load1: st.Host.Load1, MemUsedBytes: st.Host.MemUsedBytes, MemTotalBytes: st.Host.MemTotalBytes, ServerPSS: st.Manager.PSSBytes}

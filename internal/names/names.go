@@ -18,3 +18,15 @@ func Valid[T ~string | ~[]byte](s T) bool {
 	}
 	return true
 }
+
+// Match reports whether name is one of patterns: an exact name, or a
+// prefix ending in '*' ("news-*", or "*" for any). The rule of token
+// claims and of comet.presence_events.
+func Match(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if p == name || len(p) > 0 && p[len(p)-1] == '*' && len(name) >= len(p)-1 && name[:len(p)-1] == p[:len(p)-1] {
+			return true
+		}
+	}
+	return false
+}
