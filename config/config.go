@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +62,10 @@ type Server struct {
 	Drain          Duration `toml:"drain" json:"drain"`
 	MaxConns       int      `toml:"max_conns" json:"max_conns"`
 	AllowedOrigins []string `toml:"allowed_origins" json:"allowed_origins"`
-	HeaderTimeout  Duration `toml:"header_timeout" json:"header_timeout"`
+	// Transports are the client transports served: any of lp (also
+	// /ID.js), stream, sse and ws; a request for another is 404.
+	Transports    []string `toml:"transports" json:"transports"`
+	HeaderTimeout Duration `toml:"header_timeout" json:"header_timeout"`
 	// MaxHeaderBytes bounds a request head (431 past it); MaxConnsPerIP a
 	// source address's connections to one worker (0: no limit; 429 past
 	// it); TCPKeepalive is the idle time before keepalive probes on client
@@ -70,6 +74,9 @@ type Server struct {
 	MaxConnsPerIP  int      `toml:"max_conns_per_ip" json:"max_conns_per_ip"`
 	TCPKeepalive   Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
 }
+
+// AllTransports are the client transports, as server.transports names them.
+var AllTransports = []string{"lp", "stream", "sse", "ws"}
 
 // Bounds of server.max_header_bytes.
 const (
@@ -178,6 +185,7 @@ func Default() Options {
 			Drain:          Duration(30 * time.Second),
 			MaxConns:       0,
 			AllowedOrigins: []string{"*"},
+			Transports:     slices.Clone(AllTransports),
 			HeaderTimeout:  Duration(10 * time.Second),
 			MaxHeaderBytes: 8 << 10,
 			TCPKeepalive:   Duration(60 * time.Second),
@@ -252,6 +260,7 @@ func Load(path string) (Options, error) {
 func (o *Options) decode(b []byte) error {
 	// Lists replace the default rather than merging into it.
 	o.Server.AllowedOrigins = nil
+	o.Server.Transports = nil
 	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(o)
 	if err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), "toml: "))
@@ -261,6 +270,9 @@ func (o *Options) decode(b []byte) error {
 	}
 	if !md.IsDefined("server", "allowed_origins") {
 		o.Server.AllowedOrigins = Default().Server.AllowedOrigins
+	}
+	if !md.IsDefined("server", "transports") {
+		o.Server.Transports = Default().Server.Transports
 	}
 	if o.Auth.PublicKey != "" {
 		b, err := os.ReadFile(o.Auth.PublicKey)
@@ -318,6 +330,17 @@ func (o *Options) check() error {
 		u, err := url.Parse(origin)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 			return bad("server.allowed_origins", "%q is not \"*\" or an origin like https://example.com", origin)
+		}
+	}
+	if len(o.Server.Transports) == 0 {
+		return bad("server.transports", "must name at least one of %s", strings.Join(AllTransports, ", "))
+	}
+	for i, t := range o.Server.Transports {
+		if !slices.Contains(AllTransports, t) {
+			return bad("server.transports", "%q is not one of %s", t, strings.Join(AllTransports, ", "))
+		}
+		if slices.Contains(o.Server.Transports[:i], t) {
+			return bad("server.transports", "%q is named twice", t)
 		}
 	}
 	if err := checkHostPort(o.API.Listen); err != nil {

@@ -31,6 +31,9 @@ func newHTTPError(status int, reason, text string, extra ...string) *httpError {
 	for _, h := range extra {
 		b = append(b, h+"\r\n"...)
 	}
+	// Any page may read why it was refused (the text never echoes the
+	// request), and when to come back.
+	b = append(b, "Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Retry-After\r\n"...)
 	b = append(b, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body...)
 	e.resp = b
 	return e
@@ -70,6 +73,7 @@ type request struct {
 
 	authorization []byte // never logged nor echoed
 	cookie        []byte
+	ifNoneMatch   []byte
 }
 
 func (r *request) reset() { *r = request{} }
@@ -91,6 +95,7 @@ var (
 	strWSProtocol     = []byte("sec-websocket-protocol")
 	strAuthorization  = []byte("authorization")
 	strCookie         = []byte("cookie")
+	strIfNoneMatch    = []byte("if-none-match")
 	strClose          = []byte("close")
 	strKeepAlive      = []byte("keep-alive")
 	strUpgradeToken   = []byte("upgrade")
@@ -180,6 +185,8 @@ func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 			r.authorization = value
 		case asciiEqualFold(name, strCookie):
 			r.cookie = value
+		case asciiEqualFold(name, strIfNoneMatch):
+			r.ifNoneMatch = value
 		}
 	}
 	return end, nil

@@ -135,6 +135,9 @@ func (w *Worker) serve1(cc *conn, r *request) {
 		}
 		w.afterAnswer(cc)
 		return
+	case bytes.Equal(path, pathClientJS):
+		w.serveClientJS(cc, r, head) // clientjs.go
+		return
 	case bytes.HasPrefix(path, prefixLP):
 		id, tr = path[len(prefixLP):], trLP
 	case bytes.HasPrefix(path, prefixStream):
@@ -142,12 +145,20 @@ func (w *Worker) serve1(cc *conn, r *request) {
 	case bytes.HasPrefix(path, prefixSSE):
 		id, tr = path[len(prefixSSE):], trSSE
 	case bytes.HasPrefix(path, prefixWS):
+		if w.off[trWS] {
+			w.reject(cc, errTransportOff[trWS])
+			return
+		}
 		w.startWS(cc, r, path[len(prefixWS):]) // ws.go
 		return
 	case bytes.HasSuffix(path, suffixJS) && bytes.IndexByte(path[1:], '/') < 0:
 		id, tr = path[1:len(path)-len(suffixJS)], trLP // the original MegaComet URL
 	default:
 		w.reject(cc, errNotFound)
+		return
+	}
+	if w.off[tr] {
+		w.reject(cc, errTransportOff[tr])
 		return
 	}
 	since, ok := w.subscription(cc, r, id, tr)

@@ -149,6 +149,7 @@ type Worker struct {
 
 	pong, pongHead []byte // /ping's answers, with this config's CORS header
 	corsAny        bool
+	off            [len(transportNames)]bool // transports server.transports leaves out
 	origins        map[string]struct{}
 	dropEvery      uint64 // test fault: drop every Nth delivery (0 = never)
 	dropped        uint64
@@ -249,6 +250,7 @@ func (w *Worker) initComet() {
 	// Quiet ticks make timers late by up to a tenth of the shortest one.
 	w.tickQuiet = min(tickQuiet, max(tickEvery, min(o.Comet.Heartbeat.D(), o.Comet.PollTimeout.D())/10))
 	w.rng = uint32(time.Now().UnixNano()) | 1
+	w.off = transportsOff(o)
 	w.origins = make(map[string]struct{})
 	for _, origin := range o.Server.AllowedOrigins {
 		if origin == "*" {
