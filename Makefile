@@ -13,7 +13,7 @@ export CGO_ENABLED = 0
 LDFLAGS := -s -w
 
 comma := ,
-.PHONY: all build megacomet megatest run test test-short deps fuzz bench microbench megabench soak cluster-bench vet clean install verify-unit
+.PHONY: all build megacomet megatest run test js-test test-short deps fuzz bench microbench megabench soak cluster-bench vet clean install verify-unit
 
 all: build
 
@@ -43,8 +43,13 @@ deps:
 
 # Every test, with the race detector (the server binaries the integration
 # tests start are race-built too).
-test: vet deps verify-unit
+test: vet deps verify-unit js-test
 	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 40m ./...
+
+# megacomet.js's own tests (clients/js), with Node's test runner: no
+# browser, no server (test/jsclient_test.go runs it in Chromium).
+js-test:
+	cd clients/js && node --test
 
 # The fast part only: unit tests, no integration.
 test-short:

@@ -239,24 +239,25 @@ func TestBrowserChatExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	readme, _ := os.ReadFile("../README.md")
-	script := string(example[strings.Index(string(example), "<script>"):])
+	script := string(example[strings.Index(string(example), "<script"):])
 	if !strings.Contains(string(readme), strings.TrimSpace(script)) {
 		t.Fatal("README.md does not show docs/chat.html's script as it is")
 	}
 	s := startAuthServer(t, map[string]string{"comet": `presence_events = ["room1"]`})
 	bob := dialChat(t, s.Listen, "/ws/bob?channels=room1&token="+mintToken(t, s, "bob", "-channels", "room1"))
 	waitIDs(t, s, 1)
-	// The test's own script, after the example's: once the socket is
-	// open it types a line, and it reports every line the page shows.
+	// The test's own script, after the example's: once the page is
+	// loaded it types a line (the client sends it once it is open), and
+	// it reports every line the page shows.
 	driver := `<script>
 new MutationObserver(() => { const li = document.getElementById("log").lastChild;
   new Image().src = "/report?m=" + encodeURIComponent(li.textContent); }).observe(document.getElementById("log"), {childList: true});
-ws.addEventListener("open", () => { const say = document.getElementById("say");
+addEventListener("DOMContentLoaded", () => { const say = document.getElementById("say");
   say.value = "hello from the browser"; say.dispatchEvent(new Event("change")); });
 </script>`
-	url, reports := page(t, string(example)+driver, s.Listen)
+	url, reports := page(t, strings.ReplaceAll(string(example), "localhost:8000", s.Listen)+driver, s.Listen)
 	token := mintToken(t, s, "alice", "-channels", "room1", "-publish", "room1")
-	chromium(t, url+"#server="+s.Listen+"&id=alice&token="+token)
+	chromium(t, url+"#id=alice&token="+token)
 	var f frame
 	for f.Channel != "room1" || !strings.Contains(string(f.Data), "hello from the browser") {
 		if f, err = bob.next(30 * time.Second); err != nil {

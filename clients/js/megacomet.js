@@ -159,8 +159,8 @@ export class Megacomet {
   async _get(url, a, method) {
     const r = await fetch(url, { signal: a.signal, cache: "no-store", method });
     if (r.ok) return r;
-    const ra = r.headers.get("Retry-After");
-    throw { d: r.status == 401 ? -1 : ra ? ra * 1000 : null };
+    const ra = r.headers.get("Retry-After"), d = ra ? ra * 1000 : NaN; // seconds
+    throw { d: r.status == 401 ? -1 : d >= 0 ? d : null };
   }
 
   // _run starts an HTTP link: f reads until it ends, and returns the hint.
