@@ -195,7 +195,6 @@ func TestJSClientAcrossReloadsAndWorkerKill(t *testing.T) {
 				waitServing(t, h.s, old.Generation+1, 2)
 				waitGone(t, old)
 			}
-			batch()
 			// The worker that holds the client (a long-poll's too, while
 			// its poll is held).
 			var victim manager.WorkerStats
@@ -209,7 +208,7 @@ func TestJSClientAcrossReloadsAndWorkerKill(t *testing.T) {
 				return fmt.Errorf("no worker holds the client")
 			})
 			syscall.Kill(victim.PID, syscall.SIGKILL)
-			batch() // while the worker is replaced
+			batch() // while the worker is replaced: 250 so far
 			h.s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
 				if w := st.Workers[victim.Slot]; w.PID == victim.PID || w.State != "ready" {
 					return fmt.Errorf("slot %d: pid %d %s", victim.Slot, w.PID, w.State)
@@ -217,6 +216,9 @@ func TestJSClientAcrossReloadsAndWorkerKill(t *testing.T) {
 				return nil
 			})
 			batch()
+			if len(sent) != 300 {
+				t.Fatalf("published %d", len(sent))
+			}
 			h.waitExactly(tr, sent, 60*time.Second)
 			var states []string
 			json.Unmarshal([]byte(h.field(tr, "states")), &states)

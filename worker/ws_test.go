@@ -365,8 +365,14 @@ func TestWSHeartbeat(t *testing.T) {
 	good, bad := h.openWS("/ws/good"), h.openWS("/ws/bad")
 	h.waitJoins(2)
 	var answered atomic.Int64
-	errc := make(chan error, 1)
+	errc, done := make(chan error, 1), make(chan struct{})
+	// The good client's reader ends before its fd is closed (cleanups run
+	// last first): a reader still writing a pong after the close would
+	// write it into whatever socket next took that fd number - another
+	// test's worker's IPC stream.
+	t.Cleanup(func() { syscall.Shutdown(good.fd, syscall.SHUT_RDWR); <-done })
 	go func() { // the good client answers every ping, however long they take
+		defer close(done)
 		for {
 			hd, p, err := good.next()
 			if err != nil {
