@@ -70,9 +70,13 @@ type Server struct {
 	// source address's connections to one worker (0: no limit; 429 past
 	// it); TCPKeepalive is the idle time before keepalive probes on client
 	// sockets (0: off).
-	MaxHeaderBytes int      `toml:"max_header_bytes" json:"max_header_bytes"`
-	MaxConnsPerIP  int      `toml:"max_conns_per_ip" json:"max_conns_per_ip"`
-	TCPKeepalive   Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
+	MaxHeaderBytes int `toml:"max_header_bytes" json:"max_header_bytes"`
+	MaxConnsPerIP  int `toml:"max_conns_per_ip" json:"max_conns_per_ip"`
+	// ProxyProtocol: every client connection starts with a PROXY protocol
+	// header (v1 or v2, as HAProxy's send-proxy sends it), whose source
+	// address is the client's; without it, one that does is refused.
+	ProxyProtocol bool     `toml:"proxy_protocol" json:"proxy_protocol"`
+	TCPKeepalive  Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
 }
 
 // AllTransports are the client transports, as server.transports names them.

@@ -58,12 +58,13 @@ type Counts struct {
 	PerIPRefused     uint64 // connections refused with 429 past server.max_conns_per_ip
 	KeepaliveClosed  uint64 // connections closed because TCP keepalive found the peer gone
 	WSControlLimited uint64 // WebSocket clients closed (1008) for sending control frames too fast
+	ProxyRejected    uint64 // connections refused for their PROXY protocol header: malformed, or none expected
 }
 
-func (c *Counts) fields() [23]*uint64 {
+func (c *Counts) fields() [24]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
-		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited}
+		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected}
 }
 
 // AppendCounts appends a Counts frame.

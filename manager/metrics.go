@@ -55,6 +55,7 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_headers_too_large_total", "Request heads a worker answered 431: over server.max_header_bytes."},
 	{"worker_header_timeouts_total", "Requests a worker answered 408: the head did not arrive within server.header_timeout."},
 	{"worker_per_ip_refused_total", "Connections a worker refused with 429: past server.max_conns_per_ip for their address."},
+	{"worker_proxy_rejected_total", "Connections a worker refused for their PROXY protocol header: malformed, or sent with server.proxy_protocol off."},
 	{"worker_keepalive_closed_total", "Connections a worker closed because TCP keepalive probes went unanswered."},
 	{"worker_ws_control_limited_total", "WebSocket clients a worker closed (1008) for sending pings or pongs too fast."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
@@ -152,6 +153,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_headers_too_large_total", float64(w.HeadersTooLarge), l...)
 		put("worker_header_timeouts_total", float64(w.HeaderTimeouts), l...)
 		put("worker_per_ip_refused_total", float64(w.PerIPRefused), l...)
+		put("worker_proxy_rejected_total", float64(w.ProxyRejected), l...)
 		put("worker_keepalive_closed_total", float64(w.KeepaliveClosed), l...)
 		put("worker_ws_control_limited_total", float64(w.WSControlLimited), l...)
 		put("worker_refused_total", float64(w.Refused), l...)

@@ -87,6 +87,9 @@ type WorkerStats struct {
 	HeaderTimeouts uint64 `json:"header_timeouts"`
 	// PerIPRefused: connections refused with 429 past server.max_conns_per_ip
 	PerIPRefused uint64 `json:"per_ip_refused"`
+	// ProxyRejected: connections refused for their PROXY protocol header
+	// (malformed, or sent with server.proxy_protocol off)
+	ProxyRejected uint64 `json:"proxy_rejected"`
 	// KeepaliveClosed: connections closed because TCP keepalive found the peer gone
 	KeepaliveClosed uint64 `json:"keepalive_closed"`
 	// WSControlLimited: WebSocket clients closed (1008) for sending control frames too fast
@@ -257,7 +260,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.GapsAnnounced = c.GapsAnnounced
 			ws.HeadersTooLarge = c.HeadersTooLarge
 			ws.HeaderTimeouts = c.HeaderTimeouts
-			ws.PerIPRefused = c.PerIPRefused
+			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited = c.WSControlLimited
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes

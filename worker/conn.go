@@ -11,6 +11,7 @@ type connKind uint8
 
 const (
 	kindClient connKind = iota
+	kindProxy           // a client whose PROXY protocol header is still due (proxy.go)
 	kindCtlPending
 	kindCtl
 )

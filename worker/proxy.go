@@ -25,10 +25,45 @@ var (
 	errProxyOff = newHTTPError(400, "Bad Request", "PROXY protocol header, but server.proxy_protocol is off")
 )
 
-// startsProxy reports whether b starts like a PROXY header (v1 or v2), as
-// far as it goes.
-func startsProxy(b []byte) bool {
-	return hasPrefixSoFar(b, proxyV1) || hasPrefixSoFar(b, proxyV2Sig)
+// proxyHeader takes the PROXY header at the front of a connection's input
+// and returns what follows it; wait while the header is incomplete. Once it
+// is in, the connection counts against the address it names (or its peer's,
+// when it names none) for server.max_conns_per_ip. ok is false when the
+// connection was refused: a malformed header, one where none is expected
+// (server.proxy_protocol off: a client claiming an address), or its
+// address over its cap.
+func (w *Worker) proxyHeader(cc *conn, buf []byte) (rest []byte, wait, ok bool) {
+	if cc.kind != kindProxy {
+		if !bytes.HasPrefix(buf, proxyV1) && !bytes.HasPrefix(buf, proxyV2Sig[:5]) {
+			return buf, false, true // an HTTP request (or not one: the parser says)
+		}
+		w.counts.ProxyRejected++
+		w.reject(cc, errProxyOff)
+		return nil, false, false
+	}
+	n, addr, err := parseProxy(buf, w.opts.Server.MaxHeaderBytes)
+	switch {
+	case err == errNeedMore:
+		return buf, true, true
+	case err != nil:
+		w.counts.ProxyRejected++
+		w.reject(cc, errProxyBad)
+		return nil, false, false
+	}
+	cc.kind = kindClient
+	if w.perIP != nil {
+		if peer := peerIP(cc.ec); !addr.IsValid() {
+			addr = peer
+		} else if addr != peer {
+			w.realIP[cc] = addr
+		}
+		if !w.admitIP(addr) {
+			w.counts.PerIPRefused++
+			w.reject(cc, errPerIP)
+			return nil, false, false
+		}
+	}
+	return buf[n:], false, true
 }
 
 // hasPrefixSoFar: b starts with p, or is a beginning of it.

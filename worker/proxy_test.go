@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"syscall"
 	"testing"
+
+	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/ipc"
 )
 
 func proxyV2(cmd, fam byte, addrs []byte, tlv []byte) []byte {
@@ -110,4 +114,82 @@ func FuzzParseProxy(f *testing.F) {
 			t.Fatalf("split at %d fails (%v), whole parses", split, perr)
 		}
 	})
+}
+
+// With server.proxy_protocol on, a connection's PROXY header (v1 or v2,
+// whole or a byte at a time) comes before its requests; a malformed one
+// is refused and counted.
+func TestProxyProtocolOn(t *testing.T) {
+	h := startWorker(t, func(o *config.Options) { o.Server.ProxyProtocol = true })
+	for name, head := range map[string]string{"v1": proxyCases[0].in, "v2": proxyCases[19].in, "v2 local": proxyCases[22].in} {
+		c := h.dialRaw()
+		c.write([]byte(head + "GET /ping HTTP/1.1\r\n\r\n"))
+		if got := c.readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
+			t.Errorf("%s: got %q", name, got)
+		}
+		c.write(pingReq) // the header came once; what follows is HTTP
+		if got := c.readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
+			t.Errorf("%s, second request: got %q", name, got)
+		}
+	}
+	c := h.dialRaw()
+	for _, b := range []byte(proxyCases[1].in + "GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n") {
+		c.write([]byte{b})
+	}
+	if got := c.readAll(); !bytes.Equal(got, h.w.pong) {
+		t.Errorf("a byte at a time: got %q", got)
+	}
+	for _, bad := range []string{"GET /ping HTTP/1.1\r\n\r\n", "PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n"} {
+		c := h.dialRaw()
+		c.write([]byte(bad))
+		if got := c.readAll(); !bytes.Equal(got, errProxyBad.resp) {
+			t.Errorf("%q: got %q", bad, got)
+		}
+	}
+	h.countsWhere(func(c ipc.Counts) bool { return c.ProxyRejected == 2 })
+}
+
+// With it off, a connection that sends a PROXY header - a client claiming
+// an address - is refused and counted.
+func TestProxyProtocolOff(t *testing.T) {
+	h := startWorker(t, nil)
+	for _, head := range []string{proxyCases[0].in, proxyCases[19].in} {
+		c := h.dialRaw()
+		c.write([]byte(head + "GET /ping HTTP/1.1\r\n\r\n"))
+		if got := c.readAll(); !bytes.Equal(got, errProxyOff.resp) {
+			t.Errorf("got %q", got)
+		}
+	}
+	h.countsWhere(func(c ipc.Counts) bool { return c.ProxyRejected == 2 })
+}
+
+// server.max_conns_per_ip counts the addresses PROXY headers name, not
+// the proxy's: two clients of one address are its cap, a third is
+// refused while another address is welcome, and a close gives the slot
+// back.
+func TestProxyProtocolPerIPCap(t *testing.T) {
+	h := startWorker(t, func(o *config.Options) { o.Server.ProxyProtocol, o.Server.MaxConnsPerIP = true, 2 })
+	open := func(src string) *rawConn {
+		c := h.dialRaw()
+		c.write([]byte("PROXY TCP4 " + src + " 10.0.0.1 4000 8000\r\nGET /ping HTTP/1.1\r\n\r\n"))
+		return c
+	}
+	a1, a2 := open("192.0.2.7"), open("192.0.2.7")
+	for _, c := range []*rawConn{a1, a2, open("198.51.100.1"), open("198.51.100.1")} {
+		if got := c.readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
+			t.Fatalf("under the cap: got %q", got)
+		}
+	}
+	third := open("192.0.2.7")
+	if got := third.readAll(); !bytes.Equal(got, errPerIP.resp) {
+		t.Errorf("a third from 192.0.2.7: got %q", got)
+	}
+	// The refused one and a1 go (shut down: their fds are closed by the
+	// harness at the end, once).
+	syscall.Shutdown(third.fd, syscall.SHUT_RDWR)
+	syscall.Shutdown(a1.fd, syscall.SHUT_RDWR)
+	h.countsWhere(func(c ipc.Counts) bool { return c.Conns == 3 && c.PerIPRefused == 1 })
+	if got := open("192.0.2.7").readN(len(h.w.pong)); !bytes.Equal(got, h.w.pong) {
+		t.Errorf("after one of 192.0.2.7's closed: got %q", got)
+	}
 }

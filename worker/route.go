@@ -69,7 +69,14 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		cc.x.in = append(cc.x.in, in...)
 		buf = cc.x.in
 	}
-	for len(buf) > 0 && cc.state == stReading {
+	wait := false // a PROXY header not complete yet
+	if cc.kind == kindProxy || (len(buf) > 0 && (buf[0] == 'P' || buf[0] == '\r')) {
+		var ok bool
+		if buf, wait, ok = w.proxyHeader(cc, buf); !ok {
+			return evio.None
+		}
+	}
+	for !wait && len(buf) > 0 && cc.state == stReading {
 		n, err := parseRequest(buf, &w.req, w.opts.Server.MaxHeaderBytes)
 		if err == errNeedMore {
 			break

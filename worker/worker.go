@@ -107,6 +107,7 @@ type Worker struct {
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
+	realIP       map[*conn]netip.Addr          // with perIP: addresses PROXY headers named, where not the peer's
 	awaitingPeak int
 	pollMsgs     int                // messages in the long-poll answer being built (deliver.go)
 	lastSeen     uint64             // the newest message id this worker knows was issued (subs.go)
@@ -243,6 +244,7 @@ func (w *Worker) initComet() {
 	w.lastSeen = w.cfg.LastID
 	if o.Server.MaxConnsPerIP > 0 {
 		w.perIP = make(map[netip.Addr]uint32)
+		w.realIP = make(map[*conn]netip.Addr)
 	}
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
 	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
@@ -385,13 +387,19 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 	w.counts.Accepted++
 	cc := &conn{ec: c}
 	c.SetContext(cc)
-	if w.perIP != nil {
-		if !w.admitIP(c) {
+	switch {
+	case w.opts.Server.ProxyProtocol:
+		cc.kind = kindProxy // counted against its address once its header names it (proxy.go)
+		if w.perIP == nil {
+			evioForgetPeer(c)
+		}
+	case w.perIP != nil:
+		if !w.admitIP(peerIP(c)) {
 			w.counts.PerIPRefused++
 			w.reject(cc, errPerIP)
 			return nil, opts, evio.None
 		}
-	} else {
+	default:
 		evioForgetPeer(c)
 	}
 	if w.draining || w.stopping {
@@ -422,8 +430,8 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 		return evio.None
 	}
 	w.open--
-	if w.perIP != nil {
-		w.leaveIP(c)
+	if w.perIP != nil && cc.kind != kindProxy {
+		w.leaveIP(cc)
 	}
 	if err == syscall.ETIMEDOUT {
 		w.counts.KeepaliveClosed++ // TCP keepalive: the peer is gone
@@ -435,15 +443,21 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 // admitIP counts a new connection against its address's
 // server.max_conns_per_ip; false when it is one too many (it is still
 // counted: leaveIP undoes it at the close, as for every other).
-func (w *Worker) admitIP(c evio.Conn) bool {
-	a := peerIP(c)
+func (w *Worker) admitIP(a netip.Addr) bool {
 	n := w.perIP[a] + 1
 	w.perIP[a] = n
 	return int(n) <= w.opts.Server.MaxConnsPerIP
 }
 
-func (w *Worker) leaveIP(c evio.Conn) {
-	a := peerIP(c)
+// leaveIP uncounts a connection: its address is its peer's, or the one
+// its PROXY header named (w.realIP).
+func (w *Worker) leaveIP(cc *conn) {
+	a, ok := w.realIP[cc]
+	if ok {
+		delete(w.realIP, cc)
+	} else {
+		a = peerIP(cc.ec)
+	}
 	if n := w.perIP[a]; n > 1 {
 		w.perIP[a] = n - 1
 	} else {
