@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -75,8 +76,32 @@ type Server struct {
 	// ProxyProtocol: every client connection starts with a PROXY protocol
 	// header (v1 or v2, as HAProxy's send-proxy sends it), whose source
 	// address is the client's; without it, one that does is refused.
-	ProxyProtocol bool     `toml:"proxy_protocol" json:"proxy_protocol"`
-	TCPKeepalive  Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
+	ProxyProtocol bool `toml:"proxy_protocol" json:"proxy_protocol"`
+	// TrustedProxies are the peers (addresses or CIDRs) whose
+	// X-Forwarded-For / Forwarded header names the client, for
+	// max_conns_per_ip; anyone else's is ignored.
+	TrustedProxies []string `toml:"trusted_proxies" json:"trusted_proxies"`
+	TCPKeepalive   Duration `toml:"tcp_keepalive" json:"tcp_keepalive"`
+}
+
+// ParsePrefixes reads server.trusted_proxies: addresses (one host) or CIDRs.
+func ParsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, err2 := netip.ParseAddr(s)
+			if err2 != nil || a.Zone() != "" {
+				return nil, fmt.Errorf("%q is not an address or a CIDR like 10.0.0.0/8", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // AllTransports are the client transports, as server.transports names them.
@@ -190,6 +215,7 @@ func Default() Options {
 			MaxConns:       0,
 			AllowedOrigins: []string{"*"},
 			Transports:     slices.Clone(AllTransports),
+			TrustedProxies: []string{},
 			HeaderTimeout:  Duration(10 * time.Second),
 			MaxHeaderBytes: 8 << 10,
 			TCPKeepalive:   Duration(60 * time.Second),
@@ -335,6 +361,9 @@ func (o *Options) check() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 			return bad("server.allowed_origins", "%q is not \"*\" or an origin like https://example.com", origin)
 		}
+	}
+	if _, err := ParsePrefixes(o.Server.TrustedProxies); err != nil {
+		return bad("server.trusted_proxies", "%v", err)
 	}
 	if len(o.Server.Transports) == 0 {
 		return bad("server.transports", "must name at least one of %s", strings.Join(AllTransports, ", "))

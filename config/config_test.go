@@ -99,6 +99,8 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[server]\ndrain = \"0s\"\n":                                  "server.drain",
 		"[server]\nallowed_origins = [\"ftp://x\"]\n":                 "server.allowed_origins",
 		"[server]\ntransports = [\"ws\", \"comet\"]\n":                "server.transports",
+		"[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n":             "server.trusted_proxies",
+		"[server]\ntrusted_proxies = [\"nginx\"]\n":                   "server.trusted_proxies",
 		"[server]\ntransports = []\n":                                 "server.transports",
 		"[server]\ntransports = [\"ws\", \"ws\"]\n":                   "server.transports",
 		"[api]\nlisten = \"10.0.0.1:9000\"\n":                         "api.token",

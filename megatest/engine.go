@@ -3,6 +3,7 @@
 package megatest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,8 +43,11 @@ type engine struct {
 	first  int
 	conns  []conn
 	tr     transport
-	dsts   []unix.Sockaddr // the hosts, round-robin (target)
-	srcs   []unix.Sockaddr // round-robin by global index; nil = kernel's choice
+	dsts   []unix.Sockaddr  // the hosts, round-robin (target)
+	srcs   []unix.Sockaddr  // round-robin by global index; nil = kernel's choice
+	tls    *tls.Config      // -tls: connections go through TLS (tlspipe.go)
+	srcIPs []netip.Addr     // srcs, for -tls
+	dstIPs []netip.AddrPort // dsts, for -tls
 	family int
 	tag    []byte // our run tag, matched in message data
 	report func(*Snapshot)
@@ -228,6 +232,7 @@ func newEngine(o *Options, first, n int, dsts []netip.AddrPort, srcs []netip.Add
 	if o.measuresHeartbeat() {
 		e.hbMs = o.Heartbeat.Milliseconds()
 	}
+	e.tls, e.srcIPs, e.dstIPs = o.tlsConfig(), srcs, dsts
 	for _, d := range dsts {
 		sa, family := sockaddr(d.Addr(), int(d.Port()))
 		e.dsts, e.family = append(e.dsts, sa), family
@@ -414,6 +419,19 @@ func (e *engine) open(idx int32, c *conn) {
 	if e.rampStart == 0 {
 		e.rampStart = time.Now().UnixNano()
 	}
+	if e.tls != nil {
+		var src netip.Addr
+		if len(e.srcIPs) > 0 {
+			src = e.srcIPs[(e.first+int(idx))%len(e.srcIPs)]
+		}
+		fd, err := openTLS(e.tls, src, e.dstIPs[(e.first+int(idx)+int(c.fails))%len(e.dstIPs)])
+		if err != nil {
+			e.connectFailed(idx, c, "tls", err)
+			return
+		}
+		e.watchConnect(idx, c, fd)
+		return
+	}
 	fd, err := unix.Socket(e.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		e.connectFailed(idx, c, "socket", err)
@@ -435,6 +453,11 @@ func (e *engine) open(idx int32, c *conn) {
 		e.connectFailed(idx, c, "connect", err)
 		return
 	}
+	e.watchConnect(idx, c, fd)
+}
+
+// watchConnect adds a connecting descriptor to the epoll set.
+func (e *engine) watchConnect(idx int32, c *conn, fd int) {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: idx}
 	if err := unix.EpollCtl(e.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(fd)

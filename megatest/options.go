@@ -44,6 +44,8 @@ type Options struct {
 	RoundEvery  time.Duration // -round-every: rounds start at least this far apart (0 = back to back)
 	Quiet       bool          // -q: no progress lines
 	Heartbeat   time.Duration // -heartbeat: the server's comet.heartbeat, which heartbeat lateness is measured against (0 = not measured)
+	TLS         bool          // -tls: connect through TLS (a terminating proxy in front)
+	TLSInsecure bool          // -tls-insecure: do not verify the server's certificate (tests, self-signed)
 
 	// Set by a parent for its children.
 	Child bool   // -child: report snapshots as JSON lines on stdout
@@ -124,6 +126,8 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.RoundEvery, "round-every", o.RoundEvery, "start broadcast rounds at least this far apart, for a soak (0 = back to back)")
 	fs.BoolVar(&o.Quiet, "q", o.Quiet, "no progress lines")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", o.Heartbeat, "the server's comet.heartbeat: heartbeat_lateness_ms is how much longer than this a connection went without a heartbeat (sse, stream: or a message; ws: pings only; lp: not measured; 0 = not measured)")
+	fs.BoolVar(&o.TLS, "tls", o.TLS, "connect with TLS (https, wss), as to a proxy that terminates it; ~50 KB and 3 descriptors of megatest per connection")
+	fs.BoolVar(&o.TLSInsecure, "tls-insecure", o.TLSInsecure, "with -tls: accept any certificate (a test's self-signed one)")
 	fs.BoolVar(&o.Child, "child", false, "internal: run as a child of a split megatest")
 	fs.IntVar(&o.First, "first", 0, "internal: index of the first id")
 	fs.StringVar(&o.Run, "run", "", "internal: run tag")
@@ -268,6 +272,8 @@ func (o *Options) childArgs(first, count int, rate, pub float64, src string) []s
 		"-channels", fmt.Sprint(o.Channels),
 		"-heartbeat", o.Heartbeat.String(),
 		"-token-ttl", o.TokenTTL.String(),
+		fmt.Sprintf("-tls=%t", o.TLS),
+		fmt.Sprintf("-tls-insecure=%t", o.TLSInsecure),
 	}
 	return a // the tokens and the secret go by environment, not where ps shows them
 }

@@ -72,6 +72,9 @@ func run(o *Options, out io.Writer) int {
 		o.Run = strconv.FormatUint(rand.Uint64()&(1<<40-1), 36)
 	}
 	perProc := nofileCapacity()
+	if o.TLS {
+		perProc /= tlsFDs
+	}
 	procs := o.Procs
 	if procs == 0 {
 		procs = (o.N + perProc - 1) / perProc

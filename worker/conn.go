@@ -10,8 +10,9 @@ import (
 type connKind uint8
 
 const (
-	kindClient connKind = iota
-	kindProxy           // a client whose PROXY protocol header is still due (proxy.go)
+	kindClient    connKind = iota
+	kindProxy              // a client whose PROXY protocol header is still due (proxy.go)
+	kindForwarded          // a client of a trusted proxy: its first request names its address (forwarded.go)
 	kindCtlPending
 	kindCtl
 )

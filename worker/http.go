@@ -74,6 +74,8 @@ type request struct {
 	authorization []byte // never logged nor echoed
 	cookie        []byte
 	ifNoneMatch   []byte
+	forwardedFor  []byte // X-Forwarded-For (the last one, when several)
+	forwarded     []byte // Forwarded (RFC 7239)
 }
 
 func (r *request) reset() { *r = request{} }
@@ -96,6 +98,8 @@ var (
 	strAuthorization  = []byte("authorization")
 	strCookie         = []byte("cookie")
 	strIfNoneMatch    = []byte("if-none-match")
+	strXFF            = []byte("x-forwarded-for")
+	strForwarded      = []byte("forwarded")
 	strClose          = []byte("close")
 	strKeepAlive      = []byte("keep-alive")
 	strUpgradeToken   = []byte("upgrade")
@@ -187,6 +191,10 @@ func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 			r.cookie = value
 		case asciiEqualFold(name, strIfNoneMatch):
 			r.ifNoneMatch = value
+		case asciiEqualFold(name, strXFF):
+			r.forwardedFor = value
+		case asciiEqualFold(name, strForwarded):
+			r.forwarded = value
 		}
 	}
 	return end, nil

@@ -103,6 +103,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte("GET /ping HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\n\r\n"), 7)
 	f.Add([]byte("GET /lp/a?since=1 HTTP/1.0\nConnection: keep-alive\n\n"), 20)
 	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), 3)
+	f.Add([]byte("GET /sse/a HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9, 192.0.2.7\r\nForwarded: for=\"[2001:db8::1]:4711\"\r\n\r\n"), 40)
 	f.Fuzz(func(t *testing.T, data []byte, split int) {
 		if split < 0 || split > len(data) {
 			return
@@ -119,7 +120,8 @@ func FuzzParseRequest(f *testing.F) {
 		if err1 != err2 || n1 != n2 {
 			t.Fatalf("split at %d: (%d, %v), whole: (%d, %v)", split, n2, err2, n1, err1)
 		}
-		if err1 == nil && (!bytes.Equal(whole.path, part.path) || !bytes.Equal(whole.query, part.query) || whole.close != part.close) {
+		if err1 == nil && (!bytes.Equal(whole.path, part.path) || !bytes.Equal(whole.query, part.query) || whole.close != part.close ||
+			!bytes.Equal(whole.forwardedFor, part.forwardedFor) || !bytes.Equal(whole.forwarded, part.forwarded)) {
 			t.Fatalf("split at %d parsed differently", split)
 		}
 	})

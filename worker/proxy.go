@@ -57,6 +57,10 @@ func (w *Worker) proxyHeader(cc *conn, buf []byte) (rest []byte, wait, ok bool) 
 		} else if addr != peer {
 			w.realIP[cc] = addr
 		}
+		if w.trusted(addr) {
+			cc.kind = kindForwarded // a proxy behind the proxy: its request names the client
+			return buf[n:], false, true
+		}
 		if !w.admitIP(addr) {
 			w.counts.PerIPRefused++
 			w.reject(cc, errPerIP)

@@ -90,6 +90,9 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		}
 		w.counts.Requests++
 		buf = buf[n:]
+		if cc.kind == kindForwarded && !w.admitForwarded(cc, &w.req) {
+			return evio.None
+		}
 		w.serve1(cc, &w.req)
 	}
 	switch {

@@ -107,7 +107,8 @@ type Worker struct {
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
 	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
-	realIP       map[*conn]netip.Addr          // with perIP: addresses PROXY headers named, where not the peer's
+	realIP       map[*conn]netip.Addr          // with perIP: addresses PROXY headers or trusted proxies named, where not the peer's
+	trustedNets  []netip.Prefix                // server.trusted_proxies
 	awaitingPeak int
 	pollMsgs     int                // messages in the long-poll answer being built (deliver.go)
 	lastSeen     uint64             // the newest message id this worker knows was issued (subs.go)
@@ -253,6 +254,7 @@ func (w *Worker) initComet() {
 	w.tickQuiet = min(tickQuiet, max(tickEvery, min(o.Comet.Heartbeat.D(), o.Comet.PollTimeout.D())/10))
 	w.rng = uint32(time.Now().UnixNano()) | 1
 	w.off = transportsOff(o)
+	w.trustedNets, _ = config.ParsePrefixes(o.Server.TrustedProxies) // checked with the config
 	w.origins = make(map[string]struct{})
 	for _, origin := range o.Server.AllowedOrigins {
 		if origin == "*" {
@@ -393,6 +395,8 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 		if w.perIP == nil {
 			evioForgetPeer(c)
 		}
+	case w.perIP != nil && w.trusted(peerIP(c)):
+		cc.kind = kindForwarded // counted once its first request names its client (forwarded.go)
 	case w.perIP != nil:
 		if !w.admitIP(peerIP(c)) {
 			w.counts.PerIPRefused++
@@ -430,8 +434,12 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 		return evio.None
 	}
 	w.open--
-	if w.perIP != nil && cc.kind != kindProxy {
-		w.leaveIP(cc)
+	if w.perIP != nil {
+		if cc.kind == kindClient {
+			w.leaveIP(cc)
+		} else {
+			delete(w.realIP, cc) // never counted
+		}
 	}
 	if err == syscall.ETIMEDOUT {
 		w.counts.KeepaliveClosed++ // TCP keepalive: the peer is gone
