@@ -45,6 +45,7 @@ type engine struct {
 	tr     transport
 	dsts   []unix.Sockaddr  // the hosts, round-robin (target)
 	srcs   []unix.Sockaddr  // round-robin by global index; nil = kernel's choice
+	hexBuf [16]byte         // sseChunked: a chunk size
 	tls    *tls.Config      // -tls: connections go through TLS (tlspipe.go)
 	srcIPs []netip.Addr     // srcs, for -tls
 	dstIPs []netip.AddrPort // dsts, for -tls
@@ -164,6 +165,7 @@ const (
 	fCursor                 // reopen with since=lastID
 	fAnnounced              // the server announced it is closing
 	fHeard                  // heardAt is set: a heartbeat (or message) came since the open
+	fChunked                // an SSE stream in a chunked body (through a proxy): sseChunked
 )
 
 type transport uint8

@@ -482,3 +482,40 @@ func TestRoundEverySpacesTheRounds(t *testing.T) {
 		}
 	}
 }
+
+// An SSE stream in a chunked body (nginx re-frames megacomet's stream so):
+// chunks that split events anywhere, read in pieces split anywhere, give
+// every message and heartbeat once; the last chunk ends the response.
+func TestEngineSSEInChunks(t *testing.T) {
+	var stream []byte
+	const msgs = 40
+	for i := 0; i < msgs; i++ {
+		stream = fmt.Appendf(stream, "id: %d\ndata: {\"id\":%[1]d,\"data\":{\"x\":%d}}\n\n:\n\n", 1764000000000000+i, i)
+	}
+	for _, size := range []int{1, 2, 7, 13, 64, 4096} {
+		var body []byte
+		for rest := stream; len(rest) > 0; {
+			n := min(size, len(rest))
+			body = fmt.Appendf(body, "%x\r\n%s\r\n", n, rest[:n])
+			rest = rest[n:]
+		}
+		for _, read := range []int{1, 3, 10, 100, len(body)} {
+			e, c, _ := inputBench(t, 0)
+			c.flags |= fChunked
+			for rest := body; len(rest) > 0; {
+				n := min(read, len(rest))
+				if !e.input(0, c, append([]byte(nil), rest[:n]...), time.Now().UnixNano()) {
+					t.Fatalf("chunks of %d, reads of %d: closed", size, read)
+				}
+				rest = rest[n:]
+			}
+			if e.st.msgs != msgs || e.st.hb != msgs || e.st.dups != 0 || len(c.in) != 0 {
+				t.Fatalf("chunks of %d, reads of %d: %d messages, %d heartbeats, %d duplicates, %d bytes left; want %d, %d, 0, 0",
+					size, read, e.st.msgs, e.st.hb, e.st.dups, len(c.in), msgs, msgs)
+			}
+			if e.input(0, c, []byte("0\r\n\r\n"), time.Now().UnixNano()) {
+				t.Fatalf("the last chunk did not end the response")
+			}
+		}
+	}
+}

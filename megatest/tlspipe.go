@@ -79,6 +79,8 @@ func carryTLS(cfg *tls.Config, src netip.Addr, dst netip.AddrPort, local net.Con
 		close(done)
 	}()
 	io.Copy(local, c) // the server's answers, until it closes
-	local.Close()
+	// Half-close, as a TCP peer's FIN: the engine reads to the end and may
+	// still write (a pong, a close echo) as it could on a socket.
+	local.(*net.UnixConn).CloseWrite()
 	<-done
 }

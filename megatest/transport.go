@@ -5,6 +5,7 @@ package megatest
 import (
 	"bytes"
 	"errors"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -21,6 +22,8 @@ func (e *engine) consume(idx int32, c *conn, buf []byte, now int64) (int, error)
 			n, err = e.lpAnswer(idx, c, buf[off:], now)
 		case c.state == stHead:
 			n, err = e.head(c, buf[off:])
+		case e.tr == trSSE && c.flags&fChunked != 0:
+			n, err = e.sseChunked(c, buf[off:], now, idx)
 		case e.tr == trSSE:
 			n, err = e.sseEvent(c, buf[off:], now, idx)
 		case e.tr == trStream:
@@ -31,8 +34,8 @@ func (e *engine) consume(idx int32, c *conn, buf []byte, now int64) (int, error)
 		switch err {
 		case nil:
 			off += n
-		case errNeedMore:
-			return off, nil
+		case errNeedMore: // n is 0, or what sseChunked wrote back
+			return off + n, nil
 		default:
 			return off + n, err
 		}
@@ -57,6 +60,10 @@ func (e *engine) head(c *conn, b []byte) (int, error) {
 		}
 		if !hasPrefixFold(h.contentType, ctEventStream) {
 			return 0, errType
+		}
+		c.flags &^= fChunked
+		if h.chunked {
+			c.flags |= fChunked // megacomet's own stream ends at the close; a proxy's may be chunked
 		}
 	case trStream:
 		if h.status != 200 {
@@ -159,6 +166,53 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		e.arrived = true
 	}
 	return n, nil
+}
+
+// sseChunked reads an SSE stream in a chunked body, as a proxy (nginx)
+// re-frames megacomet's close-delimited one: the whole chunks at the front
+// of b are joined in place and their events parsed; an event not complete
+// yet is written back, as one chunk of its own, right before the input not
+// read, and stays for the next read. (It fits: the chunks it came from
+// took at least as many bytes.)
+func (e *engine) sseChunked(c *conn, b []byte, now int64, idx int32) (int, error) {
+	raw, w, ended := 0, 0, false
+	for !ended {
+		n, payload, last, err := parseChunk(b[raw:])
+		if err == errNeedMore {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		w += copy(b[w:], payload) // forward: a payload lies after its own header
+		raw += n
+		ended = last
+	}
+	off := 0
+	for off < w {
+		n, err := e.sseEvent(c, b[off:w], now, idx)
+		if err == errNeedMore {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		off += n
+	}
+	if ended {
+		return raw, errEnd
+	}
+	rest := w - off
+	if rest == 0 {
+		return raw, errNeedMore // what is left is a chunk not complete yet
+	}
+	hdr := strconv.AppendInt(e.hexBuf[:0], int64(rest), 16)
+	start := raw - len(hdr) - 2 - rest - 2
+	copy(b[start+len(hdr)+2:], b[off:w])
+	copy(b[start:], hdr)
+	copy(b[start+len(hdr):], "\r\n")
+	copy(b[raw-2:], "\r\n")
+	return start, errNeedMore
 }
 
 func uintEquals(b []byte, v uint64) bool {

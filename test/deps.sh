@@ -17,6 +17,11 @@ need chromium chromium
 need systemd-analyze systemd
 need nats-server nats-server # JetStream, for the cluster tests
 need promtool prometheus     # promtool checks /metrics and etc/prometheus/alerts.yml
+# The proxies of docs/DEPLOY.md, run by test/deploy_test.go: daemons, in
+# /usr/sbin, which a user's PATH may lack.
+sbin() { [ -x "${SBIN:-/usr/sbin}/$1" ] || need "$1" "$2"; }
+sbin nginx nginx
+sbin haproxy haproxy
 if ! command -v node >/dev/null 2>&1; then
   # No Node.js at all: Debian's nodejs and its npm belong together.
   pkgs+=(nodejs)

@@ -32,19 +32,19 @@ func TestDepsInstallsOnlyWhatIsMissing(t *testing.T) {
 		apt, npm string   // what apt-get and npm must have been asked ("" = nothing)
 		fail     string   // the script must fail saying this
 	}{
-		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "nats-server", "promtool"}, npmTree: true},
-		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze", "nats-server", "promtool"},
+		{name: "everything there", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "nats-server", "promtool", "nginx", "haproxy"}, npmTree: true},
+		{name: "fresh machine", have: []string{"curl", "node", "npm", "systemd-analyze", "nats-server", "promtool", "nginx", "haproxy"},
 			apt: "update -qq\ninstall -y -qq --no-install-recommends chromium", npm: "ci --no-audit --no-fund --loglevel=error"},
-		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze", "nats-server", "promtool"}, npmTree: true,
+		{name: "no node", have: []string{"curl", "chromium", "systemd-analyze", "nats-server", "promtool", "nginx", "haproxy"}, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends nodejs npm"},
-		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool"}, debNode: true, npmTree: true,
+		{name: "Debian's node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool", "nginx", "haproxy"}, debNode: true, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends npm"},
-		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool"},
+		{name: "another node without npm", have: []string{"curl", "chromium", "node", "systemd-analyze", "nats-server", "promtool", "nginx", "haproxy"},
 			fail: "has no npm beside it"},
-		{name: "no nats-server", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "promtool"}, npmTree: true,
+		{name: "no nats-server", have: []string{"curl", "chromium", "node", "npm", "systemd-analyze", "promtool", "nginx", "haproxy"}, npmTree: true,
 			apt: "update -qq\ninstall -y -qq --no-install-recommends nats-server"},
 		{name: "nothing", npmTree: true,
-			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nats-server prometheus nodejs npm"},
+			apt: "update -qq\ninstall -y -qq --no-install-recommends curl chromium systemd nats-server prometheus nginx haproxy nodejs npm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bin := t.TempDir()
@@ -73,7 +73,7 @@ func TestDepsInstallsOnlyWhatIsMissing(t *testing.T) {
 			os.WriteFile(filepath.Join(bin, ".npm"), []byte(npm+"\n"), 0o644)
 			stub("apt-get", `echo "$*" >> `+log+`.apt; for p in "$@"; do [ "$p" = npm ] && { echo '#!`+filepath.Join(base, "bash")+`' > `+bin+`/npm; cat `+bin+`/.npm >> `+bin+`/npm; chmod +x `+bin+`/npm; }; done; exit 0`)
 			cmd := exec.Command(filepath.Join(base, "bash"), script)
-			cmd.Env = []string{"PATH=" + bin + ":" + base, "HOME=" + t.TempDir()}
+			cmd.Env = []string{"PATH=" + bin + ":" + base, "HOME=" + t.TempDir(), "SBIN=" + bin}
 			out, err := cmd.CombinedOutput()
 			if tc.fail != "" {
 				if err == nil || !strings.Contains(string(out), tc.fail) {
