@@ -13,7 +13,7 @@ export CGO_ENABLED = 0
 LDFLAGS := -s -w
 
 comma := ,
-.PHONY: all build megacomet megatest run test js-test test-short deps fuzz bench microbench megabench soak cluster-bench vet clean install verify-unit
+.PHONY: all build megacomet megatest run test js-test test-short deps fuzz bench microbench megabench soak cluster-bench proxy-bench vet clean install verify-unit
 
 all: build
 
@@ -125,3 +125,8 @@ clean:
 
 # megatest's own targets (dist, c1m) live beside its code.
 -include megatest/megatest.mk
+
+# What nginx and HAProxy (docs/DEPLOY.md) cost per TLS connection next to
+# megacomet's own, at N=100000 held connections: bench/proxy-cost.txt.
+proxy-bench:
+	N=$(or $(N),100000) bench/proxy-cost.sh

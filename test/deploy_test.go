@@ -200,15 +200,21 @@ func throughProxy(t *testing.T, s *testutil.Server, port int) {
 	one.stop(t, time.Minute)
 }
 
-func TestDeployNginxTLS(t *testing.T) {
+// deploySetup is a certificate in dir, megacomet with these server lines
+// too, and a port for the proxy.
+func deploySetup(t *testing.T, server string) (dir string, s *testutil.Server, port int) {
 	if testing.Short() {
 		t.Skip("10,000 TLS connections")
 	}
 	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	selfSigned(t, dir)
-	s := testutil.Start(t, map[string]string{"server": fmt.Sprintf("workers = 2\ndrain = \"2s\"\nmax_conns_per_ip = %d\ntrusted_proxies = [\"127.0.0.1\"]", perAddress)})
-	port := testutil.FreePort(t)
+	s = testutil.Start(t, map[string]string{"server": fmt.Sprintf("workers = 2\ndrain = \"2s\"\nmax_conns_per_ip = %d\n%s", perAddress, server)})
+	return dir, s, testutil.FreePort(t)
+}
+
+func TestDeployNginxTLS(t *testing.T) {
+	dir, s, port := deploySetup(t, `trusted_proxies = ["127.0.0.1"]`)
 	conf := deployConfig(t, "nginx/megacomet.conf", dir,
 		"listen 443 ssl", fmt.Sprintf("listen 127.0.0.1:%d ssl", port),
 		"server 127.0.0.1:8000", "server "+s.Listen,
@@ -221,14 +227,7 @@ func TestDeployNginxTLS(t *testing.T) {
 }
 
 func TestDeployHAProxyTLS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("10,000 TLS connections")
-	}
-	testutil.Sysctl(t, testutil.DefaultKernel, migrateKernel)
-	dir := t.TempDir()
-	selfSigned(t, dir)
-	s := testutil.Start(t, map[string]string{"server": fmt.Sprintf("workers = 2\ndrain = \"2s\"\nmax_conns_per_ip = %d\nproxy_protocol = true", perAddress)})
-	port := testutil.FreePort(t)
+	dir, s, port := deploySetup(t, "proxy_protocol = true")
 	conf := deployConfig(t, "haproxy/megacomet.cfg", dir,
 		"bind :443 ssl", fmt.Sprintf("bind 127.0.0.1:%d ssl", port),
 		"server megacomet 127.0.0.1:8000", "server megacomet "+s.Listen,

@@ -80,11 +80,7 @@ func tokenOf(r *request, q *query, cookie string) []byte {
 	}
 	for c := r.cookie; len(c) > 0; {
 		var kv []byte
-		if i := bytes.IndexByte(c, ';'); i >= 0 {
-			kv, c = c[:i], c[i+1:]
-		} else {
-			kv, c = c, nil
-		}
+		kv, c = cutByte(c, ';')
 		if k, v, ok := bytes.Cut(trimOWS(kv), []byte{'='}); ok && string(k) == cookie {
 			return v
 		}

@@ -62,11 +62,7 @@ func (w *Worker) forwardedClient(r *request, peer netip.Addr) netip.Addr {
 func forwardedFor(elem []byte) []byte {
 	for len(elem) > 0 {
 		var pair []byte
-		if i := bytes.IndexByte(elem, ';'); i >= 0 {
-			pair, elem = elem[:i], elem[i+1:]
-		} else {
-			pair, elem = elem, nil
-		}
+		pair, elem = cutByte(elem, ';')
 		pair = trimOWS(pair)
 		if len(pair) > 4 && asciiEqualFold(pair[:4], []byte("for=")) {
 			v := pair[4:]

@@ -54,6 +54,15 @@ var (
 	errRetryNow = newHTTPError(503, "Service Unavailable", "this worker is handing its clients over: retry now", "Retry-After: 0")
 )
 
+// cutByte splits b at its first sep: what comes before, and what follows
+// (nil when there is no sep).
+func cutByte(b []byte, sep byte) (before, after []byte) {
+	if i := bytes.IndexByte(b, sep); i >= 0 {
+		return b[:i], b[i+1:]
+	}
+	return b, nil
+}
+
 // request is one parsed request head. Every slice aliases the input buffer
 // and is valid only until the Data callback that parsed it returns.
 type request struct {

@@ -107,11 +107,7 @@ func parseProxyV1(b []byte) (int, netip.Addr, error) {
 		if n == len(f) {
 			return 0, netip.Addr{}, errProxyBad // a sixth field
 		}
-		i := bytes.IndexByte(line, ' ')
-		if i < 0 {
-			i = len(line)
-		}
-		f[n], line = line[:i], line[min(i+1, len(line)):]
+		f[n], line = cutByte(line, ' ')
 	}
 	switch string(f[0]) {
 	case "UNKNOWN": // the proxy does not know: whatever follows is ignored

@@ -264,11 +264,7 @@ func parseQuery(q []byte, out *query) *httpError {
 	*out = query{}
 	for len(q) > 0 {
 		var kv []byte
-		if i := bytes.IndexByte(q, '&'); i >= 0 {
-			kv, q = q[:i], q[i+1:]
-		} else {
-			kv, q = q, nil
-		}
+		kv, q = cutByte(q, '&')
 		k, v, _ := bytes.Cut(kv, []byte{'='})
 		switch {
 		case bytes.Equal(k, keySince):

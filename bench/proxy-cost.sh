@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# make proxy-bench: what a TLS-terminating proxy costs per connection, next
+# to megacomet's own, at N (100,000) held SSE connections: megacomet alone
+# (plaintext), then behind nginx, then behind HAProxy, with the configs of
+# docs/DEPLOY.md (etc/nginx, etc/haproxy) adapted only as this box needs:
+#   - one process may hold 20,000 files here, so nginx runs a worker (with
+#     worker_connections 19000), and HAProxy a process, per 9,000 clients
+#     (each client is two connections in the proxy);
+#   - one (source, destination) address pair has at most ~64k ports, so the
+#     proxy reaches megacomet on 4 loopback addresses.
+# Memory is PSS (shared pages split between sharers), from
+# /proc/PID/smaps_rollup, and the kernel's part is what MemAvailable lost
+# beyond the processes'. Writes bench/proxy-cost.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-100000}
+OUT=${OUT:-bench/proxy-cost.txt}
+PORT=18700
+PROXY_PORT=18743
+per=9000
+procs=$(( (N + per - 1) / per ))
+dir=$(mktemp -d)
+trap 'pkill -f "$dir" 2>/dev/null || true; sleep 1; rm -rf "$dir"' EXIT
+
+make -s megacomet megatest
+sysctl -q -p etc/sysctl.d/60-megacomet.conf >/dev/null 2>&1 || true
+sysctl -qw "net.ipv4.ip_local_port_range=1024 65535"
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/privkey.pem" \
+  -out "$dir/fullchain.pem" -days 1 -subj /CN=localhost 2>/dev/null
+cat "$dir/fullchain.pem" "$dir/privkey.pem" > "$dir/haproxy.pem"
+
+pss() { # total PSS in bytes of the pids given
+  local t=0
+  for p in "$@"; do
+    v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+    t=$((t + ${v:-0} * 1024))
+  done
+  echo $t
+}
+avail() { awk '/^MemAvailable:/ {print $2 * 1024}' /proc/meminfo; }
+
+start_megacomet() { # extra server lines
+  workers=$(( (N + 18000) / 18000 ))
+  cat > "$dir/mc.toml" <<EOF
+[server]
+listen = "0.0.0.0:$PORT"
+workers = $workers
+drain = "5s"
+$1
+[api]
+listen = "127.0.0.1:$((PORT + 1))"
+[manager]
+socket = "$dir/mc.sock"
+pid_file = "$dir/mc.pid"
+state_dir = "$dir"
+log_level = "warn"
+EOF
+  bin/megacomet -config "$dir/mc.toml" > "$dir/mc.log" 2>&1 &
+  for _ in $(seq 100); do bin/megacomet stats -socket "$dir/mc.sock" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "megacomet did not start"; cat "$dir/mc.log"; exit 1
+}
+stop_megacomet() { kill "$(cat "$dir/mc.pid")"; while [ -e "$dir/mc.pid" ] && kill -0 "$(cat "$dir/mc.pid")" 2>/dev/null; do sleep 0.2; done; sleep 1; }
+mc_pss() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["manager"].get("pss_bytes",0)+sum(w.get("pss_bytes",0) for w in d["workers"]))'; }
+mc_conns() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])'; }
+
+# hold N through port $1 (tls or not), then report: label, proxy pids
+measure() {
+  local label=$1 port=$2 tls=$3; shift 3
+  local base; base=$(avail)
+  local prp0=0
+  [ $# -gt 0 ] && prp0=$(pss $(pgrep -f "$*" | tr '\n' ' '))
+  local flags=()
+  [ "$tls" = 1 ] && flags=(-tls -tls-insecure)
+  bin/megatest m 127.0.0.1 -port "$port" -n "$N" -rate 4000 "${flags[@]}" -q -json "$dir/$label.json" > "$dir/$label.megatest" 2>&1 &
+  local mt=$!
+  for _ in $(seq 600); do [ "$(mc_conns)" -ge "$N" ] && break; sleep 1; done
+  sleep 15 # settle: handshakes done, buffers back
+  local held; held=$(mc_conns)
+  local mcp; mcp=$(mc_pss)
+  local prp=0
+  [ $# -gt 0 ] && prp=$(( $(pss $(pgrep -f "$*" | tr '\n' ' ')) - prp0 ))
+  local mtp; mtp=$(pss $(pgrep -f "bin/megatest m 127.0.0.1" | tr '\n' ' '))
+  local used=$(( base - $(avail) ))
+  local kern=$(( used - mcp - prp - mtp ))
+  printf '%-24s held %6d  megacomet %5d B/conn  proxy %6d B/conn (+ %d MB idle)  kernel, all sockets %6d B/conn  megatest %6d B/conn\n' \
+    "$label" "$held" $((mcp / held)) $((prp / held)) $((prp0 >> 20)) $((kern / held)) $((mtp / held)) | tee -a "$OUT"
+  kill -INT $mt; wait $mt || true
+}
+
+: > "$OUT"
+echo "# proxy-cost $(date -u +%F) N=$N, $(nproc) cores; floor: $(cd worker && go test -run "^$" -bench BenchmarkLoopbackFloor -benchtime 20x . 2>/dev/null | awk '/LoopbackFloor/ {print $3 " " $4}')" | tee -a "$OUT"
+
+start_megacomet ""
+measure "megacomet alone (plain)" "$PORT" 0
+stop_megacomet
+
+start_megacomet 'trusted_proxies = ["127.0.0.1"]'
+sed -e "s|listen 443 ssl|listen 127.0.0.1:$PROXY_PORT ssl|" \
+    -e "s|server 127.0.0.1:8000 max_fails=0;|server 127.0.0.1:$PORT max_fails=0; server 127.0.0.2:$PORT max_fails=0; server 127.0.0.3:$PORT max_fails=0; server 127.0.0.4:$PORT max_fails=0;|" \
+    -e "s|worker_processes auto|worker_processes $procs|" -e "s|worker_connections 262144|worker_connections 19000|" \
+    -e "s|/etc/megacomet/tls/|$dir/|" \
+    -e "s|/run/nginx-megacomet.pid|$dir/nginx.pid|" -e "s|/var/log/nginx/megacomet-error.log|$dir/nginx.log|" \
+    etc/nginx/megacomet.conf > "$dir/nginx.conf"
+/usr/sbin/nginx -c "$dir/nginx.conf" -g 'daemon off;' &
+sleep 2
+measure "nginx, TLS" "$PROXY_PORT" 1 "nginx: worker process"
+kill "$(cat "$dir/nginx.pid")"; sleep 2
+stop_megacomet
+
+start_megacomet 'proxy_protocol = true'
+sed -e "s|bind :443 ssl|bind 127.0.0.1:$PROXY_PORT ssl|" -e "s|/etc/megacomet/tls/|$dir/|" \
+    -e "s|    server megacomet 127.0.0.1:8000 send-proxy-v2 maxconn 500000|    balance roundrobin\n    server mc1 127.0.0.1:$PORT send-proxy-v2\n    server mc2 127.0.0.2:$PORT send-proxy-v2\n    server mc3 127.0.0.3:$PORT send-proxy-v2\n    server mc4 127.0.0.4:$PORT send-proxy-v2|" \
+    etc/haproxy/megacomet.cfg > "$dir/haproxy.cfg"
+for _ in $(seq "$procs"); do /usr/sbin/haproxy -f "$dir/haproxy.cfg" -db > /dev/null 2>&1 & done
+sleep 2
+measure "HAProxy, TLS" "$PROXY_PORT" 1 "haproxy -f $dir/haproxy.cfg"
+pkill -f "haproxy -f $dir/haproxy.cfg" || true
+stop_megacomet
