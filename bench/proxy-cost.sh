@@ -6,11 +6,15 @@
 #   - one process may hold 20,000 files here, so nginx runs a worker (with
 #     worker_connections 19000), and HAProxy a process, per 9,000 clients
 #     (each client is two connections in the proxy);
-#   - one (source, destination) address pair has at most ~64k ports, so the
-#     proxy reaches megacomet on 4 loopback addresses.
+#   - one source address has ~64k ports for its connections to megacomet
+#     (measured: connects stalled at 59,815), so the proxy connects from 4
+#     loopback addresses (nginx proxy_bind over split_clients, HAProxy
+#     source).
 # Memory is PSS (shared pages split between sharers), from
-# /proc/PID/smaps_rollup, and the kernel's part is what MemAvailable lost
-# beyond the processes'. Writes bench/proxy-cost.txt.
+# /proc/PID/smaps_rollup; the kernel's is slab and TCP buffers, for every
+# socket on the box (megatest's ends too). TLS handshakes cost both sides
+# CPU on these 2 cores, so connections open at RATE (600) a second: faster,
+# the proxies' connects to megacomet time out. Writes bench/proxy-cost.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
@@ -20,7 +24,7 @@ PROXY_PORT=18743
 per=9000
 procs=$(( (N + per - 1) / per ))
 dir=$(mktemp -d)
-trap 'pkill -f "$dir" 2>/dev/null || true; sleep 1; rm -rf "$dir"' EXIT
+trap 'pkill -f "megatest m 127.0.0.1" 2>/dev/null; pkill -f "$dir" 2>/dev/null; sleep 2; rm -rf "$dir"' EXIT
 
 make -s megacomet megatest
 sysctl -q -p etc/sysctl.d/60-megacomet.conf >/dev/null 2>&1 || true
@@ -38,7 +42,14 @@ pss() { # total PSS in bytes of the pids given
   done
   echo $t
 }
-avail() { awk '/^MemAvailable:/ {print $2 * 1024}' /proc/meminfo; }
+# kmem is the kernel's memory for sockets: slab (socket structs) and TCP
+# buffers (sockstat's mem, in pages).
+kmem() {
+  local slab tcp
+  slab=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+  tcp=$(awk '/^TCP:/ {for (i = 1; i <= NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)
+  echo $(( slab * 1024 + tcp * 4096 ))
+}
 
 start_megacomet() { # extra server lines
   workers=$(( (N + 18000) / 18000 ))
@@ -60,29 +71,29 @@ EOF
   for _ in $(seq 100); do bin/megacomet stats -socket "$dir/mc.sock" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "megacomet did not start"; cat "$dir/mc.log"; exit 1
 }
-stop_megacomet() { kill "$(cat "$dir/mc.pid")"; while [ -e "$dir/mc.pid" ] && kill -0 "$(cat "$dir/mc.pid")" 2>/dev/null; do sleep 0.2; done; sleep 1; }
+stop_megacomet() { kill "$(cat "$dir/mc.pid")" || true; while [ -e "$dir/mc.pid" ] && kill -0 "$(cat "$dir/mc.pid")" 2>/dev/null; do sleep 0.2; done; sleep 1; }
 mc_pss() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["manager"].get("pss_bytes",0)+sum(w.get("pss_bytes",0) for w in d["workers"]))'; }
 mc_conns() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])'; }
 
 # hold N through port $1 (tls or not), then report: label, proxy pids
 measure() {
   local label=$1 port=$2 tls=$3; shift 3
-  local base; base=$(avail)
+  local base; base=$(kmem)
   local prp0=0
   [ $# -gt 0 ] && prp0=$(pss $(pgrep -f "$*" | tr '\n' ' '))
   local flags=()
   [ "$tls" = 1 ] && flags=(-tls -tls-insecure)
-  bin/megatest m 127.0.0.1 -port "$port" -n "$N" -rate 4000 "${flags[@]}" -q -json "$dir/$label.json" > "$dir/$label.megatest" 2>&1 &
+  bin/megatest m 127.0.0.1 -port "$port" -n "$N" -rate "${RATE:-600}" "${flags[@]}" -q -json "$dir/$label.json" > "$dir/$label.megatest" 2>&1 &
   local mt=$!
-  for _ in $(seq 600); do [ "$(mc_conns)" -ge "$N" ] && break; sleep 1; done
+  local until=$((SECONDS + ${WAIT:-600})) # past it, measure what is held
+  while [ $SECONDS -lt $until ] && [ "$(mc_conns)" -lt "$N" ]; do sleep 2; done
   sleep 15 # settle: handshakes done, buffers back
   local held; held=$(mc_conns)
   local mcp; mcp=$(mc_pss)
   local prp=0
   [ $# -gt 0 ] && prp=$(( $(pss $(pgrep -f "$*" | tr '\n' ' ')) - prp0 ))
   local mtp; mtp=$(pss $(pgrep -f "bin/megatest m 127.0.0.1" | tr '\n' ' '))
-  local used=$(( base - $(avail) ))
-  local kern=$(( used - mcp - prp - mtp ))
+  local kern=$(( $(kmem) - base ))
   printf '%-24s held %6d  megacomet %5d B/conn  proxy %6d B/conn (+ %d MB idle)  kernel, all sockets %6d B/conn  megatest %6d B/conn\n' \
     "$label" "$held" $((mcp / held)) $((prp / held)) $((prp0 >> 20)) $((kern / held)) $((mtp / held)) | tee -a "$OUT"
   kill -INT $mt; wait $mt || true
@@ -91,13 +102,18 @@ measure() {
 : > "$OUT"
 echo "# proxy-cost $(date -u +%F) N=$N, $(nproc) cores; floor: $(cd worker && go test -run "^$" -bench BenchmarkLoopbackFloor -benchtime 20x . 2>/dev/null | awk '/LoopbackFloor/ {print $3 " " $4}')" | tee -a "$OUT"
 
-start_megacomet ""
-measure "megacomet alone (plain)" "$PORT" 0
-stop_megacomet
+if [ -z "${SKIP_PLAIN:-}" ]; then
+  start_megacomet ""
+  measure "megacomet alone (plain)" "$PORT" 0
+  stop_megacomet
+fi
 
-start_megacomet 'trusted_proxies = ["127.0.0.1"]'
+if [ -z "${SKIP_NGINX:-}" ]; then
+start_megacomet 'trusted_proxies = ["127.0.0.0/29"]'
 sed -e "s|listen 443 ssl|listen 127.0.0.1:$PROXY_PORT ssl|" \
-    -e "s|server 127.0.0.1:8000 max_fails=0;|server 127.0.0.1:$PORT max_fails=0; server 127.0.0.2:$PORT max_fails=0; server 127.0.0.3:$PORT max_fails=0; server 127.0.0.4:$PORT max_fails=0;|" \
+    -e "s|server 127.0.0.1:8000 max_fails=0;|server 127.0.0.1:$PORT max_fails=0;|" \
+    -e 's|    access_log off;|    access_log off;\n    split_clients "$remote_addr$remote_port" $mc_src { 25% 127.0.0.1; 25% 127.0.0.2; 25% 127.0.0.3; * 127.0.0.4; }|' \
+    -e 's|            proxy_pass http://megacomet;|            proxy_pass http://megacomet;\n            proxy_bind $mc_src;|' \
     -e "s|worker_processes auto|worker_processes $procs|" -e "s|worker_connections 262144|worker_connections 19000|" \
     -e "s|/etc/megacomet/tls/|$dir/|" \
     -e "s|/run/nginx-megacomet.pid|$dir/nginx.pid|" -e "s|/var/log/nginx/megacomet-error.log|$dir/nginx.log|" \
@@ -107,10 +123,11 @@ sleep 2
 measure "nginx, TLS" "$PROXY_PORT" 1 "nginx: worker process"
 kill "$(cat "$dir/nginx.pid")"; sleep 2
 stop_megacomet
+fi
 
 start_megacomet 'proxy_protocol = true'
 sed -e "s|bind :443 ssl|bind 127.0.0.1:$PROXY_PORT ssl|" -e "s|/etc/megacomet/tls/|$dir/|" \
-    -e "s|    server megacomet 127.0.0.1:8000 send-proxy-v2 maxconn 500000|    balance roundrobin\n    server mc1 127.0.0.1:$PORT send-proxy-v2\n    server mc2 127.0.0.2:$PORT send-proxy-v2\n    server mc3 127.0.0.3:$PORT send-proxy-v2\n    server mc4 127.0.0.4:$PORT send-proxy-v2|" \
+    -e "s|    server megacomet 127.0.0.1:8000 send-proxy-v2 maxconn 500000|    balance roundrobin\n    server mc1 127.0.0.1:$PORT send-proxy-v2 source 127.0.0.1\n    server mc2 127.0.0.1:$PORT send-proxy-v2 source 127.0.0.2\n    server mc3 127.0.0.1:$PORT send-proxy-v2 source 127.0.0.3\n    server mc4 127.0.0.1:$PORT send-proxy-v2 source 127.0.0.4|" \
     etc/haproxy/megacomet.cfg > "$dir/haproxy.cfg"
 for _ in $(seq "$procs"); do /usr/sbin/haproxy -f "$dir/haproxy.cfg" -db > /dev/null 2>&1 & done
 sleep 2
