@@ -99,20 +99,11 @@ func parseHostPort(b []byte) (netip.Addr, bool) {
 // client has its answer).
 func (w *Worker) admitForwarded(cc *conn, r *request) bool {
 	cc.kind = kindClient
-	peer := peerIP(cc.ec)
-	if a, ok := w.realIP[cc]; ok {
-		peer = a // the address a PROXY header named
-	}
-	addr := w.forwardedClient(r, peer)
-	if addr != peerIP(cc.ec) {
-		w.realIP[cc] = addr
-	} else {
+	peer, ok := w.realIP[cc] // the address a PROXY header named
+	if ok {
 		delete(w.realIP, cc)
+	} else {
+		peer = peerIP(cc.ec)
 	}
-	if !w.admitIP(addr) {
-		w.counts.PerIPRefused++
-		w.reject(cc, errPerIP)
-		return false
-	}
-	return true
+	return w.admitAs(cc, w.forwardedClient(r, peer))
 }

@@ -52,18 +52,16 @@ func (w *Worker) proxyHeader(cc *conn, buf []byte) (rest []byte, wait, ok bool) 
 	}
 	cc.kind = kindClient
 	if w.perIP != nil {
-		if peer := peerIP(cc.ec); !addr.IsValid() {
-			addr = peer
-		} else if addr != peer {
-			w.realIP[cc] = addr
+		if !addr.IsValid() {
+			addr = peerIP(cc.ec)
 		}
 		if w.trusted(addr) {
-			cc.kind = kindForwarded // a proxy behind the proxy: its request names the client
+			// A proxy behind the proxy: its request names the client.
+			cc.kind = kindForwarded
+			w.realIP[cc] = addr // where the walk starts (admitForwarded)
 			return buf[n:], false, true
 		}
-		if !w.admitIP(addr) {
-			w.counts.PerIPRefused++
-			w.reject(cc, errPerIP)
+		if !w.admitAs(cc, addr) {
 			return nil, false, false
 		}
 	}

@@ -398,9 +398,7 @@ func (w *Worker) opened(c evio.Conn) ([]byte, evio.Options, evio.Action) {
 	case w.perIP != nil && w.trusted(peerIP(c)):
 		cc.kind = kindForwarded // counted once its first request names its client (forwarded.go)
 	case w.perIP != nil:
-		if !w.admitIP(peerIP(c)) {
-			w.counts.PerIPRefused++
-			w.reject(cc, errPerIP)
+		if !w.admitAs(cc, peerIP(c)) {
 			return nil, opts, evio.None
 		}
 	default:
@@ -455,6 +453,21 @@ func (w *Worker) admitIP(a netip.Addr) bool {
 	n := w.perIP[a] + 1
 	w.perIP[a] = n
 	return int(n) <= w.opts.Server.MaxConnsPerIP
+}
+
+// admitAs counts cc against addr - its peer's, or the one a PROXY header
+// or a trusted proxy named, then kept in w.realIP for leaveIP; false when
+// that is one too many, and the client has its 429.
+func (w *Worker) admitAs(cc *conn, addr netip.Addr) bool {
+	if addr != peerIP(cc.ec) {
+		w.realIP[cc] = addr
+	}
+	if !w.admitIP(addr) {
+		w.counts.PerIPRefused++
+		w.reject(cc, errPerIP)
+		return false
+	}
+	return true
 }
 
 // leaveIP uncounts a connection: its address is its peer's, or the one
