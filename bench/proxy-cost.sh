@@ -14,7 +14,12 @@
 # /proc/PID/smaps_rollup; the kernel's is slab and TCP buffers, for every
 # socket on the box (megatest's ends too). TLS handshakes cost both sides
 # CPU on these 2 cores, so connections open at RATE (600) a second: faster,
-# the proxies' connects to megacomet time out. Writes bench/proxy-cost.txt.
+# the proxies' connects to megacomet time out.
+# Then, through each proxy, RELOAD_N (10,000) TLS clients, half SSE and half
+# WebSocket, with -pub: megacomet is reloaded (SIGHUP) once all are held,
+# and megatest says whether any client saw the reload (connect_failed,
+# closed_unexpected, lost, duplicates). SKIP_MEMORY=1 runs only that.
+# Writes bench/proxy-cost.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
@@ -74,6 +79,45 @@ EOF
 stop_megacomet() { kill "$(cat "$dir/mc.pid")" || true; while [ -e "$dir/mc.pid" ] && kill -0 "$(cat "$dir/mc.pid")" 2>/dev/null; do sleep 0.2; done; sleep 1; }
 mc_pss() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["manager"].get("pss_bytes",0)+sum(w.get("pss_bytes",0) for w in d["workers"]))'; }
 mc_conns() { bin/megacomet stats -json -socket "$dir/mc.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])'; }
+# mc_serving GEN: connections when every worker is of generation GEN and
+# ready, else -1.
+mc_serving() { bin/megacomet stats -json -socket "$dir/mc.sock" 2>/dev/null | python3 -c '
+import json,sys; d=json.load(sys.stdin)
+ok=d["generation"]==int(sys.argv[1]) and all(w["generation"]==int(sys.argv[1]) and w["state"]=="ready" for w in d["workers"])
+print(d["connections"] if ok else -1)' "$1" || echo -1; }
+
+# reload_through LABEL PORT: RELOAD_N TLS clients through the proxy on
+# PORT, half SSE and half WebSocket, publishing to them; a SIGHUP of
+# megacomet once all are held; megatest's summary once all are back.
+reload_through() {
+  local label=$1 port=$2 half=$(( ${RELOAD_N:-10000} / 2 ))
+  local pids=() t0=$SECONDS
+  for tr in sse ws; do
+    bin/megatest "${tr:0:1}" 127.0.0.1 -port "$port" -api "127.0.0.1:$((PORT + 1))" -transport "$tr" -n "$half" \
+      -tls -tls-insecure -pub 100 -src 127.0.1.1-127.0.1.40 -q -json "$dir/reload-$tr.json" > "$dir/reload-$tr.megatest" 2>&1 &
+    pids+=($!)
+  done
+  local until=$((SECONDS + ${WAIT:-600}))
+  while [ $SECONDS -lt $until ] && [ "$(mc_serving 1)" -lt $((2 * half)) ]; do sleep 1; done
+  local held=$((SECONDS - t0))
+  sleep 5 # messages flowing
+  kill -HUP "$(cat "$dir/mc.pid")"
+  local t1=$SECONDS
+  until=$((SECONDS + ${WAIT:-600}))
+  while [ $SECONDS -lt $until ] && [ "$(mc_serving 2)" -lt $((2 * half)) ]; do sleep 1; done
+  local back=$((SECONDS - t1))
+  sleep 5 # messages flowing again
+  kill -INT "${pids[@]}"; wait "${pids[@]}" || true
+  for tr in sse ws; do
+    python3 - "$dir/reload-$tr.json" "$label" "$tr" "$held" "$back" <<'PY' | tee -a "$OUT"
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("%-24s reload, %-3s %5d held (all after %s s, back %s s after the SIGHUP): connect_failed %d, http_errors %d, closed_unexpected %d, reconnects %d, published %d, lost %d, duplicates %d" % (
+    sys.argv[2], sys.argv[3], d["connections"], sys.argv[4], sys.argv[5], d["connect_failed"], d["http_errors"],
+    d["closed_unexpected"], d["reconnects"], d["published"], d["lost"], d["duplicates"]))
+PY
+  done
+}
 
 # hold N through port $1 (tls or not), then report: label, proxy pids
 measure() {
@@ -100,9 +144,9 @@ measure() {
 }
 
 : > "$OUT"
-echo "# proxy-cost $(date -u +%F) N=$N, $(nproc) cores; floor: $(cd worker && go test -run "^$" -bench BenchmarkLoopbackFloor -benchtime 20x . 2>/dev/null | awk '/LoopbackFloor/ {print $3 " " $4}')" | tee -a "$OUT"
+echo "# proxy-cost $(date -u +%F) N=$N, $(nproc) cores; floor: $(cd worker && go test -run "^$" -bench BenchmarkLoopbackFloor -benchtime 20x . 2>/dev/null | awk '/LoopbackFloor/ {for (i = 2; i <= NF; i++) if ($i == "cpu-ns/conn") printf "%.1f us of CPU a write and its read", $(i - 1) / 1000}')" | tee -a "$OUT"
 
-if [ -z "${SKIP_PLAIN:-}" ]; then
+if [ -z "${SKIP_PLAIN:-}${SKIP_MEMORY:-}" ]; then
   start_megacomet ""
   measure "megacomet alone (plain)" "$PORT" 0
   stop_megacomet
@@ -120,7 +164,8 @@ sed -e "s|listen 443 ssl|listen 127.0.0.1:$PROXY_PORT ssl|" \
     etc/nginx/megacomet.conf > "$dir/nginx.conf"
 /usr/sbin/nginx -c "$dir/nginx.conf" -g 'daemon off;' &
 sleep 2
-measure "nginx, TLS" "$PROXY_PORT" 1 "nginx: worker process"
+[ -z "${SKIP_MEMORY:-}" ] && measure "nginx, TLS" "$PROXY_PORT" 1 "nginx: worker process"
+reload_through "nginx, TLS" "$PROXY_PORT"
 kill "$(cat "$dir/nginx.pid")"; sleep 2
 stop_megacomet
 fi
@@ -131,6 +176,7 @@ sed -e "s|bind :443 ssl|bind 127.0.0.1:$PROXY_PORT ssl|" -e "s|/etc/megacomet/tl
     etc/haproxy/megacomet.cfg > "$dir/haproxy.cfg"
 for _ in $(seq "$procs"); do /usr/sbin/haproxy -f "$dir/haproxy.cfg" -db > /dev/null 2>&1 & done
 sleep 2
-measure "HAProxy, TLS" "$PROXY_PORT" 1 "haproxy -f $dir/haproxy.cfg"
+[ -z "${SKIP_MEMORY:-}" ] && measure "HAProxy, TLS" "$PROXY_PORT" 1 "haproxy -f $dir/haproxy.cfg"
+reload_through "HAProxy, TLS" "$PROXY_PORT"
 pkill -f "haproxy -f $dir/haproxy.cfg" || true
 stop_megacomet

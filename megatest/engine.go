@@ -102,6 +102,8 @@ type engine struct {
 	lastSnap   int64
 	failLogAt  int64 // when a connect failure was last logged
 	closeLogAt int64 // when an unexpected close was last logged
+	httpLogAt  int64 // when an unexpected answer was last logged
+	status     int   // the status of the answer being parsed, for that log line
 	memAt      int64 // when memory was last read
 	rss, pss   int64
 	rampStart  int64 // unix ns of the first connect
@@ -638,6 +640,9 @@ func (e *engine) closeConn(idx int32, c *conn, why closeWhy) {
 	case whyHTTP:
 		e.st.httpErrs++
 		e.st.failed++
+		if e.logDue(&e.httpLogAt, e.st.httpErrs == 1) {
+			e.log.Warn("unexpected answer", "status", e.status, "path", string(e.path)+strconv.Itoa(e.first+int(idx)), "http_errors", e.st.httpErrs)
+		}
 		e.backoff(idx, c)
 	}
 }

@@ -126,7 +126,7 @@ func parseArgs(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.RoundEvery, "round-every", o.RoundEvery, "start broadcast rounds at least this far apart, for a soak (0 = back to back)")
 	fs.BoolVar(&o.Quiet, "q", o.Quiet, "no progress lines")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", o.Heartbeat, "the server's comet.heartbeat: heartbeat_lateness_ms is how much longer than this a connection went without a heartbeat (sse, stream: or a message; ws: pings only; lp: not measured; 0 = not measured)")
-	fs.BoolVar(&o.TLS, "tls", o.TLS, "connect with TLS (https, wss), as to a proxy that terminates it; ~50 KB and 3 descriptors of megatest per connection")
+	fs.BoolVar(&o.TLS, "tls", o.TLS, "connect with TLS (https, wss), as to a proxy that terminates it; ~40 KB and 3 descriptors of megatest per connection")
 	fs.BoolVar(&o.TLSInsecure, "tls-insecure", o.TLSInsecure, "with -tls: accept any certificate (a test's self-signed one)")
 	fs.BoolVar(&o.Child, "child", false, "internal: run as a child of a split megatest")
 	fs.IntVar(&o.First, "first", 0, "internal: index of the first id")

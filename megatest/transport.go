@@ -50,6 +50,7 @@ func (e *engine) head(c *conn, b []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	e.status = h.status
 	if err := e.retryLater(&h); err != nil {
 		return n, err
 	}
@@ -279,6 +280,7 @@ func (e *engine) lpAnswer(idx int32, c *conn, b []byte, now int64) (int, error) 
 	if err != nil {
 		return 0, err
 	}
+	e.status = h.status
 	if err := e.retryLater(&h); err != nil {
 		return hn, err
 	}
