@@ -42,9 +42,10 @@ deps:
 	@test/deps.sh
 
 # Every test, with the race detector (the server binaries the integration
-# tests start are race-built too).
+# tests start are race-built too). TESTFLAGS= adds go test flags
+# (-json for each test's time, -run to pick).
 test: vet deps verify-unit js-test
-	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 40m ./...
+	CGO_ENABLED=1 $(GO) test -race -shuffle=on -count=1 -timeout 40m $(TESTFLAGS) ./...
 
 # megacomet.js's own tests (clients/js), with Node's test runner: no
 # browser, no server (test/jsclient_test.go runs it in Chromium).

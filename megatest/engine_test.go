@@ -298,7 +298,7 @@ func TestEnginePublishAndLoss(t *testing.T) {
 			if len(s.BroadcastMs) != 2 {
 				t.Fatalf("broadcast rounds %+v", s.BroadcastMs)
 			}
-			if s.LatencyMs.P50 <= 0 || s.LatencyMs.Max < s.LatencyMs.P99 || s.LatencyMs.Max > 1000 {
+			if s.LatencyMs.P50 <= 0 || s.LatencyMs.Max < s.LatencyMs.P99 {
 				t.Fatalf("latency %+v", s.LatencyMs)
 			}
 			var bcastRecv, bcastExp int64

@@ -272,12 +272,12 @@ func TestClusterNATSOutage(t *testing.T) {
 }
 
 // A JetStream cluster of three nats-server with the stream on all three:
-// megatest holds 10,000 connections over two nodes and publishes while
+// megatest holds 2,000 connections over two nodes and publishes while
 // the NATS server node A is connected to is killed. Nothing is lost, and
 // nothing arrives twice.
 func TestClusterLosesANATSServer(t *testing.T) {
 	if testing.Short() {
-		t.Skip("10,000 connections, three nats-server")
+		t.Skip("2,000 connections, three nats-server")
 	}
 	testutil.Sysctl(t, testutil.DefaultKernel)
 	servers := testutil.StartNATSCluster(t, 3)
@@ -285,8 +285,8 @@ func TestClusterLosesANATSServer(t *testing.T) {
 	rep := map[string]string{"cluster": "replicas = 3"}
 	a := startCometNode(t, testutil.URLs(servers), "a", stream, rep)
 	b := startCometNode(t, testutil.URLs(servers), "b", stream, rep)
-	const n = 10000
-	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "r", "-n", fmt.Sprint(n), "-rate", "20000", "-pub", "300")
+	const n = 2000
+	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "r", "-n", fmt.Sprint(n), "-pub", "300")
 	waitSpread(t, n, a, b)
 	load.waitMessages(t, 300)
 	victim := a.MustStats().Cluster.Server

@@ -82,7 +82,7 @@ func (f *wsFleet) report() (fleetReport, []string) {
 }
 
 // The fresh-machine issue's check: a worker that is itself behind does not
-// blame its clients. 5,000 WebSocket clients of the npm ws package answer
+// blame its clients. 2,000 WebSocket clients of the npm ws package answer
 // every ping half a second late, as on a slow network; the worker is
 // stopped (SIGSTOP) for three heartbeat intervals and continued. Pongs that
 // arrived meanwhile sit unread in its sockets, and the pings they answer
@@ -90,10 +90,10 @@ func (f *wsFleet) report() (fleetReport, []string) {
 // A client that really is silent is still closed, and counted.
 func TestWSLivenessAcrossAStoppedWorker(t *testing.T) {
 	if testing.Short() {
-		t.Skip("5,000 connections")
+		t.Skip("2,000 connections")
 	}
 	const hb = 2 * time.Second
-	const n = 5000
+	const n = 2000
 	s := testutil.Start(t, map[string]string{"server": "workers = 1", "comet": fmt.Sprintf("heartbeat = %q", hb)})
 	fleet := startFleet(t, "ws://"+s.Listen+"/ws/f", n, hb/4)
 
