@@ -459,6 +459,10 @@ func (o *Options) checkAuth(bad func(key, format string, args ...any) error) err
 		return bad("auth.cookie", "needs auth.secret or auth.public_key")
 	case a.Cookie != "" && !validCookieName(a.Cookie):
 		return bad("auth.cookie", "%q is not a cookie name", a.Cookie)
+	case a.Cookie != "" && slices.Contains(o.Server.AllowedOrigins, "*"):
+		// A browser attaches the cookie by itself, to requests that any
+		// page may start: only the pages named may use it.
+		return bad("auth.cookie", "the browser sends the cookie for any page, so server.allowed_origins must name the origins whose pages may use it, not \"*\" (any)")
 	}
 	if a.PublicKeyPEM != "" {
 		if _, err := ParsePublicKey([]byte(a.PublicKeyPEM)); err != nil {

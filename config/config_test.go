@@ -175,6 +175,7 @@ func TestAuthConfig(t *testing.T) {
 		"required = true\n": "auth.required",
 		"cookie = \"mc\"\n": "auth.cookie",
 		"secret = \"" + secret + "\"\ncookie = \"a b\"\n": "auth.cookie",
+		"secret = \"" + secret + "\"\ncookie = \"mc\"\n":  "server.allowed_origins",
 		"public_key = \"" + small + "\"\n":                "auth.public_key",
 		"public_key = \"" + dir + "/none.pem\"\n":         "auth.public_key",
 	} {
@@ -191,7 +192,7 @@ func TestAuthConfig(t *testing.T) {
 		"secret = \"" + secret + "\"\ncookie = \"mc_t\"\n": true,
 	} {
 		path := filepath.Join(t.TempDir(), "c.toml")
-		os.WriteFile(path, []byte("[auth]\n"+in), 0o644)
+		os.WriteFile(path, []byte("[server]\nallowed_origins = [\"https://app.example\"]\n[auth]\n"+in), 0o644)
 		o, err := Load(path)
 		if err != nil || o.Auth.Required != required || !o.Auth.On() {
 			t.Errorf("%q: %v, required %v on %v", in, err, o.Auth.Required, o.Auth.On())

@@ -21,7 +21,7 @@ func startAuthServer(t *testing.T, extra map[string]string) *testutil.Server {
 	if extra == nil {
 		extra = map[string]string{}
 	}
-	extra["auth"] = fmt.Sprintf("secret = %q\ncookie = \"mc_token\"", clientSecret)
+	extra["auth"] = fmt.Sprintf("secret = %q\n", clientSecret) + extra["auth"]
 	if extra["server"] == "" {
 		extra["server"] = "workers = 2"
 	}
@@ -57,7 +57,9 @@ func curl(t *testing.T, args ...string) (int, string) {
 // or a channel the token does not allow is 403; a good token in any of the
 // three places streams.
 func TestAuthRefusalsWithCurl(t *testing.T) {
-	s := startAuthServer(t, nil)
+	// The cookie counts only from named origins' pages (cookie_test.go).
+	s := startAuthServer(t, map[string]string{"auth": `cookie = "mc_token"`,
+		"server": "workers = 2\nallowed_origins = [\"https://app.example\"]"})
 	base := "http://" + s.Listen
 	good := mintToken(t, s, "alice", "-channels", "news,sport-*")
 	expired := mintToken(t, s, "alice", "-ttl", "1ms")
@@ -83,7 +85,7 @@ func TestAuthRefusalsWithCurl(t *testing.T) {
 	for name, args := range map[string][]string{
 		"?token=":       {base + "/sse/alice?channels=sport-eu&token=" + good},
 		"Bearer":        {"-H", "Authorization: Bearer " + good, base + "/sse/alice"},
-		"the cookie":    {"-b", "mc_token=" + good, base + "/sse/alice"},
+		"the cookie":    {"-b", "mc_token=" + good, "-H", "Sec-Fetch-Site: same-origin", base + "/sse/alice"},
 		"/ping, no one": {base + "/ping"},
 	} {
 		// -m 2: the stream stays open; curl gives up, with what it read.

@@ -37,10 +37,12 @@ type cdpPage struct {
 
 var devtoolsURL = regexp.MustCompile(`DevTools listening on (ws://\S+)`)
 
-// openCDP starts Chromium with remote debugging and opens url in a page.
-func openCDP(t *testing.T, url string) *cdpPage {
+// openCDP starts Chromium with remote debugging (and flags) and opens url
+// in a page.
+func openCDP(t *testing.T, url string, flags ...string) *cdpPage {
 	t.Helper()
-	cmd := exec.Command(chromiumBin(t), append(chromiumFlags(t), "--remote-debugging-port=0", "--window-size=1280,900", "about:blank")...)
+	args := append(append(chromiumFlags(t), flags...), "--remote-debugging-port=0", "--window-size=1280,900", "about:blank")
+	cmd := exec.Command(chromiumBin(t), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {

@@ -40,11 +40,17 @@ type grant struct {
 // authorize checks the request's token for client id and the channels it
 // asks for. When it refuses, the client has its answer and the connection
 // lingers.
-func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte) (grant, bool) {
+func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte, tr transport) (grant, bool) {
 	if w.auth == nil {
 		return grant{}, true
 	}
-	tok := tokenOf(r, q, w.auth.Cookie())
+	tok, ambient := tokenOf(r, q, w.auth.Cookie())
+	if ambient {
+		if e := w.ambientRefusal(r, q, tr); e != nil {
+			w.refuse(cc, r.origin, e, 0)
+			return grant{}, false
+		}
+	}
 	if len(tok) == 0 && !w.auth.Required() {
 		return grant{}, true
 	}
@@ -67,25 +73,89 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte) (grant, bo
 }
 
 // tokenOf finds the token: the query, then Authorization: Bearer, then the
-// cookie.
-func tokenOf(r *request, q *query, cookie string) []byte {
+// cookie. ambient says it came from the cookie, which the browser attaches
+// by itself, whatever page started the request.
+func tokenOf(r *request, q *query, cookie string) (tok []byte, ambient bool) {
 	if len(q.token) > 0 {
-		return q.token
+		return q.token, false
 	}
 	if a := r.authorization; len(a) > 7 && asciiEqualFold(a[:7], []byte("bearer ")) {
-		return trimOWS(a[7:])
+		return trimOWS(a[7:]), false
 	}
 	if cookie == "" {
-		return nil
+		return nil, false
 	}
 	for c := r.cookie; len(c) > 0; {
 		var kv []byte
 		kv, c = cutByte(c, ';')
 		if k, v, ok := bytes.Cut(trimOWS(kv), []byte{'='}); ok && string(k) == cookie {
-			return v
+			return v, true
 		}
 	}
-	return nil
+	return nil, false
+}
+
+// Ambient credentials. A browser sends the auth cookie with every request
+// to this server, whichever page starts it: a <script> tag or a WebSocket
+// on another site included (SameSite=None, or a sibling subdomain, which
+// is same-site). So the cookie counts only where the browser says the page
+// is one of ours:
+//   - never for JSONP (a callback=, or Sec-Fetch-Dest: script): a <script>
+//     runs the answer in the including page, whatever its origin, so that
+//     page would read it. JSONP takes ?token=;
+//   - on a WebSocket handshake, only with an Origin in
+//     server.allowed_origins: browsers apply no CORS to WebSocket;
+//   - on other requests, with an Origin in the list, or, without an Origin
+//     (a same-origin GET, a navigation), when Sec-Fetch-Site says
+//     same-origin, same-site or none. A cross-site page's request that
+//     carries no Origin is one whose answer it cannot read anyway, but it
+//     is refused all the same.
+//
+// A token passed explicitly (?token=, Authorization) is not ambient: the
+// page that sends it has it.
+var (
+	errCookieJSONP     = &auth.Refusal{Status: 403, Reason: "cookie credentials are not accepted for JSONP (a <script> request): send ?token="}
+	errCookieNoOrigin  = &auth.Refusal{Status: 403, Reason: "cookie credentials are not accepted on a WebSocket handshake without an Origin in server.allowed_origins"}
+	errCookieCrossSite = &auth.Refusal{Status: 403, Reason: "cookie credentials are not accepted on a cross-site request (Sec-Fetch-Site)"}
+
+	strScript     = []byte("script")
+	sameSiteValue = [][]byte{[]byte("same-origin"), []byte("same-site"), []byte("none")}
+)
+
+// ambientRefusal says why the cookie's token may not be used for this
+// request, or nil when it may.
+func (w *Worker) ambientRefusal(r *request, q *query, tr transport) *auth.Refusal {
+	if len(q.callback) > 0 || asciiEqualFold(r.fetchDest, strScript) {
+		return errCookieJSONP
+	}
+	if len(r.origin) > 0 {
+		if w.allowed(r.origin) {
+			return nil
+		}
+		return cookieOriginRefused(r.origin)
+	}
+	if tr == trWS {
+		return errCookieNoOrigin
+	}
+	for _, v := range sameSiteValue {
+		if asciiEqualFold(r.fetchSite, v) {
+			return nil
+		}
+	}
+	return errCookieCrossSite
+}
+
+// cookieOriginRefused names the origin that was refused, printable ASCII
+// only and at most 100 bytes of it (it is the client's).
+func cookieOriginRefused(origin []byte) *auth.Refusal {
+	o := make([]byte, 0, min(len(origin), 100))
+	for _, c := range origin[:min(len(origin), 100)] {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			c = '?'
+		}
+		o = append(o, c)
+	}
+	return &auth.Refusal{Status: 403, Reason: "cookie credentials are not accepted from origin " + string(o)}
 }
 
 // refuse answers a refused token: the status and a one-line JSON reason,

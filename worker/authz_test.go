@@ -16,8 +16,13 @@ import (
 
 const testSecret = "a test secret of at least 32 bytes!"
 
+// appOrigin is the one page origin the auth tests' server trusts with its
+// cookie (server.allowed_origins).
+const appOrigin = "https://app.example"
+
 func withAuth(o *config.Options) {
 	o.Auth = config.Auth{Secret: testSecret, Required: true, Cookie: "mc"}
+	o.Server.AllowedOrigins = []string{appOrigin}
 	o.Comet.Heartbeat = config.Duration(time.Hour)
 }
 
@@ -101,7 +106,7 @@ func TestTokenCarriers(t *testing.T) {
 	for _, req := range []string{
 		"GET /sse/alice?token=" + tok + " HTTP/1.1\r\n\r\n",
 		"GET /sse/alice HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n",
-		"GET /sse/alice HTTP/1.1\r\nCookie: theme=dark; mc=" + tok + "; x=y\r\n\r\n",
+		"GET /sse/alice HTTP/1.1\r\nCookie: theme=dark; mc=" + tok + "; x=y\r\nSec-Fetch-Site: same-origin\r\n\r\n",
 	} {
 		c := h.dialRaw()
 		c.write([]byte(req))
@@ -109,6 +114,69 @@ func TestTokenCarriers(t *testing.T) {
 			t.Errorf("%.60q: %q", req, got)
 		}
 	}
+}
+
+// The cookie is a credential the browser attaches by itself, whichever page
+// starts the request: it counts only where the browser says the page is
+// one of server.allowed_origins (or the request is not cross-site), never
+// for JSONP. A token the request carries itself is not ambient.
+func TestCookieOnlyFromTrustedPages(t *testing.T) {
+	h := startWorker(t, withAuth)
+	tok := token(t, "alice", nil, time.Hour)
+	cookie := "Cookie: mc=" + tok + "\r\n"
+	evil := "Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n"
+	jsonp := "Referer: https://evil.example/page\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Dest: script\r\nSec-Fetch-Mode: no-cors\r\n"
+	const (
+		fromEvil  = "cookie credentials are not accepted from origin https://evil.example"
+		crossSite = "cookie credentials are not accepted on a cross-site request (Sec-Fetch-Site)"
+		forJSONP  = "cookie credentials are not accepted for JSONP (a <script> request): send ?token="
+		noOrigin  = "cookie credentials are not accepted on a WebSocket handshake without an Origin in server.allowed_origins"
+	)
+	refused := 0
+	for _, tc := range []struct {
+		name, req string
+		status    string
+		reason    string // for a refusal
+	}{
+		{"same-origin SSE", "GET /sse/alice HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: same-origin\r\n\r\n", "200", ""},
+		{"same-site SSE", "GET /sse/alice HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: same-site\r\n\r\n", "200", ""},
+		{"typed in the address bar", "GET /sse/alice HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: none\r\n\r\n", "200", ""},
+		{"the app's page, cross-origin", "GET /sse/alice HTTP/1.1\r\n" + cookie + "Origin: " + appOrigin + "\r\nSec-Fetch-Site: cross-site\r\n\r\n", "200", ""},
+		{"the app's WebSocket", wsRequest("/ws/alice", cookie+"Origin: "+appOrigin+"\r\n"), "101", ""},
+		{"another site's EventSource", "GET /sse/alice HTTP/1.1\r\n" + cookie + evil + "\r\n", "403", fromEvil},
+		{"another site's fetch of a long-poll", "GET /lp/alice?since=0 HTTP/1.1\r\n" + cookie + evil + "\r\n", "403", fromEvil},
+		{"a cross-site request without an Origin", "GET /stream/alice HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: cross-site\r\n\r\n", "403", crossSite},
+		{"a request that says nothing of its site", "GET /sse/alice HTTP/1.1\r\n" + cookie + "\r\n", "403", crossSite},
+		{"JSONP, the MegaComet URL", "GET /alice.js?since=0&callback=steal HTTP/1.1\r\n" + cookie + jsonp + "\r\n", "403", forJSONP},
+		{"JSONP from the app's own page", "GET /lp/alice?callback=cb HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: same-origin\r\n\r\n", "403", forJSONP},
+		{"a <script> without a callback", "GET /lp/alice HTTP/1.1\r\n" + cookie + "Sec-Fetch-Site: same-site\r\nSec-Fetch-Dest: script\r\n\r\n", "403", forJSONP},
+		{"another site's WebSocket", wsRequest("/ws/alice?since=0", cookie+"Origin: https://evil.example\r\n"), "403", fromEvil},
+		{"a WebSocket without an Origin", wsRequest("/ws/alice", cookie), "403", noOrigin},
+		{"another site with ?token=", "GET /sse/alice?token=" + tok + " HTTP/1.1\r\n" + cookie + evil + "\r\n", "200", ""},
+		{"another site with Authorization", "GET /sse/alice HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n" + evil + "\r\n", "200", ""},
+	} {
+		c := h.dialRaw()
+		c.write([]byte(tc.req))
+		var got string
+		if tc.status == "403" {
+			got = string(c.readAll())
+			refused++
+			head, body, _ := strings.Cut(got, "\r\n\r\n")
+			if !strings.HasPrefix(head, "HTTP/1.1 403 ") || body != fmt.Sprintf("{%q:%q}\n", "error", tc.reason) {
+				t.Errorf("%s: got %q, want 403 %q", tc.name, got, tc.reason)
+			}
+			continue
+		}
+		got = (&wsClient{rawConn: c}).readHead()
+		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+" ") {
+			t.Errorf("%s: got %q, want %s", tc.name, got, tc.status)
+		}
+		if strings.Contains(tc.req, "Origin: "+appOrigin) && tc.status == "200" &&
+			(!strings.Contains(got, "\r\nAccess-Control-Allow-Origin: "+appOrigin+"\r\n") || !strings.Contains(got, "\r\nAccess-Control-Allow-Credentials: true\r\n")) {
+			t.Errorf("%s: the app's page may not read the answer with its cookie: %q", tc.name, got)
+		}
+	}
+	h.countsWhere(func(c ipc.Counts) bool { return c.AuthRefused == uint64(refused) })
 }
 
 // A WebSocket client whose token limits its channels gets an error frame
@@ -216,8 +284,12 @@ func FuzzQueryAndToken(f *testing.F) {
 				t.Fatalf("channel %q accepted", ch)
 			}
 		}
-		if tok := tokenOf(&r, &q, "mc_token"); len(tok) > 0 && !bytes.Contains(head, tok) {
+		tok, ambient := tokenOf(&r, &q, "mc_token")
+		if len(tok) > 0 && !bytes.Contains(head, tok) {
 			t.Fatalf("token %q is not in the request", tok)
+		}
+		if ambient && (len(q.token) > 0 || len(r.authorization) > 7 && asciiEqualFold(r.authorization[:7], []byte("bearer "))) {
+			t.Fatalf("the cookie counted although the request carries a token of its own")
 		}
 	})
 }

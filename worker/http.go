@@ -82,6 +82,8 @@ type request struct {
 
 	authorization []byte // never logged nor echoed
 	cookie        []byte
+	fetchSite     []byte // Sec-Fetch-Site: where the browser says the request comes from
+	fetchDest     []byte // Sec-Fetch-Dest: what the browser will do with the answer
 	ifNoneMatch   []byte
 	forwardedFor  []byte // X-Forwarded-For (the last one, when several)
 	forwarded     []byte // Forwarded (RFC 7239)
@@ -106,6 +108,8 @@ var (
 	strWSProtocol     = []byte("sec-websocket-protocol")
 	strAuthorization  = []byte("authorization")
 	strCookie         = []byte("cookie")
+	strFetchSite      = []byte("sec-fetch-site")
+	strFetchDest      = []byte("sec-fetch-dest")
 	strIfNoneMatch    = []byte("if-none-match")
 	strXFF            = []byte("x-forwarded-for")
 	strForwarded      = []byte("forwarded")
@@ -198,6 +202,10 @@ func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 			r.authorization = value
 		case asciiEqualFold(name, strCookie):
 			r.cookie = value
+		case asciiEqualFold(name, strFetchSite):
+			r.fetchSite = value
+		case asciiEqualFold(name, strFetchDest):
+			r.fetchDest = value
 		case asciiEqualFold(name, strIfNoneMatch):
 			r.ifNoneMatch = value
 		case asciiEqualFold(name, strXFF):

@@ -224,7 +224,7 @@ func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (si
 		}
 		q.since, q.hasSince = v, true
 	}
-	if w.grant, ok = w.authorize(cc, r, q, id); !ok {
+	if w.grant, ok = w.authorize(cc, r, q, id, tr); !ok {
 		return 0, false
 	}
 	if q.hasSince {
@@ -362,9 +362,12 @@ func (w *Worker) appendCORS(b, origin []byte) []byte {
 	case w.corsAny:
 		return append(b, "Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: X-Megacomet-Cursor\r\n"...)
 	case len(origin) > 0 && w.allowed(origin):
+		// A named origin may also send the auth cookie (fetch with
+		// credentials: "include", EventSource withCredentials) and read
+		// the answer; "*" never allows credentials.
 		b = append(b, "Access-Control-Allow-Origin: "...)
 		b = append(b, origin...)
-		return append(b, "\r\nAccess-Control-Expose-Headers: X-Megacomet-Cursor\r\nVary: Origin\r\n"...)
+		return append(b, "\r\nAccess-Control-Allow-Credentials: true\r\nAccess-Control-Expose-Headers: X-Megacomet-Cursor\r\nVary: Origin\r\n"...)
 	}
 	return append(b, "Vary: Origin\r\n"...)
 }
