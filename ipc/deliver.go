@@ -3,7 +3,7 @@ package ipc
 // Deliver frames (manager → worker) carry records:
 //
 //	RecMsg     id uvarint, kind byte, [channel string | n uvarint, n × id string], body bytes
-//	RecReplay  token uvarint, more byte, gap uvarint, n uvarint, n × (id uvarint, body bytes)
+//	RecReplay  token uvarint, flags byte, gap uvarint, n uvarint, n × (id uvarint, body bytes)
 //	RecAck     token uvarint, id uvarint, error string
 //
 // A RecMsg for ids lists only the ids the receiving worker holds; a broadcast
@@ -11,10 +11,16 @@ package ipc
 // reaches. Body is the message's JSON, rendered once by the manager.
 // RecReplay answers one OpJoin: the retained messages after its cursor, in
 // id order (n may be 0: the connection then goes live). A long replay comes
-// in pieces, each in its own Deliver frame of bounded size: more is 1 on
-// every piece but the last. gap, on the first piece, is nonzero when the
-// replay left out older messages (comet.max_replay): those with ids between
-// the join's cursor and gap may be missing, and the client is told so.
+// in pieces, each in its own Deliver frame of bounded size: flags has
+// ReplayMore on every piece but the last. A replay carries at most what the
+// connection may have unsent (about comet.max_pending): when history holds
+// more, the last piece has ReplayPartial, and the rest is the client's
+// when it comes back from its cursor. A join the manager had no room for
+// (the worker's queue is full of replays) is answered with no messages
+// and ReplayDeferred: the worker asks again later. gap, on the first
+// piece, is nonzero when the replay left out older messages
+// (comet.max_replay): those with ids between the join's cursor and gap may
+// be missing, and the client is told so.
 // RecAck answers one TypePublish: the id it was published with, or 0 and
 // why it was not (one line, for the client).
 
@@ -23,6 +29,14 @@ const (
 	RecMsg    byte = 1
 	RecReplay byte = 2
 	RecAck    byte = 3
+)
+
+// RecReplay flags.
+const (
+	ReplayMore     byte = 1 << iota // another piece of this replay follows
+	ReplayPartial                   // history holds more after this replay
+	ReplayDeferred                  // no room now: join again later
+	replayFlags    = ReplayMore | ReplayPartial | ReplayDeferred
 )
 
 // Message kinds in a RecMsg.
@@ -46,14 +60,10 @@ func AppendMsgHead(dst []byte, id uint64, kind byte, channel string) []byte {
 
 // AppendReplayHead appends a RecReplay header; then append n (id, body)
 // pairs with AppendUvarint and AppendBytes.
-func AppendReplayHead(dst []byte, token uint32, more bool, gap uint64, n int) []byte {
+func AppendReplayHead(dst []byte, token uint32, flags byte, gap uint64, n int) []byte {
 	dst = append(dst, RecReplay)
 	dst = AppendUvarint(dst, uint64(token))
-	if more {
-		dst = append(dst, 1)
-	} else {
-		dst = append(dst, 0)
-	}
+	dst = append(dst, flags)
 	dst = AppendUvarint(dst, gap)
 	return AppendUvarint(dst, uint64(n))
 }
@@ -112,11 +122,13 @@ func (m *Msg) NextID() ([]byte, bool) {
 
 // Replay is one decoded RecReplay; Next yields its N messages.
 type Replay struct {
-	Token uint32
-	More  bool   // another piece of this replay follows
-	Gap   uint64 // nonzero: messages after the cursor and before Gap were left out
-	N     int
-	r     Reader
+	Token    uint32
+	More     bool   // another piece of this replay follows
+	Partial  bool   // history holds more after this replay (on the last piece)
+	Deferred bool   // no room now: join again later (no messages)
+	Gap      uint64 // nonzero: messages after the cursor and before Gap were left out
+	N        int
+	r        Reader
 }
 
 // Next returns the next replayed message.
@@ -172,15 +184,12 @@ func (d *DeliverReader) Next() byte {
 	case RecReplay:
 		rp := &d.Replay
 		rp.Token = uint32(r.Uvarint())
-		switch r.Byte() {
-		case 0:
-			rp.More = false
-		case 1:
-			rp.More = true
-		default:
-			r.fail("replay piece flag")
+		flags := r.Byte()
+		if flags&^replayFlags != 0 {
+			r.fail("replay flags")
 			return 0
 		}
+		rp.More, rp.Partial, rp.Deferred = flags&ReplayMore != 0, flags&ReplayPartial != 0, flags&ReplayDeferred != 0
 		rp.Gap = r.Uvarint()
 		n := r.Uvarint()
 		// Each message takes at least two bytes (id, body length): a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"testing"
 )
 
@@ -68,14 +69,17 @@ func TestDeliverRecords(t *testing.T) {
 	b = AppendUvarint(b, 2)
 	b = AppendString(AppendString(b, "a1"), "b2")
 	b = AppendBytes(b, []byte(`{"id":10,"data":1}`))
-	b = AppendReplayHead(b, 42, true, 3, 2)
+	b = AppendReplayHead(b, 42, ReplayMore, 3, 2)
 	b = AppendBytes(AppendUvarint(b, 3), []byte("three"))
 	b = AppendBytes(AppendUvarint(b, 4), []byte("four"))
 	b = AppendBytes(AppendMsgHead(b, 11, KindChannel, "news"), []byte("chan"))
 	b = AppendBytes(AppendMsgHead(b, 12, KindBroadcast, ""), []byte("all"))
-	b = AppendReplayHead(b, 43, false, 0, 0)
+	b = AppendReplayHead(b, 43, 0, 0, 0)
+	b = AppendBytes(AppendUvarint(AppendReplayHead(b, 44, ReplayPartial, 0, 1), 5), []byte("five"))
+	b = AppendReplayHead(b, 45, ReplayDeferred, 0, 0)
 	got, err := deliverAll(b)
-	want := []string{`msg 10 k0  {"id":10,"data":1} ->a1 ->b2`, "replay 42 more gap 3: 3=three 4=four", "msg 11 k1 news chan", "msg 12 k2  all", "replay 43:"}
+	want := []string{`msg 10 k0  {"id":10,"data":1} ->a1 ->b2`, "replay 42 more gap 3: 3=three 4=four", "msg 11 k1 news chan", "msg 12 k2  all", "replay 43:",
+		"replay 44 partial: 5=five", "replay 45 deferred:"}
 	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("got %q, %v\nwant %q", got, err, want)
 	}
@@ -103,7 +107,7 @@ func TestEncodersAllocateNothing(t *testing.T) {
 	n := testing.AllocsPerRun(1000, func() {
 		b := AppendCounts(buf[:0], &c)
 		b, start := Begin(b, TypePresence)
-		b = AppendJoin(b, 1, 2, []byte("someone"), nil)
+		b = AppendJoin[string](b, 1, 2, []byte("someone"), nil)
 		b = End(b, start)
 		_, p, _, _ := Parse(b)
 		DecodeCounts(p)
@@ -200,9 +204,37 @@ func TestOutboxFailsWhenPeerStopsReading(t *testing.T) {
 	if !errors.Is(err, ErrOutboxFull) {
 		t.Fatalf("err = %v", err)
 	}
-	if err := o.Append(func(dst []byte) []byte { return dst }); !errors.Is(err, ErrOutboxFull) {
-		t.Fatalf("later append: %v", err)
+	// Said once: the caller acts once (the manager kills the worker once,
+	// and counts it once).
+	if err := o.Append(func(dst []byte) []byte { return dst }); err == nil || errors.Is(err, ErrOutboxFull) {
+		t.Fatalf("later append: %v, want an error other than ErrOutboxFull", err)
 	}
+}
+
+// Len counts what is being written as well as what waits, and Written
+// moves as the peer reads a large batch, a chunk at a time.
+func TestOutboxLenAndProgress(t *testing.T) {
+	o := NewOutbox(64 << 20)
+	r, w := io.Pipe()
+	go o.Run(w)
+	o.Append(func(dst []byte) []byte { return append(dst, make([]byte, 3*writeChunk)...) })
+	buf := make([]byte, writeChunk)
+	io.ReadFull(r, buf) // the first chunk; Run is writing the second
+	for o.Written() != writeChunk {
+		runtime.Gosched()
+	}
+	if n := o.Len(); n != 2*writeChunk {
+		t.Errorf("Len %d with two chunks unwritten, want %d", n, 2*writeChunk)
+	}
+	io.ReadFull(r, buf)
+	io.ReadFull(r, buf)
+	for o.Written() != 3*writeChunk {
+		runtime.Gosched()
+	}
+	if n := o.Len(); n != 0 {
+		t.Errorf("Len %d with everything written", n)
+	}
+	o.Close()
 }
 
 func deliverAll(p []byte) ([]string, error) {
@@ -222,6 +254,12 @@ func deliverAll(p []byte) ([]string, error) {
 			s := fmt.Sprintf("replay %d", rp.Token)
 			if rp.More {
 				s += " more"
+			}
+			if rp.Partial {
+				s += " partial"
+			}
+			if rp.Deferred {
+				s += " deferred"
 			}
 			if rp.Gap != 0 {
 				s += fmt.Sprintf(" gap %d", rp.Gap)

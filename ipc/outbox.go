@@ -17,11 +17,17 @@ type Outbox struct {
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte
+	writing int    // bytes taken by Run and not yet written
+	written uint64 // bytes written so far: the peer's progress
 	limit   int
 	err     error
 	closed  bool
 	pending chan struct{}
 }
+
+// writeChunk is how much Run writes at a time, so that a peer reading a
+// large batch shows progress (Written) while it reads.
+const writeChunk = 1 << 20
 
 // NewOutbox returns an outbox that fails once more than limit bytes wait.
 func NewOutbox(limit int) *Outbox {
@@ -29,19 +35,17 @@ func NewOutbox(limit int) *Outbox {
 }
 
 // Append lets fn append frames to the queued bytes. fn runs under the
-// outbox's lock, so a batch built in it is written contiguously.
+// outbox's lock, so a batch built in it is written contiguously. The append
+// that takes the outbox past its limit returns ErrOutboxFull; every later
+// one, io.ErrClosedPipe.
 func (o *Outbox) Append(fn func(dst []byte) []byte) error {
 	o.mu.Lock()
 	if o.err != nil || o.closed {
-		err := o.err
 		o.mu.Unlock()
-		if err == nil {
-			err = io.ErrClosedPipe
-		}
-		return err
+		return io.ErrClosedPipe // said once already (ErrOutboxFull), or closed
 	}
 	o.buf = fn(o.buf)
-	if len(o.buf) > o.limit {
+	if len(o.buf)+o.writing > o.limit {
 		o.err = ErrOutboxFull
 	}
 	err := o.err
@@ -57,7 +61,15 @@ func (o *Outbox) Append(fn func(dst []byte) []byte) error {
 func (o *Outbox) Len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.buf)
+	return len(o.buf) + o.writing
+}
+
+// Written is how many bytes the peer has taken so far: a peer with bytes
+// queued whose Written does not move is not reading.
+func (o *Outbox) Written() uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.written
 }
 
 // Close makes Run return once everything queued has been written.
@@ -76,18 +88,24 @@ func (o *Outbox) Run(w io.Writer) error {
 	for range o.pending {
 		o.mu.Lock()
 		buf, closed, err := o.buf, o.closed, o.err
-		o.buf, o.spare = o.spare[:0], nil
+		o.buf, o.spare, o.writing = o.spare[:0], nil, len(buf)
 		o.mu.Unlock()
 		if err != nil {
 			return err
 		}
-		if len(buf) > 0 {
-			if _, err := w.Write(buf); err != nil {
+		for off := 0; off < len(buf); {
+			n := min(len(buf)-off, writeChunk)
+			if _, err := w.Write(buf[off : off+n]); err != nil {
 				o.mu.Lock()
 				o.err = err
 				o.mu.Unlock()
 				return err
 			}
+			off += n
+			o.mu.Lock()
+			o.writing -= n
+			o.written += uint64(n)
+			o.mu.Unlock()
 		}
 		o.mu.Lock()
 		if o.spare == nil && cap(buf) <= 1<<20 {

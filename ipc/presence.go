@@ -39,14 +39,14 @@ func AppendMember(dst []byte, op Op, channel, id string) []byte {
 }
 
 // AppendJoin appends an OpJoin record.
-func AppendJoin(dst []byte, token uint32, since uint64, id []byte, channels [][]byte) []byte {
+func AppendJoin[T string | []byte](dst []byte, token uint32, since uint64, id []byte, channels []T) []byte {
 	dst = append(dst, byte(OpJoin))
 	dst = AppendUvarint(dst, uint64(token))
 	dst = AppendUvarint(dst, since)
 	dst = AppendBytes(dst, id)
 	dst = AppendUvarint(dst, uint64(len(channels)))
 	for _, c := range channels {
-		dst = AppendBytes(dst, c)
+		dst = append(AppendUvarint(dst, uint64(len(c))), c...)
 	}
 	return dst
 }

@@ -35,16 +35,23 @@ type hub struct {
 	hist      *history
 	idem      *idemKeys
 	published uint64
-	// replaysCut counts joins that asked for more than maxReplay messages.
-	replaysCut uint64
-	frames     [][]byte // per link: the Deliver frame being built
-	starts     []int
-	dirty      []linkID
-	targets    map[linkID][]string // scratch: per link, a message's ids there
-	tell       func(*proc, func([]byte) []byte)
-	now        func() time.Time
-	maxReplay  int  // comet.max_replay: the most messages one join replays
-	closed     bool // snapshot taken: no more publishing here
+	// joins counts joins answered; replaysCut, those that asked for more
+	// than maxReplay messages; replaysPartial, those whose replay stopped
+	// at replayBytes; joinsDeferred, those answered "later" (joinBacklog).
+	joins, replaysCut, replaysPartial, joinsDeferred uint64
+	frames                                           [][]byte // per link: the Deliver frame being built
+	starts                                           []int
+	dirty                                            []linkID
+	targets                                          map[linkID][]string // scratch: per link, a message's ids there
+	tell                                             func(*proc, func([]byte) []byte)
+	now                                              func() time.Time
+	maxReplay                                        int // comet.max_replay: the most messages one join replays
+	// replayBytes: the most message bytes one join replays (half of
+	// comet.max_pending: what the worker may hold unsent for the client,
+	// with room for each transport's framing). The rest is the client's
+	// when it comes back from its cursor.
+	replayBytes int
+	closed      bool // snapshot taken: no more publishing here
 	// mark is the id high-water mark reserved in manager.state_dir (ids up
 	// to it may be used); store writes a new one, markErr hears why it
 	// could not (idmark.go).
@@ -70,7 +77,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 		hist:    newHistory(historySize, historyTTL),
 		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
-		tell:    tell, now: time.Now, maxReplay: historySize, members: newMembers(),
+		tell:    tell, now: time.Now, maxReplay: historySize, replayBytes: defaultReplayBytes, members: newMembers(),
 		primed: make(chan struct{}),
 	}
 }
@@ -289,11 +296,33 @@ func (h *hub) flushLink(l linkID) {
 // ipc.MaxFrame and the worker serves its other clients between them.
 const replayPiece = 1 << 20
 
+// defaultReplayBytes is replayBytes for comet.max_pending's default, 1 MiB.
+const defaultReplayBytes = 512 << 10
+
+// joinBacklog bounds what joins queue for one worker. Every join costs the
+// manager a copy of its replay, up to replayBytes, queued to the worker's
+// IPC until it reads it; a client that joins again and again (reconnects,
+// or WebSocket {"since":N}) with a long history to replay would otherwise
+// make the manager copy it again each time. Once a worker's queue holds
+// more than joinBacklog, a join is answered ReplayDeferred at no cost, and
+// the worker asks again later. So replays hold at most joinBacklog plus
+// one join's replayBytes per worker here, whatever the clients do.
+const joinBacklog = 16 << 20
+
+// joinsFull reports whether link l's queue (what its outbox holds and
+// writes, and the frame being built under this lock) is past joinBacklog.
+func (h *hub) joinsFull(l linkID) bool {
+	p := h.links[l]
+	return p != nil && p.out != nil && p.out.Len()+len(h.frames[l]) > joinBacklog
+}
+
 // appendReplay queues join j's replay to link l: at most h.maxReplay of
-// the newest messages after its cursor, in pieces of about replayPiece
-// bytes. When some may be missing (lost: history let them go) or are left
-// out (past maxReplay), the first piece names the gap's end: the oldest id
-// sent, or the next id to be issued when there is none.
+// the newest messages after its cursor and, of those, the oldest that fit
+// in h.replayBytes (ReplayPartial on the last piece when some are left
+// for the client's next join), in pieces of about replayPiece bytes. When
+// some may be missing (lost: history let them go) or are left out (past
+// maxReplay), the first piece names the gap's end: the oldest id sent, or
+// the next id to be issued when there is none.
 func (h *hub) appendReplay(l linkID, j *ipc.Join, msgs []*message, lost bool) {
 	var gap uint64
 	if len(msgs) > h.maxReplay {
@@ -307,22 +336,34 @@ func (h *hub) appendReplay(l linkID, j *ipc.Join, msgs []*message, lost bool) {
 			gap = msgs[0].id
 		}
 	}
+	var last byte // the last piece's flags
+	size := 0
+	for i, m := range msgs {
+		if size += len(m.body); i > 0 && size > h.replayBytes {
+			msgs, last = msgs[:i], ipc.ReplayPartial
+			h.replaysPartial++
+			break
+		}
+	}
 	for {
 		n, size := 0, 0
 		for n < len(msgs) && (n == 0 || size+len(msgs[n].body) <= replayPiece) {
 			size += len(msgs[n].body) + 16
 			n++
 		}
-		more := n < len(msgs)
-		f := ipc.AppendReplayHead(h.frame(l), j.Token, more, gap, n)
+		flags := last
+		if n < len(msgs) {
+			flags = ipc.ReplayMore
+		}
+		f := ipc.AppendReplayHead(h.frame(l), j.Token, flags, gap, n)
 		for _, m := range msgs[:n] {
 			f = ipc.AppendBytes(ipc.AppendUvarint(f, m.id), m.body)
 		}
 		h.frames[l] = f
-		if more || len(f) > replayPiece {
+		if flags&ipc.ReplayMore != 0 || len(f) > replayPiece {
 			h.flushLink(l)
 		}
-		if !more {
+		if flags&ipc.ReplayMore == 0 {
 			return
 		}
 		msgs, gap = msgs[n:], 0
@@ -345,6 +386,12 @@ func (h *hub) presence(p *proc, payload []byte) error {
 		switch op := pr.Next(); op {
 		case ipc.OpJoin:
 			j := &pr.Join
+			h.joins++
+			if h.joinsFull(p.link) {
+				h.frames[p.link] = ipc.AppendReplayHead(h.frame(p.link), j.Token, ipc.ReplayDeferred, 0, 0)
+				h.joinsDeferred++
+				continue
+			}
 			chans = chans[:0]
 			for ch, ok := j.NextChannel(); ok; ch, ok = j.NextChannel() {
 				chans = append(chans, string(ch))
@@ -383,15 +430,17 @@ func (h *hub) counters() hubCounts {
 	return hubCounts{
 		Published: h.published, Retained: uint64(h.hist.retained()),
 		IDs: h.ids.len(), Channels: h.chans.len(), ReplaysCut: h.replaysCut,
+		Joins: h.joins, ReplaysPartial: h.replaysPartial, JoinsDeferred: h.joinsDeferred,
 		HistoryBytes: uint64(h.hist.bytes), HistoryEvicted: h.hist.evicted,
 	}
 }
 
 // hubCounts is what the hub counts, for stats.
 type hubCounts struct {
-	Published, Retained, ReplaysCut uint64
-	HistoryBytes, HistoryEvicted    uint64
-	IDs, Channels                   int
+	Published, Retained, ReplaysCut      uint64
+	Joins, ReplaysPartial, JoinsDeferred uint64
+	HistoryBytes, HistoryEvicted         uint64
+	IDs, Channels                        int
 }
 
 // hubState is what a manager hands the one that upgrades it: the id

@@ -133,6 +133,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	if opts.Comet.MaxReplay > 0 {
 		m.hub.maxReplay = opts.Comet.MaxReplay
 	}
+	m.hub.replayBytes = opts.Comet.MaxPending / 2
 	if opts.Comet.HistoryMaxBytes > 0 {
 		m.hub.hist.maxBytes = opts.Comet.HistoryMaxBytes
 	}

@@ -29,6 +29,9 @@ var metricHelp = []struct{ name, help string }{
 	{"publish_refused_total", "Publishes answered 503 because a worker was behind on its IPC."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
+	{"joins_total", "Subscriptions answered with a replay or deferred: one per connection, one per WebSocket command that changed what it follows."},
+	{"replays_partial_total", "Joins whose replay stopped at half of comet.max_pending; the client gets the rest from its cursor."},
+	{"joins_deferred_total", "Joins answered later because their worker's IPC queue held more than 16 MiB."},
 	{"ids", "Client ids the workers hold."},
 	{"channels", "Channels with a subscriber."},
 	{"manager_rss_bytes", "Resident memory of the manager."},
@@ -103,6 +106,9 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("published_total", float64(st.Manager.Published))
 	put("retained_messages", float64(st.Manager.Retained))
 	put("replays_cut_total", float64(st.Manager.ReplaysCut))
+	put("joins_total", float64(st.Manager.Joins))
+	put("replays_partial_total", float64(st.Manager.ReplaysPartial))
+	put("joins_deferred_total", float64(st.Manager.JoinsDeferred))
 	put("history_bytes", float64(st.Manager.HistoryBytes))
 	put("history_evicted_total", float64(st.Manager.HistoryEvicted))
 	put("publish_refused_total", float64(st.Manager.PublishRefused))

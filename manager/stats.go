@@ -107,6 +107,16 @@ type ManagerStats struct {
 	// ReplaysCut counts joins that asked for more than comet.max_replay
 	// messages: they got the newest and a gap announcement.
 	ReplaysCut uint64 `json:"replays_cut"`
+	// Joins counts subscriptions answered with a replay (or deferred): one
+	// per connection, and one per WebSocket command that changed what it
+	// follows (at most one on its way per connection).
+	Joins uint64 `json:"joins"`
+	// ReplaysPartial counts joins whose replay stopped at half of
+	// comet.max_pending (the client gets the rest from its cursor);
+	// JoinsDeferred, joins answered "later" because their worker's IPC
+	// queue held more than 16 MiB (its worker asked again).
+	ReplaysPartial uint64 `json:"replays_partial"`
+	JoinsDeferred  uint64 `json:"joins_deferred"`
 	// HistoryBytes is the message bodies history holds; HistoryEvicted the
 	// messages let go before their TTL for comet.history_max_bytes.
 	HistoryBytes   uint64 `json:"history_bytes"`
@@ -239,6 +249,7 @@ func (m *Manager) Snapshot() Stats {
 	hc := m.hub.counters()
 	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = hc.Published, hc.Retained, hc.IDs, hc.Channels
 	st.Manager.ReplaysCut, st.Manager.HistoryBytes, st.Manager.HistoryEvicted = hc.ReplaysCut, hc.HistoryBytes, hc.HistoryEvicted
+	st.Manager.Joins, st.Manager.ReplaysPartial, st.Manager.JoinsDeferred = hc.Joins, hc.ReplaysPartial, hc.JoinsDeferred
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()

@@ -27,10 +27,13 @@ const (
 	maxRestartDelay = 30 * time.Second
 	startTimeout    = 10 * time.Second
 	stopTimeout     = 10 * time.Second
-	// ipcOutboxLimit: a worker with this much unread IPC is stuck, and is
-	// killed (and restarted). Long before that, past ipcHighWater, the API
-	// answers publishes 503 until the worker catches up; one that stays
-	// past it for ipcStuckAfter is killed too: the last resort, counted.
+	// ipcOutboxLimit: a worker with this much unread IPC is killed (and
+	// restarted): the manager holds no more for it. Long before that, past
+	// ipcHighWater, the API answers publishes 503 until the worker catches
+	// up, and past joinBacklog (hub.go) joins wait, so what fills an outbox
+	// is bounded well below the limit. A worker is killed otherwise only
+	// when it is stuck: bytes wait for it and it has taken none for
+	// ipcStuckAfter. One that reads, however slowly, is busy, not stuck.
 	ipcOutboxLimit = 256 << 20
 	ipcHighWater   = 64 << 20
 	ipcStuckAfter  = 30 * time.Second
@@ -80,6 +83,7 @@ type proc struct {
 	readDone chan struct{} // closed when readLink returns
 	outDone  chan struct{} // closed when the outbox writer returns
 	handing  atomic.Bool   // reading stops at a frame boundary: hand-over
+	killed   atomic.Bool   // the manager killed it (killWorker): once
 	leftover []byte        // bytes read but not parsed when reading stopped
 	foreign  bool          // adopted from a manager of another IPC version
 	started  time.Time
@@ -93,6 +97,8 @@ type proc struct {
 	pss    uint64
 	cpuPct float64
 	behind time.Time      // since when its outbox is past ipcHighWater (zero: not)
+	idle   time.Time      // since when bytes wait for it and it has taken none (zero: not)
+	taken  uint64         // its outbox's Written when last sampled
 	pubs   chan clientPub // its clients' publishes, in order (clientpub.go)
 }
 
@@ -371,14 +377,24 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 	}
 }
 
-// tell queues a frame for a worker; a worker that stopped reading is killed
-// and restarted rather than allowed to hold unbounded memory here.
+// tell queues a frame for a worker; one whose queue passes ipcOutboxLimit
+// is killed and restarted rather than allowed to hold more memory here
+// (its clients come back with their cursors).
 func (m *Manager) tell(p *proc, fn func([]byte) []byte) {
 	if err := p.out.Append(fn); errors.Is(err, ipc.ErrOutboxFull) {
-		m.log.Error("worker stopped reading IPC; killing it", "slot", p.slot.idx, "pid", p.pid, "queued_mib", ipcOutboxLimit>>20)
-		m.workersKilled.Add(1)
-		p.kill()
+		m.killWorker(p, "worker's IPC queue is full; killing it", "queued_mib", ipcOutboxLimit>>20)
 	}
+}
+
+// killWorker kills p, once: it is logged and counted (workers_killed)
+// once however many reasons come up before it is gone.
+func (m *Manager) killWorker(p *proc, msg string, args ...any) {
+	if !p.killed.CompareAndSwap(false, true) {
+		return
+	}
+	m.log.Error(msg, append([]any{"slot", p.slot.idx, "pid", p.pid}, args...)...)
+	m.workersKilled.Add(1)
+	p.kill()
 }
 
 // behind returns a live worker whose outbox is past ipcHighWater, if one
@@ -394,25 +410,30 @@ func (m *Manager) behind() (*proc, int) {
 	return nil, 0
 }
 
-// killStuck kills a worker whose outbox has stayed past ipcHighWater for
-// ipcStuckAfter: publishing waits for it meanwhile, and a worker that does
-// not catch up in that long is not coming back (the sampler calls this
-// every second).
+// killStuck kills a worker that is stuck: bytes have waited for it and it
+// has taken none of them for ipcStuckAfter. It also notes when a worker
+// falls behind (publishing waits for it then) and catches up. The
+// sampler calls this every second.
 func (m *Manager) killStuck(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, p := range m.allProcs() {
-		switch n := p.out.Len(); {
-		case n <= ipcHighWater:
+		n, taken := p.out.Len(), p.out.Written()
+		switch {
+		case n <= ipcHighWater && !p.behind.IsZero():
 			p.behind = time.Time{}
-		case p.behind.IsZero():
+			m.log.Info("worker caught up on its IPC", "slot", p.slot.idx, "pid", p.pid)
+		case n > ipcHighWater && p.behind.IsZero():
 			p.behind = now
 			m.log.Warn("worker is behind on its IPC: publishes get 503 until it catches up", "slot", p.slot.idx, "pid", p.pid, "queued_mib", n>>20)
-		case now.Sub(p.behind) >= ipcStuckAfter:
-			m.log.Error("worker has not caught up on its IPC; killing it", "slot", p.slot.idx, "pid", p.pid, "queued_mib", n>>20, "behind_s", int(now.Sub(p.behind).Seconds()))
-			m.workersKilled.Add(1)
-			p.behind = time.Time{}
-			p.kill()
+		}
+		switch {
+		case n == 0 || taken != p.taken:
+			p.idle, p.taken = time.Time{}, taken // nothing waits, or it reads: busy at most
+		case p.idle.IsZero():
+			p.idle = now
+		case now.Sub(p.idle) >= ipcStuckAfter:
+			m.killWorker(p, "worker has taken none of its IPC; killing it", "queued_mib", n>>20, "stuck_s", int(now.Sub(p.idle).Seconds()))
 		}
 	}
 }

@@ -231,18 +231,30 @@ func appendLine(b []byte, kind int, body []byte) []byte {
 // replay answers a connection's subscription with what it missed, one
 // piece at a time (rp.More: another follows; the manager queues nothing
 // live for it until after the last). A replay goes out only as fast as the
-// client reads it: once comet.max_pending bytes wait unsent, the rest is
-// left out and the connection, at the last piece, gets its transport's
-// reconnect hint - it comes back with its cursor, and history gives it the
-// rest. A long-poll's answer is bounded the same way.
+// client reads it: the manager sends at most half of comet.max_pending of
+// it (rp.Partial: history holds more), and once comet.max_pending bytes
+// wait unsent the rest is left out too; either way the connection, at the
+// last piece, gets its transport's reconnect hint - it comes back with its
+// cursor, and history gives it the rest. A long-poll's answer is bounded
+// the same way, and its next poll is the rest.
 func (w *Worker) replay(rp *ipc.Replay) {
 	a, ok := w.awaiting[rp.Token]
 	cc := a.cc
 	if !ok {
-		return // it went away meanwhile, or a long-poll answered already
+		return // it went away meanwhile, joined again, or a long-poll answered already
 	}
 	if cc.state == stDead || cc.id == "" {
 		w.doneAwaiting(rp.Token)
+		return
+	}
+	switch {
+	case a.rejoin: // this replay is for a subscription it has changed since
+		w.doneAwaiting(rp.Token)
+		a.rejoin = false
+		w.join(cc, cc.cursor, a)
+		return
+	case rp.Deferred: // the manager had no room: ask again later
+		w.deferJoin(rp.Token)
 		return
 	}
 	if cc.tr == trLP {
@@ -272,7 +284,7 @@ func (w *Worker) replay(rp *ipc.Replay) {
 		return
 	}
 	w.goLive(rp.Token, cc, a)
-	if a.cut {
+	if a.cut || rp.Partial {
 		w.handOff(cc) // the rest when it comes back from its cursor
 	}
 }

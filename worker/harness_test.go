@@ -116,10 +116,10 @@ func (h *harness) answerJoins(p []byte) {
 	for op := pr.Next(); op != 0; op = pr.Next() {
 		if op == ipc.OpJoin {
 			if g := h.gapAt.Load(); g != 0 {
-				out = ipc.AppendReplayHead(out, pr.Join.Token, false, g, 1)
+				out = ipc.AppendReplayHead(out, pr.Join.Token, 0, g, 1)
 				out = ipc.AppendBytes(ipc.AppendUvarint(out, g), []byte(`"r"`))
 			} else {
-				out = ipc.AppendReplayHead(out, pr.Join.Token, false, 0, 0)
+				out = ipc.AppendReplayHead(out, pr.Join.Token, 0, 0, 0)
 			}
 			n++
 		}

@@ -18,6 +18,13 @@ import (
 // its replay arrives the connection takes no live messages: the replay
 // includes them (see manager/hub.go).
 func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, exp uint32) {
+	w.register(cc, id, chans)
+	w.join(cc, since, awaiter{cc: cc, exp: exp, fresh: w.fresh})
+	w.fresh = false
+}
+
+// register files cc under id and chans and tells the manager (Has, Sub).
+func (w *Worker) register(cc *conn, id []byte, chans [][]byte) {
 	if head := w.byID.get(id); head != nil {
 		cc.id, cc.inext = head.id, head // share the id's bytes
 	} else {
@@ -43,27 +50,78 @@ func (w *Worker) subscribe(cc *conn, id []byte, chans [][]byte, since uint64, ex
 			}
 		}
 	}
+}
+
+// join asks the manager for cc's replay after since, for its id and
+// channels as registered, under a new token; a waits for it in awaiting.
+func (w *Worker) join(cc *conn, since uint64, a awaiter) {
 	w.nextToken++
 	if w.nextToken == 0 {
 		w.nextToken = 1
 	}
 	cc.token = w.nextToken
 	cc.flags |= fAwaiting
-	w.awaiting[cc.token] = awaiter{cc: cc, exp: exp, fresh: w.fresh}
-	w.fresh = false
+	w.awaiting[cc.token] = a
 	w.awaitingPeak = max(w.awaitingPeak, len(w.awaiting))
 	cc.cursor = since
-	w.presOut = ipc.AppendJoin(w.presOut, cc.token, since, id, chans)
+	w.appendJoin(cc)
 	w.maybeFlushPresence()
+}
+
+// appendJoin queues cc's Join record: its token, cursor, id and channels.
+func (w *Worker) appendJoin(cc *conn) {
+	var chans []string
+	if cc.x != nil {
+		chans = cc.x.channels
+	}
+	w.presOut = ipc.AppendJoin(w.presOut, cc.token, cc.cursor, stringBytes(cc.id), chans)
 }
 
 // awaiter is a subscription whose replay is on its way, and when its
 // token expires (0: never): cc.token holds the replay's token until then.
 type awaiter struct {
-	cc    *conn
-	exp   uint32
-	cut   bool // its replay outgrew what the client reads: the rest after a reconnect
-	fresh bool // it came without a cursor: no gap is announced to it
+	cc     *conn
+	exp    uint32
+	cut    bool // its replay outgrew what the client reads: the rest after a reconnect
+	fresh  bool // it came without a cursor: no gap is announced to it
+	rejoin bool // its subscription changed while it waited: join again, from cc.cursor, when the replay comes
+}
+
+// Joins wait their turn. A connection has at most one join on its way: a
+// WebSocket command that changes its subscription while one is changes
+// the registration at once and joins again once that replay is in (the
+// replay, for the old subscription, is dropped), so a burst of commands
+// costs the manager one replay, not one each. A join the manager deferred
+// (its queue for this worker is full of replays: manager/hub.go
+// joinBacklog) is asked again after rejoinAfter, from the same cursor.
+type rejoin struct {
+	token uint32
+	due   uint32 // tick
+}
+
+const rejoinAfter = 100 * time.Millisecond
+
+// deferJoin schedules cc's join (token) again, after rejoinAfter and up to
+// as long again at random, so deferred joins do not come back together.
+func (w *Worker) deferJoin(token uint32) {
+	d := ticksOf(rejoinAfter)
+	w.rejoins = append(w.rejoins, rejoin{token: token, due: w.tick + d + w.random()%d})
+}
+
+// rejoinDue sends the deferred joins whose time has come (the tick).
+func (w *Worker) rejoinDue() {
+	kept := w.rejoins[:0]
+	for _, r := range w.rejoins {
+		if int32(w.tick-r.due) < 0 {
+			kept = append(kept, r)
+			continue
+		}
+		if a, ok := w.awaiting[r.token]; ok && a.cc.token == r.token {
+			w.appendJoin(a.cc)
+		}
+	}
+	clear(w.rejoins[len(kept):])
+	w.rejoins = kept
 }
 
 // unsubscribe undoes subscribe; it is a no-op for a connection that is not
@@ -77,6 +135,11 @@ func (w *Worker) unsubscribe(cc *conn) {
 		cc.flags &^= fAwaiting
 	}
 	cc.flags &^= fExp
+	w.unregister(cc)
+}
+
+// unregister undoes register: cc leaves its id and channels.
+func (w *Worker) unregister(cc *conn) {
 	w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
 	if head := w.byID.getString(cc.id); head == cc {
 		if cc.inext == nil {

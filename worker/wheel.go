@@ -137,11 +137,16 @@ var (
 // startHeartbeats schedules a new stream's first heartbeat at a random
 // point of the interval.
 func (w *Worker) startHeartbeats(cc *conn) {
+	cc.lastTx = w.tick - w.random()%w.hbTicks
+	w.schedule(cc, cc.lastTx+w.hbTicks)
+}
+
+// random is the loop's xorshift: spreads, not secrets.
+func (w *Worker) random() uint32 {
 	w.rng ^= w.rng << 13
 	w.rng ^= w.rng >> 17
 	w.rng ^= w.rng << 5
-	cc.lastTx = w.tick - w.rng%w.hbTicks
-	w.schedule(cc, cc.lastTx+w.hbTicks)
+	return w.rng
 }
 
 // heartbeat writes one unless a message went out within the interval.

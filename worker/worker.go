@@ -106,6 +106,7 @@ type Worker struct {
 	byID         idIndex                       // subscribed connections by client id (subs.go)
 	byChan       map[string]map[*conn]struct{} // subscribed connections by channel
 	awaiting     map[uint32]awaiter            // subscriptions whose replay is on its way
+	rejoins      []rejoin                      // joins the manager deferred, to ask again (subs.go)
 	perIP        map[netip.Addr]uint32         // connections per address, with server.max_conns_per_ip
 	realIP       map[*conn]netip.Addr          // with perIP: addresses PROXY headers or trusted proxies named, where not the peer's
 	trustedNets  []netip.Prefix                // server.trusted_proxies
@@ -522,6 +523,9 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 	}
 	w.advanceClock(time.Since(w.start))
 	w.retryBacklogged()
+	if len(w.rejoins) > 0 {
+		w.rejoinDue()
+	}
 	// While a broadcast fans out, the timers wait for it: it reaches the
 	// connections in the order their heartbeats fall due and stands for
 	// them, so firing heartbeats meanwhile would write most connections
@@ -571,7 +575,7 @@ func (w *Worker) onTick() (time.Duration, evio.Action) {
 // clients, a drain or stop, the control connection) and no client
 // subscribed or left within presenceQuiet.
 func (w *Worker) quiet() bool {
-	return len(w.presOut) == 0 && len(w.ipcOut) == 0 && len(w.backlogged) == 0 &&
+	return len(w.presOut) == 0 && len(w.ipcOut) == 0 && len(w.backlogged) == 0 && len(w.rejoins) == 0 &&
 		!w.draining && !w.stopping && w.ctl != nil && w.now-w.presFlushed >= presenceQuiet
 }
 

@@ -91,9 +91,21 @@ func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
 		w.wsFail(cc, errWSRate)
 		return
 	}
-	exp := w.expOf(cc)
-	w.unsubscribe(cc)
-	w.subscribe(cc, stringBytes(id), chans, since, exp)
+	if cc.flags&fAwaiting != 0 {
+		// A join is on its way: change the registration now, and join
+		// again once its replay is in (subs.go, "Joins wait their turn").
+		a := w.awaiting[cc.token]
+		a.rejoin = true
+		w.awaiting[cc.token] = a
+		w.unregister(cc)
+		w.register(cc, stringBytes(id), chans)
+		cc.cursor = since
+		w.maybeFlushPresence()
+	} else {
+		exp := w.expOf(cc)
+		w.unsubscribe(cc)
+		w.subscribe(cc, stringBytes(id), chans, since, exp)
+	}
 	clear(w.q.chans[:])
 }
 
