@@ -66,9 +66,8 @@ func (w *Worker) wsPublish(cc *conn, p []byte) {
 		return
 	}
 	x := cc.extra()
-	rate := uint32(w.opts.Comet.ClientPublishRate)
-	if !w.allow(&x.pubAt, rate, 2*rate) {
-		if x.pubOver++; x.pubOver > 2*rate {
+	if !w.wsPublishAllowed(cc) {
+		if x.pubOver++; x.pubOver > 2*uint32(w.opts.Comet.ClientPublishRate) {
 			w.wsFail(cc, errWSPubRate)
 			return
 		}

@@ -26,18 +26,36 @@ func (w *Worker) wsControlAllowed(cc *conn) bool {
 	return w.allow(&cc.extra().ctlAt, uint32(w.opts.Comet.WSPingRate), wsPingBurst)
 }
 
-// allow is a rate limit, a GCRA in ticks: *at is the tick by which the
-// client will have earned back its whole burst (0: never used); an event
-// is refused when that is more than a burst ahead.
+// wsPublishAllowed: comet.client_publish_rate a second, after a burst of
+// twice that (publish.go).
+func (w *Worker) wsPublishAllowed(cc *conn) bool {
+	rate := uint32(w.opts.Comet.ClientPublishRate)
+	return w.allow(&cc.extra().pubAt, rate, 2*rate)
+}
+
+// eventCost is what one event costs a limiter, in its units (allow).
+const eventCost = 2 * uint32(time.Second/tickEvery)
+
+// allow is a rate limit, a GCRA. *at is the time by which the client will
+// have earned back its whole burst, counted in units of 1/(2*rate) of a
+// tick: a tick is 2*rate units and an event eventCost, exactly, for every
+// rate the config accepts (up to 10,000 a second, 100 events a tick).
+// Times are even, so a used state is odd (its time |1) and 0 is "never
+// used". The clock, 2*rate*w.tick, wraps (every 36 minutes at 10,000 a
+// second), so only differences count: *at is at most a burst ahead of the
+// clock, and a difference past that means *at is behind it and the
+// client has its whole burst. (A state idle for a multiple of the wrap,
+// give or take a burst, reads as used: the client waits at most
+// burst/rate seconds, never more.)
 func (w *Worker) allow(at *uint32, rate, burst uint32) bool {
-	every := uint32(time.Second / tickEvery / time.Duration(rate))
-	t := *at
-	if t == 0 || int32(t-w.tick) < 0 {
-		t = w.tick
+	now := 2 * rate * w.tick
+	t := *at &^ 1
+	if *at == 0 || t-now > burst*eventCost {
+		t = now
 	}
-	if t-w.tick > (burst-1)*every {
+	if t-now > (burst-1)*eventCost {
 		return false
 	}
-	*at = t + every
+	*at = (t + eventCost) | 1
 	return true
 }
