@@ -15,7 +15,8 @@ import (
 // Claims are what a megacomet client token may say.
 type Claims struct {
 	// Channels the client may join: exact names, or prefixes ending in
-	// '*' ("news-*"). Absent: any channel.
+	// '*' ("news-*", "*" for any). Absent or null: auth.default_channels,
+	// which Verify puts here, so a verified token's is never nil.
 	Channels []string `json:"channels,omitempty"`
 	// Publish lists the channels the client may publish to over
 	// WebSocket: exact names, prefixes ending in '*', or "*". Absent: none.
@@ -32,8 +33,9 @@ func MayPublish(claim []string, channel string) bool {
 // Allows reports whether the token lets its holder join channel.
 func (c *Claims) Allows(channel string) bool { return Allows(c.Channels, channel) }
 
-// Allows reports whether a channels claim (nil: no claim, any channel)
-// admits channel.
+// Allows reports whether a channels claim admits channel. nil is no
+// token at all (auth off, or optional and not sent): any channel; a
+// verified token's claim is never nil.
 func Allows(claim []string, channel string) bool {
 	return claim == nil || names.Match(claim, channel)
 }
@@ -59,6 +61,8 @@ var (
 	ErrNotYet      = &Refusal{401, "token not valid yet"}
 	ErrInvalid     = &Refusal{401, "invalid token"}
 	ErrOtherClient = &Refusal{403, "token is for another id"}
+	ErrAudience    = &Refusal{401, "token audience not accepted"}
+	ErrIssuer      = &Refusal{401, "token issuer not accepted"}
 )
 
 // ChannelRefused is the 403 for a channel the token does not allow; it
@@ -74,6 +78,8 @@ type Verifier struct {
 	alg      string // the one algorithm the key is for
 	required bool
 	cookie   string
+	issuer   string   // auth.issuer, "" = not checked
+	defaults []string // auth.default_channels, never nil
 }
 
 // errWrongAlg is the key function's answer to any other algorithm.
@@ -84,7 +90,8 @@ func New(o *config.Auth) (*Verifier, error) {
 	if !o.On() {
 		return nil, nil
 	}
-	v := &Verifier{required: o.Required, cookie: o.Cookie}
+	v := &Verifier{required: o.Required, cookie: o.Cookie, issuer: o.Issuer,
+		defaults: append([]string{}, o.DefaultChannels...)}
 	if o.Secret != "" {
 		v.key, v.alg = []byte(o.Secret), "HS256"
 	} else {
@@ -100,7 +107,16 @@ func New(o *config.Auth) (*Verifier, error) {
 			v.alg = "ES256"
 		}
 	}
-	v.parser = jwt.NewParser(jwt.WithExpirationRequired(), jwt.WithLeeway(time.Second))
+	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithLeeway(time.Second)}
+	// With a shared secret, every app that holds it can sign: aud and iss
+	// say which app a token is for, and who made it.
+	if o.Audience != "" {
+		opts = append(opts, jwt.WithAudience(o.Audience))
+	}
+	if o.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(o.Issuer))
+	}
+	v.parser = jwt.NewParser(opts...)
 	return v, nil
 }
 
@@ -128,7 +144,7 @@ func (v *Verifier) Verify(token, id string) (*Claims, error) {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return nil, ErrExpired
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing) && c.ExpiresAt == nil:
 		return nil, ErrNoExpiry
 	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
 		return nil, ErrNotYet
@@ -138,11 +154,21 @@ func (v *Verifier) Verify(token, id string) (*Claims, error) {
 		return nil, ErrSignature
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return nil, ErrMalformed
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer), v.issuer != "" && c.Issuer == "":
+		return nil, ErrIssuer
+	// exp and iss are there: the missing claim is aud.
+	case errors.Is(err, jwt.ErrTokenInvalidAudience), errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return nil, ErrAudience
 	default:
 		return nil, ErrInvalid
 	}
 	if c.Subject != id {
 		return nil, ErrOtherClient
+	}
+	if c.Channels == nil {
+		// "All channels" is said, ["*"], never implied by a token
+		// minted for something else.
+		c.Channels = v.defaults
 	}
 	return &c, nil
 }
@@ -153,11 +179,10 @@ func Mint(secret []byte, id string, channels []string, ttl time.Duration, now ti
 	return MintClaims(secret, id, Claims{Channels: channels}, ttl, now)
 }
 
-// MintClaims signs claims (channels, publish) for id, valid for ttl.
+// MintClaims signs claims (channels, publish, aud, iss) for id, valid for
+// ttl.
 func MintClaims(secret []byte, id string, c Claims, ttl time.Duration, now time.Time) (string, error) {
-	c.RegisteredClaims = jwt.RegisteredClaims{
-		Subject: id, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
-	}
+	c.Subject, c.IssuedAt, c.ExpiresAt = id, jwt.NewNumericDate(now), jwt.NewNumericDate(now.Add(ttl))
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 }
 

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 	"github.com/megacomet/megacomet/internal/names"
@@ -42,6 +43,13 @@ type Auth struct {
 	PublicKey string `toml:"public_key" json:"public_key"` // a PEM file
 	Required  bool   `toml:"required" json:"required"`
 	Cookie    string `toml:"cookie" json:"cookie"` // a cookie that may carry the token
+	// Audience and Issuer, when set, are the aud (a token's string, or one
+	// of its array) and iss a token must carry.
+	Audience string `toml:"audience" json:"audience"`
+	Issuer   string `toml:"issuer" json:"issuer"`
+	// DefaultChannels is what a token without a channels claim may join
+	// (the claim's patterns); "any" is a claim of ["*"].
+	DefaultChannels []string `toml:"default_channels" json:"default_channels"`
 
 	// PublicKeyPEM is the public_key file's contents, read by Load, so a
 	// worker gets the key with its config instead of reading the file.
@@ -121,6 +129,12 @@ type API struct {
 	// MaxConns the API's open connections (more wait to be accepted).
 	MaxBatch int `toml:"max_batch" json:"max_batch"`
 	MaxConns int `toml:"max_conns" json:"max_conns"`
+	// AllowedOrigins are the browser origins whose pages may call the API
+	// besides its own; AllowedHosts the names (Host, without the port) it
+	// answers to besides localhost and IP addresses: DNS rebinding sends
+	// a name of the attacker's.
+	AllowedOrigins []string `toml:"allowed_origins" json:"allowed_origins"`
+	AllowedHosts   []string `toml:"allowed_hosts" json:"allowed_hosts"`
 }
 
 // Manager configures the manager process itself.
@@ -207,6 +221,7 @@ func Default() Options {
 	}
 	return Options{
 		Cluster: defaultCluster(host),
+		Auth:    Auth{DefaultChannels: []string{}},
 		Server: Server{
 			Listen:         "0.0.0.0:8000",
 			Workers:        0,
@@ -221,9 +236,11 @@ func Default() Options {
 			TCPKeepalive:   Duration(60 * time.Second),
 		},
 		API: API{
-			Listen:   "127.0.0.1:9000",
-			MaxBatch: 10000,
-			MaxConns: 1024,
+			Listen:         "127.0.0.1:9000",
+			MaxBatch:       10000,
+			MaxConns:       1024,
+			AllowedOrigins: []string{},
+			AllowedHosts:   []string{},
 		},
 		Manager: Manager{
 			Socket:   filepath.Join(dir, "megacomet.sock"),
@@ -357,8 +374,7 @@ func (o *Options) check() error {
 		if origin == "*" {
 			continue
 		}
-		u, err := url.Parse(origin)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		if !isOrigin(origin) {
 			return bad("server.allowed_origins", "%q is not \"*\" or an origin like https://example.com", origin)
 		}
 	}
@@ -381,6 +397,16 @@ func (o *Options) check() error {
 	}
 	if o.API.Token == "" && !isLoopback(o.API.Listen) {
 		return bad("api.token", "required when api.listen (%s) is not a loopback address", o.API.Listen)
+	}
+	for _, origin := range o.API.AllowedOrigins {
+		if !isOrigin(origin) {
+			return bad("api.allowed_origins", "%q is not an origin like https://ops.example.com (no \"*\": name each)", origin)
+		}
+	}
+	for _, h := range o.API.AllowedHosts {
+		if !isHostName(h) {
+			return bad("api.allowed_hosts", "%q is not a host name like push.example.com (no port, no scheme)", h)
+		}
 	}
 	if err := checkSocketPath(o.Manager.Socket); err != nil {
 		return bad("manager.socket", "%v", err)
@@ -459,10 +485,25 @@ func (o *Options) checkAuth(bad func(key, format string, args ...any) error) err
 		return bad("auth.cookie", "needs auth.secret or auth.public_key")
 	case a.Cookie != "" && !validCookieName(a.Cookie):
 		return bad("auth.cookie", "%q is not a cookie name", a.Cookie)
+	case len(a.DefaultChannels) > 0 && !a.On():
+		return bad("auth.default_channels", "needs auth.secret or auth.public_key")
 	case a.Cookie != "" && slices.Contains(o.Server.AllowedOrigins, "*"):
 		// A browser attaches the cookie by itself, to requests that any
 		// page may start: only the pages named may use it.
 		return bad("auth.cookie", "the browser sends the cookie for any page, so server.allowed_origins must name the origins whose pages may use it, not \"*\" (any)")
+	}
+	for _, k := range []struct{ key, v string }{{"auth.audience", a.Audience}, {"auth.issuer", a.Issuer}} {
+		switch {
+		case k.v != "" && !a.On():
+			return bad(k.key, "needs auth.secret or auth.public_key")
+		case strings.TrimSpace(k.v) != k.v || strings.ContainsFunc(k.v, unicode.IsControl):
+			return bad(k.key, "must not have control characters or spaces at its ends")
+		}
+	}
+	for _, p := range a.DefaultChannels {
+		if !names.Valid(strings.TrimSuffix(p, "*")) && p != "*" {
+			return bad("auth.default_channels", "%q is not a channel name or a prefix ending in *", p)
+		}
 	}
 	if a.PublicKeyPEM != "" {
 		if _, err := ParsePublicKey([]byte(a.PublicKeyPEM)); err != nil {
@@ -470,6 +511,22 @@ func (o *Options) checkAuth(bad func(key, format string, args ...any) error) err
 		}
 	}
 	return nil
+}
+
+// isOrigin: a browser origin, scheme://host[:port].
+func isOrigin(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && (u.Path == "" || u.Path == "/")
+}
+
+// isHostName: a DNS name (an IPv4 address is one too).
+func isHostName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return s != "" && len(s) <= 253
 }
 
 // validCookieName: an RFC 6265 token.

@@ -16,7 +16,8 @@ var statusPage []byte
 
 func stopFrame(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeStop, nil) }
 
-// apiHandler serves the publish and admin API on api.listen.
+// apiHandler serves the publish and admin API on api.listen, every endpoint
+// behind the browser guard (apiguard.go) and api.token.
 func (m *Manager) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /publish", m.handlePublish)
@@ -39,7 +40,7 @@ func (m *Manager) apiHandler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	})
-	return m.requireToken(mux)
+	return guardAPI(&m.opts.API, m.requireToken(mux))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

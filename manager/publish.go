@@ -238,8 +238,9 @@ func (m *Manager) handlePublish(w http.ResponseWriter, r *http.Request) {
 }
 
 // requireToken guards the API with api.token when one is set: the
-// Authorization: Bearer header, or access_token in the query (RFC 6750 §2.3,
-// for the status page in a browser).
+// Authorization: Bearer header (the scheme in any case, RFC 7235 §2.1), or
+// access_token in the query (RFC 6750 §2.3, for the status page in a
+// browser).
 func (m *Manager) requireToken(next http.Handler) http.Handler {
 	token := m.opts.API.Token
 	if token == "" {
@@ -249,7 +250,10 @@ func (m *Manager) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := r.URL.Query().Get("access_token")
 		if h := r.Header.Get("Authorization"); h != "" {
-			got, _ = strings.CutPrefix(h, "Bearer ")
+			got = h
+			if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+				got = h[7:]
+			}
 		}
 		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="megacomet"`)

@@ -531,8 +531,12 @@ func (e *engine) sendRequest(idx int32, c *conn) bool {
 		// before it reconnects: the last may have expired.
 		id := e.o.Letter + strconv.Itoa(e.first+int(idx))
 		var claims auth.Claims
+		if e.o.Channels > 0 {
+			// Its own channels; without a claim it could join none.
+			claims.Channels = []string{e.o.Letter + "-c*"}
+		}
 		if e.o.Chat > 0 {
-			claims.Publish = []string{e.o.Letter + "-c*"} // its own channels
+			claims.Publish = claims.Channels
 		}
 		if tok, err := auth.MintClaims([]byte(e.o.TokenSecret), id, claims, e.o.TokenTTL, time.Now()); err == nil {
 			b = append(append(append(b, sep), "token="...), tok...)

@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "run":
-		err = runManager(args, stdout)
+		err = runManager(args, stdout, stderr)
 	case "stats":
 		err = runStats(args, stdout)
 	case "token":
@@ -87,7 +87,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func runManager(args []string, stdout io.Writer) error {
+func runManager(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run")
 	path := fs.String("config", "", "config file (TOML); built-in defaults without it")
 	check := fs.Bool("t", false, "check the config file and exit")
@@ -103,12 +103,18 @@ func runManager(args []string, stdout io.Writer) error {
 		if name == "" {
 			name = "built-in defaults"
 		}
+		if w := sharedKeyWarning(&opts.Auth); w != "" {
+			fmt.Fprintln(stderr, "megacomet: warning:", w)
+		}
 		fmt.Fprintf(stdout, "%s: ok\n", name)
 		return nil
 	}
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(opts.Manager.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", "manager")
+	if w := sharedKeyWarning(&opts.Auth); w != "" {
+		log.Warn(w)
+	}
 	if p := os.Getenv("MEGACOMET_CPUPROFILE"); p != "" {
 		// The manager's CPU profile, written when it stops: PATH.PID.
 		f, err := os.Create(fmt.Sprintf("%s.%d", p, os.Getpid()))
@@ -119,6 +125,16 @@ func runManager(args []string, stdout io.Writer) error {
 		defer pprof.StopCPUProfile()
 	}
 	return manager.Run(opts, *path, log)
+}
+
+// sharedKeyWarning is what -t and the manager's log say of an HS256 secret
+// that no aud or iss narrows: whoever holds it (the issuer, the other apps
+// it serves) signs tokens that are good here too. "" = nothing to say.
+func sharedKeyWarning(a *config.Auth) string {
+	if a.Secret == "" || a.Audience != "" || a.Issuer != "" {
+		return ""
+	}
+	return "auth.secret (HS256) without auth.audience or auth.issuer: a token signed with the secret for another app is good here too"
 }
 
 func runStats(args []string, stdout io.Writer) error {
@@ -165,7 +181,7 @@ func runStats(args []string, stdout io.Writer) error {
 func runToken(args []string, stdout io.Writer) error {
 	fs := newFlags("token")
 	id := fs.String("id", "", "the client id the token is for (its sub)")
-	chans := fs.String("channels", "", "the channels it may join, comma-separated (prefix* allowed); none: any")
+	chans := fs.String("channels", "", "the channels it may join, comma-separated (prefix* allowed, * for any); none: auth.default_channels")
 	pub := fs.String("publish", "", "the channels it may publish to over WebSocket, comma-separated (prefix* or * allowed); none: no publishing")
 	ttl := fs.Duration("ttl", time.Hour, "how long it is valid")
 	path := fs.String("config", "", "config file with auth.secret (default: "+installedConfig+" when it exists)")
@@ -201,6 +217,10 @@ func runToken(args []string, stdout io.Writer) error {
 	if *pub != "" {
 		c.Publish = strings.Split(*pub, ",")
 	}
+	if a := opts.Auth.Audience; a != "" {
+		c.Audience = []string{a}
+	}
+	c.Issuer = opts.Auth.Issuer
 	tok, err := auth.MintClaims([]byte(opts.Auth.Secret), *id, c, *ttl, time.Now())
 	if err != nil {
 		return err
