@@ -41,6 +41,7 @@ func newHTTPError(status int, reason, text string, extra ...string) *httpError {
 
 var (
 	errBadRequest = newHTTPError(400, "Bad Request", "malformed request")
+	errBareCR     = newHTTPError(400, "Bad Request", "CR without LF, or NUL, in the request head")
 	errBadID      = newHTTPError(400, "Bad Request", "bad id: use 1 to 64 of A-Z a-z 0-9 _ -")
 	errBody       = newHTTPError(400, "Bad Request", "request body not allowed")
 	errNotFound   = newHTTPError(404, "Not Found", "not found")
@@ -138,6 +139,9 @@ func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 	r.reset()
 	head := b[:end]
 	line, rest := cutLine(head)
+	if badInLine(line) {
+		return 0, errBareCR
+	}
 	sp := bytes.IndexByte(line, ' ')
 	if sp <= 0 {
 		return 0, errBadRequest
@@ -171,6 +175,9 @@ func parseRequest(b []byte, r *request, maxHeader int) (int, error) {
 		line, rest = cutLine(rest)
 		if len(line) == 0 {
 			break
+		}
+		if badInLine(line) {
+			return 0, errBareCR
 		}
 		colon := bytes.IndexByte(line, ':')
 		if colon <= 0 || line[colon-1] == ' ' || line[colon-1] == '\t' {
@@ -260,6 +267,16 @@ func cutLine(b []byte) (line, rest []byte) {
 		line = line[:n-1]
 	}
 	return line, rest
+}
+
+// badInLine reports a CR or NUL inside a head line (cutLine has taken its
+// CRLF off). RFC 9112 §2.2: "A recipient of such a bare CR MUST consider
+// that element to be invalid or replace each bare CR with SP"; RFC 9110
+// §5.5: a field value with CR, LF or NUL is rejected or each replaced with
+// SP. Replacing would make the head mean something other than what a proxy
+// in front of us read from it (request smuggling), so it is rejected.
+func badInLine(line []byte) bool {
+	return bytes.IndexByte(line, '\r') >= 0 || bytes.IndexByte(line, 0) >= 0
 }
 
 func trimOWS(b []byte) []byte {

@@ -37,6 +37,11 @@ func TestParseRequest(t *testing.T) {
 		{"body", "GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", errBody, "", "", false},
 		{"zero body", "GET /ping HTTP/1.1\r\nContent-Length: 0\r\n\r\n", nil, "/ping", "", false},
 		{"chunked", "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", errBody, "", "", false},
+		{"bare CR in a value", "GET /ping HTTP/1.1\r\nX-A: a\rb\r\n\r\n", errBareCR, "", "", false},
+		{"bare CR ending a value", "GET /ping HTTP/1.1\r\nX-A: a\r\r\n\r\n", errBareCR, "", "", false},
+		{"bare CR, LF line ends", "GET /ping HTTP/1.1\nOrigin: x\ry\n\n", errBareCR, "", "", false},
+		{"bare CR in the target", "GET /ping\r HTTP/1.1\r\n\r\n", errBareCR, "", "", false},
+		{"NUL in a value", "GET /ping HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", errBareCR, "", "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,7 +83,7 @@ func TestParseRequestHeaders(t *testing.T) {
 }
 
 func TestErrorResponsesAreWellFormed(t *testing.T) {
-	for _, e := range []*httpError{errBadRequest, errBadID, errBody, errNotFound, errMethod, errTooLarge, errVersion} {
+	for _, e := range []*httpError{errBadRequest, errBareCR, errBadID, errBody, errNotFound, errMethod, errTooLarge, errVersion} {
 		head, body, ok := bytes.Cut(e.resp, []byte("\r\n\r\n"))
 		if !ok || !bytes.HasPrefix(head, []byte("HTTP/1.1 ")) || !bytes.Contains(head, []byte("Connection: close")) {
 			t.Errorf("%d: malformed response %q", e.status, e.resp)

@@ -47,6 +47,8 @@ func TestRejectionsAreAnsweredAndCounted(t *testing.T) {
 		{"GET /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", errBody},
 		{"GET /x HTTP/1.1\r\nX: " + strings.Repeat("a", 20000) + "\r\n\r\n", errTooLarge},
 		{"GET /x HTTP/3\r\n\r\n", errVersion},
+		// A bare CR inside a header value (RFC 9112 §2.2).
+		{"GET /ping HTTP/1.1\r\nHost: x\r\nX-Note: a\rb\r\n\r\n", errBareCR},
 	} {
 		c := h.dialRaw()
 		c.write([]byte(tc.req))
@@ -54,8 +56,8 @@ func TestRejectionsAreAnsweredAndCounted(t *testing.T) {
 			t.Errorf("%.20q: got %q", tc.req, got)
 		}
 	}
-	// BREW parses, then is refused: one request, four rejections
-	h.countsWhere(func(c ipc.Counts) bool { return c.BadRequests == 4 && c.Requests == 1 })
+	// BREW parses, then is refused: one request, five rejections
+	h.countsWhere(func(c ipc.Counts) bool { return c.BadRequests == 5 && c.Requests == 1 })
 }
 
 func TestFullWorkerRefusesAtAccept(t *testing.T) {
