@@ -27,8 +27,12 @@ const (
 	KindBroadcast byte = 2
 )
 
-// headerTo names a multi-id message's targets.
-const headerTo = "Megacomet-To"
+// headerTo names a multi-id message's targets; headerPresence marks a
+// presence announcement ("1"), which history keeps apart.
+const (
+	headerTo       = "Megacomet-To"
+	headerPresence = "Megacomet-Presence"
+)
 
 // Item is one message to publish.
 type Item struct {
@@ -36,17 +40,19 @@ type Item struct {
 	Channel   string
 	Broadcast bool
 	Data      []byte // compact JSON
+	Presence  bool   // a presence announcement (channel messages only)
 }
 
 // Message is one message read from the stream.
 type Message struct {
-	ID      uint64 // base + stream sequence
-	Kind    byte
-	To      []string
-	Channel string
-	Data    []byte
-	Time    time.Time // when JetStream stored it
-	Pending uint64    // messages after it in the stream, when it was read
+	ID       uint64 // base + stream sequence
+	Kind     byte
+	To       []string
+	Channel  string
+	Data     []byte
+	Presence bool      // a presence announcement (Item.Presence)
+	Time     time.Time // when JetStream stored it
+	Pending  uint64    // messages after it in the stream, when it was read
 }
 
 // Node is this node's link to the cluster.
@@ -338,6 +344,9 @@ func (n *Node) Publish(items []Item, key string) (ids []uint64, replayed bool, e
 			m.Data = it.Data
 			if !it.Broadcast && it.Channel == "" && len(it.To) > 1 {
 				m.Header.Set(headerTo, strings.Join(it.To, ","))
+			}
+			if it.Presence && it.Channel != "" {
+				m.Header.Set(headerPresence, "1")
 			}
 			var opts []jetstream.PublishOpt
 			if key != "" {

@@ -263,6 +263,7 @@ func (n *Node) decode(m jetstream.Msg, md *jetstream.MsgMetadata, base uint64) (
 		if !names.Valid(msg.Channel) {
 			return n.skip(msg)
 		}
+		msg.Presence = m.Headers().Get(headerPresence) == "1"
 	case strings.HasPrefix(rest, "id."):
 		msg.Kind, msg.To = KindIDs, []string{rest[3:]}
 	case rest == "ids":

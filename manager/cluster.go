@@ -95,7 +95,7 @@ func (m *Manager) publishCluster(items []pubItem, key string, sum uint64) ([]uin
 	}
 	cis := make([]cluster.Item, len(items))
 	for i, it := range items {
-		cis[i] = cluster.Item{To: it.to, Channel: it.channel, Broadcast: it.broadcast, Data: it.data}
+		cis[i] = cluster.Item{To: it.to, Channel: it.channel, Broadcast: it.broadcast, Data: it.data, Presence: it.presence}
 	}
 	ids, replayed, err := m.cluster.Publish(cis, key)
 	if err != nil {
@@ -132,7 +132,7 @@ func (h *hub) deliverStream(msgs []cluster.Message) {
 			h.prime.note(cm)
 		}
 		h.lastID, took = cm.ID, true
-		m := &message{id: cm.ID, kind: cm.Kind, to: cm.To, channel: cm.Channel, body: renderMessage(cm.ID, cm.Channel, cm.Data)}
+		m := &message{id: cm.ID, kind: cm.Kind, to: cm.To, channel: cm.Channel, body: renderMessage(cm.ID, cm.Channel, cm.Data), presence: cm.Presence}
 		h.hist.addUntil(m, cm.Time.Add(h.hist.ttl))
 		h.route(m)
 		h.published++

@@ -16,6 +16,9 @@ type message struct {
 	to      []string
 	expires time.Time
 	rings   int // how many rings still hold it
+	// presence: a presence announcement (members.go), kept in its
+	// channel's presence ring, apart from what applications publish.
+	presence bool
 }
 
 // ring is the replayable tail of one client id, one channel, or the
@@ -83,14 +86,21 @@ func (r *ring) after(dst []*message, since uint64) []*message {
 // broadcasts, bounded by comet.history_size per ring, comet.history_ttl
 // and, in total, comet.history_max_bytes of bodies (the oldest go first).
 // Not safe for concurrent use: the hub's lock guards it.
+//
+// Presence announcements have rings of their own, of presenceRing
+// messages per channel, and their bodies do not count in the bytes: a
+// flood of joins and leaves never pushes out what applications published,
+// and their loss is no gap (history.replay). What a client missed of them
+// it can read whole from GET /presence?channel=C&ids=1.
 type history struct {
 	size     int
 	ttl      time.Duration
 	maxBytes int
-	bytes    int    // of the bodies still held
+	bytes    int    // of the bodies still held (but presence announcements')
 	evicted  uint64 // messages let go before their TTL for maxBytes
 	byID     map[string]*ring
 	byChan   map[string]*ring
+	byPres   map[string]*ring // presence announcements, per channel
 	bcast    ring
 	fifo     []*message // every retained message, oldest first, for expiry
 	fifoOff  int
@@ -122,8 +132,14 @@ type emptied struct {
 // (+0.5 MiB over 18 minutes); 2 TTLs settle before the soak's 5th minute.
 const tombstoneFor = 2
 
+// presenceRing is how many presence announcements a channel keeps for
+// replay (fewer when comet.history_size is smaller): under a flood one
+// every maxMemberGap, so 32 s of them.
+const presenceRing = 16
+
 func newHistory(size int, ttl time.Duration) *history {
-	return &history{size: size, ttl: ttl, maxBytes: math.MaxInt, byID: make(map[string]*ring), byChan: make(map[string]*ring)}
+	return &history{size: size, ttl: ttl, maxBytes: math.MaxInt, byID: make(map[string]*ring), byChan: make(map[string]*ring),
+		byPres: make(map[string]*ring)}
 }
 
 // retained is how many messages are still replayable.
@@ -137,21 +153,25 @@ func (h *history) addUntil(m *message, expires time.Time) {
 		return
 	}
 	m.expires = expires
-	h.bytes += len(m.body)
-	switch m.kind {
-	case kindIDs:
+	switch {
+	case m.presence:
+		h.pushPresence(m)
+	case m.kind == kindIDs:
+		h.bytes += len(m.body)
 		for _, id := range m.to {
 			h.pushTo(h.byID, id, m)
 		}
-	case kindChannel:
+	case m.kind == kindChannel:
+		h.bytes += len(m.body)
 		h.pushTo(h.byChan, m.channel, m)
 	default:
+		h.bytes += len(m.body)
 		m.rings++
 		h.dropped(h.bcast.push(m, h.size))
 	}
 	h.fifo = append(h.fifo, m)
 	for h.bytes > h.maxBytes && h.retained() > 1 {
-		if h.fifo[h.fifoOff].body != nil {
+		if o := h.fifo[h.fifoOff]; o.body != nil && !o.presence {
 			h.evicted++
 		}
 		h.popOldest()
@@ -169,6 +189,18 @@ func (h *history) pushTo(rings map[string]*ring, key string, m *message) {
 	h.dropped(r.push(m, h.size))
 }
 
+// pushPresence keeps a presence announcement in its channel's presence
+// ring; one pushed out is released at once.
+func (h *history) pushPresence(m *message) {
+	r := h.byPres[m.channel]
+	if r == nil {
+		r = &ring{}
+		h.byPres[m.channel] = r
+	}
+	m.rings++
+	h.dropped(r.push(m, min(h.size, presenceRing)))
+}
+
 // dropped notes that a ring let go of m; once no ring holds it, its body is
 // released even before it expires.
 func (h *history) dropped(m *message) {
@@ -182,7 +214,9 @@ func (h *history) dropped(m *message) {
 
 // release lets go of m's body.
 func (h *history) release(m *message) {
-	h.bytes -= len(m.body)
+	if !m.presence {
+		h.bytes -= len(m.body)
+	}
 	m.body = nil
 }
 
@@ -200,12 +234,19 @@ func (h *history) popOldest() {
 	m := h.fifo[h.fifoOff]
 	h.fifo[h.fifoOff] = nil
 	h.fifoOff++
-	switch m.kind {
-	case kindIDs:
+	switch {
+	case m.presence:
+		// No tombstone: a presence ring's losses are no gap.
+		if r := h.byPres[m.channel]; r != nil && r.front() == m {
+			if r.popFront(); r.n == 0 {
+				delete(h.byPres, m.channel)
+			}
+		}
+	case m.kind == kindIDs:
 		for _, id := range m.to {
 			h.popIf(h.byID, id, m)
 		}
-	case kindChannel:
+	case m.kind == kindChannel:
 		h.popIf(h.byChan, m.channel, m)
 	default:
 		if h.bcast.front() == m {
@@ -315,6 +356,9 @@ func (h *history) replay(id string, channels []string, since uint64) (out []*mes
 	read(h.byID[id])
 	for _, ch := range channels {
 		read(h.byChan[ch])
+		if r := h.byPres[ch]; r != nil {
+			out = r.after(out, since)
+		}
 	}
 	read(&h.bcast)
 	slices.SortFunc(out, func(a, b *message) int {

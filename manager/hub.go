@@ -144,6 +144,7 @@ type pubItem struct {
 	channel   string
 	broadcast bool
 	data      []byte // compact JSON
+	presence  bool   // a presence announcement (members.go): history keeps it apart
 }
 
 // errHandingOver: the hub's state went to the manager taking over.
@@ -186,7 +187,7 @@ func (h *hub) publish(items []pubItem, key string, sum uint64) (ids []uint64, re
 	ids = make([]uint64, len(items))
 	for i := range items {
 		it := &items[i]
-		m := &message{id: h.nextID(now), to: it.to, channel: it.channel}
+		m := &message{id: h.nextID(now), to: it.to, channel: it.channel, presence: it.presence}
 		switch {
 		case it.broadcast:
 			m.kind = kindBroadcast
@@ -407,7 +408,7 @@ func (h *hub) presence(p *proc, payload []byte) error {
 		case ipc.OpUnsub:
 			h.chans.remove(h.chans.hash(pr.Name), p.link)
 		case ipc.OpMemberJoin, ipc.OpMemberLeave:
-			h.members.note(string(pr.Channel), string(pr.Name), op == ipc.OpMemberJoin)
+			h.members.note(string(pr.Channel), string(pr.Name), op == ipc.OpMemberJoin, now)
 		default:
 			h.flush()
 			return pr.Err()
@@ -432,6 +433,7 @@ func (h *hub) counters() hubCounts {
 		IDs: h.ids.len(), Channels: h.chans.len(), ReplaysCut: h.replaysCut,
 		Joins: h.joins, ReplaysPartial: h.replaysPartial, JoinsDeferred: h.joinsDeferred,
 		HistoryBytes: uint64(h.hist.bytes), HistoryEvicted: h.hist.evicted,
+		PresenceAnnounced: h.members.announced, PresenceHeld: h.members.held,
 	}
 }
 
@@ -440,6 +442,7 @@ type hubCounts struct {
 	Published, Retained, ReplaysCut      uint64
 	Joins, ReplaysPartial, JoinsDeferred uint64
 	HistoryBytes, HistoryEvicted         uint64
+	PresenceAnnounced, PresenceHeld      uint64
 	IDs, Channels                        int
 }
 
@@ -476,6 +479,9 @@ type stateMessage struct {
 	To      []string        `json:"to,omitempty"`
 	Body    json.RawMessage `json:"body"`
 	Expires int64           `json:"expires"` // Unix nanoseconds
+	// Presence: a presence announcement, kept in its channel's presence
+	// ring (history.go).
+	Presence bool `json:"presence,omitempty"`
 }
 
 // snapshot captures the id sequence and the retained history, and each
@@ -490,7 +496,8 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 		if m.body == nil {
 			continue // evicted from every ring
 		}
-		st.Messages = append(st.Messages, stateMessage{ID: m.id, Kind: m.kind, Channel: m.channel, To: m.to, Body: m.body, Expires: m.expires.UnixNano()})
+		st.Messages = append(st.Messages, stateMessage{ID: m.id, Kind: m.kind, Channel: m.channel, To: m.to, Body: m.body,
+			Expires: m.expires.UnixNano(), Presence: m.presence})
 	}
 	for _, key := range h.idem.fifo[h.idem.off:] {
 		if e := h.idem.keys[key]; e != nil {
@@ -514,7 +521,7 @@ func (h *hub) restore(st *hubState) {
 	h.lastID = max(h.lastID, st.LastID)
 	h.published += st.Published
 	for _, sm := range st.Messages {
-		m := &message{id: sm.ID, kind: sm.Kind, channel: sm.Channel, to: sm.To, body: sm.Body}
+		m := &message{id: sm.ID, kind: sm.Kind, channel: sm.Channel, to: sm.To, body: sm.Body, presence: sm.Presence && sm.Kind == kindChannel}
 		h.hist.addUntil(m, time.Unix(0, sm.Expires))
 	}
 	for _, k := range st.Keys {

@@ -175,3 +175,42 @@ func TestNoPublishAfterTheSnapshot(t *testing.T) {
 		t.Errorf("snapshot holds %d messages, %d published", len(st.Messages), h.published)
 	}
 }
+
+// Presence announcements have a ring of their own per channel: a flood of
+// them neither pushes a channel's published messages out (by count or by
+// comet.history_max_bytes) nor makes a replay announce a gap, and a
+// replay still carries the newest of them in order with the rest. They
+// survive a hand-over as presence.
+func TestPresenceApartFromHistory(t *testing.T) {
+	h := testHub() // history_size 100
+	h.hist.maxBytes = 64 << 10
+	real, _, _ := h.publish([]pubItem{{channel: "room", data: []byte(`"hello"`)}}, "", 0)
+	flood := make([]pubItem, 1000)
+	for i := range flood {
+		flood[i] = pubItem{channel: "room", presence: true, data: []byte(`{"presence":{"join":"` + strings.Repeat("x", 200) + `"}}`)}
+	}
+	ids, _, _ := h.publish(flood, "", 0)
+	got, lost := h.hist.replay("me", []string{"room"}, real[0]-1)
+	if lost || len(got) != 1+presenceRing || got[0].id != real[0] || got[len(got)-1].id != ids[len(ids)-1] {
+		t.Fatalf("replay after a presence flood: %d messages (lost %v), want the published one and the newest %d announcements", len(got), lost, presenceRing)
+	}
+	if c := h.counters(); c.HistoryEvicted != 0 || c.HistoryBytes != uint64(len(renderMessage(real[0], "room", []byte(`"hello"`)))) {
+		t.Errorf("evicted %d, history bytes %d: presence counted against history", c.HistoryEvicted, c.HistoryBytes)
+	}
+	st, _ := h.snapshot(nil)
+	next := testHub()
+	next.restore(&st)
+	if got, lost := next.hist.replay("me", []string{"room"}, real[0]-1); lost || len(got) != 1+presenceRing || !got[1].presence {
+		t.Errorf("after a hand-over: %d messages (lost %v)", len(got), lost)
+	}
+	// Without them, the flood would have pushed "hello" out of its ring.
+	for i := range flood {
+		flood[i].presence = false
+	}
+	if _, _, err := next.publish(flood, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, lost := next.hist.replay("me", []string{"room"}, real[0]-1); !lost || got[0].id == real[0] {
+		t.Errorf("published messages did not push each other out: the test shows nothing")
+	}
+}

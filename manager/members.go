@@ -25,6 +25,20 @@ import (
 // deliveries - not 10^8.
 const memberWindow = 100 * time.Millisecond
 
+// maxMemberGap is the longest a busy channel's announcements are gathered:
+// a channel that had something to say in each of its windows has its
+// window doubled, up to this, and back to memberWindow once it has been
+// quiet for one. So a room that anonymous clients keep joining and leaving
+// costs its members at most one message per maxMemberGap after the first
+// second, however fast they come.
+const maxMemberGap = 2 * time.Second
+
+// maxAnnouncements bounds the messages one window publishes, over every
+// channel (2,000 a second): a flood over many rooms waits its turn and is
+// coalesced further meanwhile, the longest waiting first. What is held back
+// is never lost: it is said in the channel's next message.
+const maxAnnouncements = 200
+
 // maxAnnounced bounds the ids one announcement lists; past it the message
 // says how many joined and left.
 const maxAnnounced = 100
@@ -32,15 +46,32 @@ const maxAnnounced = 100
 // members is the announced channels' members. The hub's lock guards it.
 type members struct {
 	conns   map[string]map[string]uint32 // channel → id → connections
-	pending map[string]map[string]int8   // channel → id → +1 joined, -1 left, since the last announcement
+	pending map[string]*change           // channel → what changed since its last announcement
+	pace    map[string]pace              // channel → when it may speak next, for channels that spoke lately
+	swept   time.Time                    // when pace was last swept of quiet channels
+	// announced and held count the messages published and the windows a
+	// due channel waited for maxAnnouncements, for stats.
+	announced, held uint64
+}
+
+// change is one channel's joins and leaves not yet announced.
+type change struct {
+	ids   map[string]int8 // id → +1 joined, -1 left
+	since time.Time       // when the first of them came
+}
+
+// pace is a channel's window: it spoke at last, and may again from next.
+type pace struct {
+	last, next time.Time
+	gap        time.Duration
 }
 
 func newMembers() *members {
-	return &members{conns: map[string]map[string]uint32{}, pending: map[string]map[string]int8{}}
+	return &members{conns: map[string]map[string]uint32{}, pending: map[string]*change{}, pace: map[string]pace{}}
 }
 
-// note counts a connection of id joining (or leaving) channel.
-func (ms *members) note(channel, id string, join bool) {
+// note counts a connection of id joining (or leaving) channel at now.
+func (ms *members) note(channel, id string, join bool, now time.Time) {
 	m := ms.conns[channel]
 	if m == nil {
 		if !join {
@@ -52,7 +83,7 @@ func (ms *members) note(channel, id string, join bool) {
 	switch {
 	case join:
 		if m[id]++; m[id] == 1 {
-			ms.mark(channel, id, 1)
+			ms.mark(channel, id, 1, now)
 		}
 	case m[id] > 0:
 		if m[id]--; m[id] == 0 {
@@ -60,19 +91,19 @@ func (ms *members) note(channel, id string, join bool) {
 			if len(m) == 0 {
 				delete(ms.conns, channel)
 			}
-			ms.mark(channel, id, -1)
+			ms.mark(channel, id, -1, now)
 		}
 	}
 }
 
-func (ms *members) mark(channel, id string, d int8) {
-	p := ms.pending[channel]
-	if p == nil {
-		p = map[string]int8{}
-		ms.pending[channel] = p
+func (ms *members) mark(channel, id string, d int8, now time.Time) {
+	c := ms.pending[channel]
+	if c == nil {
+		c = &change{ids: map[string]int8{}, since: now}
+		ms.pending[channel] = c
 	}
-	if p[id] += d; p[id] == 0 {
-		delete(p, id) // joined and left within the window: nothing to say
+	if c.ids[id] += d; c.ids[id] == 0 {
+		delete(c.ids, id) // joined and left within the window: nothing to say
 	}
 }
 
@@ -82,23 +113,57 @@ type announcement struct {
 	data    []byte
 }
 
-// take returns the announcements of the window and starts a new one.
-func (ms *members) take() []announcement {
-	var out []announcement
-	for ch, p := range ms.pending {
+// take returns the announcements due at now: each channel whose window
+// is over, the longest waiting first, at most maxAnnouncements.
+func (ms *members) take(now time.Time) []announcement {
+	// A window ends when the ticker comes round, give or take its jitter.
+	due := now.Add(memberWindow / 2)
+	var ready []string
+	for ch, c := range ms.pending {
+		switch {
+		case len(c.ids) == 0:
+			delete(ms.pending, ch) // every change cancelled out
+		case !ms.pace[ch].next.After(due):
+			ready = append(ready, ch)
+		}
+	}
+	slices.SortFunc(ready, func(a, b string) int {
+		if c := ms.pending[a].since.Compare(ms.pending[b].since); c != 0 {
+			return c
+		}
+		return compareStrings(a, b)
+	})
+	if len(ready) > maxAnnouncements {
+		ms.held += uint64(len(ready) - maxAnnouncements)
+		ready = ready[:maxAnnouncements]
+	}
+	out := make([]announcement, 0, len(ready))
+	for _, ch := range ready {
 		var joins, leaves []string
-		for id, d := range p {
+		for id, d := range ms.pending[ch].ids {
 			if d > 0 {
 				joins = append(joins, id)
 			} else {
 				leaves = append(leaves, id)
 			}
 		}
-		if len(joins)+len(leaves) > 0 {
-			out = append(out, announcement{ch, presenceData(joins, leaves)})
+		delete(ms.pending, ch)
+		out = append(out, announcement{ch, presenceData(joins, leaves)})
+		p, gap := ms.pace[ch], memberWindow
+		if now.Sub(p.last) < 2*p.gap+memberWindow/2 {
+			gap = min(2*p.gap, maxMemberGap) // it spoke in its last window too
+		}
+		ms.pace[ch] = pace{last: now, next: now.Add(gap), gap: gap}
+	}
+	ms.announced += uint64(len(out))
+	if now.Sub(ms.swept) >= maxMemberGap {
+		ms.swept = now
+		for ch, p := range ms.pace {
+			if now.Sub(p.last) > 3*maxMemberGap {
+				delete(ms.pace, ch) // quiet: its next message comes at once
+			}
 		}
 	}
-	clear(ms.pending)
 	slices.SortFunc(out, func(a, b announcement) int { return compareStrings(a.channel, b.channel) })
 	return out
 }
@@ -144,14 +209,14 @@ func presenceData(joins, leaves []string) []byte {
 func (m *Manager) announceMembers(stop <-chan struct{}) {
 	every(memberWindow, stop, func() {
 		m.hub.mu.Lock()
-		ann := m.hub.members.take()
+		ann := m.hub.members.take(m.hub.now())
 		m.hub.mu.Unlock()
 		if len(ann) == 0 {
 			return
 		}
 		items := make([]pubItem, len(ann))
 		for i, a := range ann {
-			items[i] = pubItem{channel: a.channel, data: a.data}
+			items[i] = pubItem{channel: a.channel, data: a.data, presence: true}
 		}
 		if _, err := m.publishItems(items); err != nil {
 			m.log.Warn("presence announcements not published", "channels", len(items), "err", err)

@@ -32,6 +32,8 @@ var metricHelp = []struct{ name, help string }{
 	{"joins_total", "Subscriptions answered with a replay or deferred: one per connection, one per WebSocket command that changed what it follows."},
 	{"replays_partial_total", "Joins whose replay stopped at half of comet.max_pending; the client gets the rest from its cursor."},
 	{"joins_deferred_total", "Joins answered later because their worker's IPC queue held more than 16 MiB."},
+	{"presence_announced_total", "Presence messages published for comet.presence_events channels."},
+	{"presence_held_total", "Due presence announcements that waited a window: that window had published its most."},
 	{"ids", "Client ids the workers hold."},
 	{"channels", "Channels with a subscriber."},
 	{"manager_rss_bytes", "Resident memory of the manager."},
@@ -109,6 +111,8 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("joins_total", float64(st.Manager.Joins))
 	put("replays_partial_total", float64(st.Manager.ReplaysPartial))
 	put("joins_deferred_total", float64(st.Manager.JoinsDeferred))
+	put("presence_announced_total", float64(st.Manager.PresenceAnnounced))
+	put("presence_held_total", float64(st.Manager.PresenceHeld))
 	put("history_bytes", float64(st.Manager.HistoryBytes))
 	put("history_evicted_total", float64(st.Manager.HistoryEvicted))
 	put("publish_refused_total", float64(st.Manager.PublishRefused))

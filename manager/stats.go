@@ -117,6 +117,12 @@ type ManagerStats struct {
 	// queue held more than 16 MiB (its worker asked again).
 	ReplaysPartial uint64 `json:"replays_partial"`
 	JoinsDeferred  uint64 `json:"joins_deferred"`
+	// PresenceAnnounced counts the presence messages published
+	// (comet.presence_events); PresenceHeld the times a channel's due
+	// announcement waited a window because that window had published its
+	// most (a flood over many rooms).
+	PresenceAnnounced uint64 `json:"presence_announced"`
+	PresenceHeld      uint64 `json:"presence_held"`
 	// HistoryBytes is the message bodies history holds; HistoryEvicted the
 	// messages let go before their TTL for comet.history_max_bytes.
 	HistoryBytes   uint64 `json:"history_bytes"`
@@ -250,6 +256,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.Published, st.Manager.Retained, st.IDs, st.Channels = hc.Published, hc.Retained, hc.IDs, hc.Channels
 	st.Manager.ReplaysCut, st.Manager.HistoryBytes, st.Manager.HistoryEvicted = hc.ReplaysCut, hc.HistoryBytes, hc.HistoryEvicted
 	st.Manager.Joins, st.Manager.ReplaysPartial, st.Manager.JoinsDeferred = hc.Joins, hc.ReplaysPartial, hc.JoinsDeferred
+	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
