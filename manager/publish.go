@@ -17,9 +17,8 @@ import (
 const (
 	// maxPublishBody bounds one POST /publish request.
 	maxPublishBody = 16 << 20
-	// maxMessageData bounds one message's data: it is written to every
-	// client it reaches and kept for replay.
-	maxMessageData = 256 << 10
+	// maxMessageData bounds one message's data (ipc.MaxData).
+	maxMessageData = ipc.MaxData
 	// maxTargets bounds the ids of one message.
 	maxTargets = 10000
 )
