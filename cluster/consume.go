@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/megacomet/megacomet/internal/names"
+	"github.com/megacomet/megacomet/ipc"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -276,8 +278,15 @@ func (n *Node) decode(m jetstream.Msg, md *jetstream.MsgMetadata, base uint64) (
 			return n.skip(msg)
 		}
 	}
-	if !json.Valid(msg.Data) {
+	if len(msg.Data) > ipc.MaxData || !json.Valid(msg.Data) {
 		return n.skip(msg)
+	}
+	if bytes.ContainsAny(msg.Data, "\r\n") {
+		// Valid JSON has line breaks only between tokens, where nobody
+		// must see them: SSE and NDJSON end a message at one.
+		var b bytes.Buffer
+		json.Compact(&b, msg.Data)
+		msg.Data = b.Bytes()
 	}
 	return msg, true
 }

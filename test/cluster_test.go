@@ -1,9 +1,14 @@
 package test
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,6 +16,8 @@ import (
 
 	"github.com/megacomet/megacomet/internal/testutil"
 	"github.com/megacomet/megacomet/manager"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Nodes over NATS JetStream (issue 15): real Debian nats-server processes
@@ -364,5 +371,63 @@ func TestClusterNodeReloadAndRestart(t *testing.T) {
 	t.Logf("megatest across a reload and a restart: %+v", sum)
 	if sum.Lost != 0 || sum.Duplicates != 0 || sum.PublishErrors != 0 || sum.Published == 0 {
 		t.Errorf("lost %d, duplicates %d, publish_errors %d: all must be 0; published %d", sum.Lost, sum.Duplicates, sum.PublishErrors, sum.Published)
+	}
+}
+
+// What another writer puts into the stream reaches clients only as
+// megacomet would have written it: JSON with line breaks between its
+// tokens is compacted (a raw newline would end an NDJSON line or an SSE
+// data field in the middle of the message), and data past the API's
+// 256 KiB limit is skipped and counted as foreign.
+func TestClusterStreamDataCompactedAndBounded(t *testing.T) {
+	nsrv := testutil.StartNATS(t)
+	stream := streamName()
+	a := startCometNode(t, nsrv.URL, "a", stream, nil)
+	c, err := net.Dial("tcp", a.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /stream/x?channels=news HTTP/1.0\r\n\r\n") // NDJSON, one message a line
+	waitIDs(t, a, 1)
+
+	nc, err := nats.Connect(nsrv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, data := range []string{"{\"a\":\r\n  [1,\n 2]}", `"` + strings.Repeat("x", 256<<10) + `"`} {
+		if _, err := js.Publish(context.Background(), stream+".ch.news", []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := publish(t, a.API, `{"channel":"news","data":"after"}`)[0]
+
+	br := bufio.NewReader(c)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	var lines []string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %q: %v", lines, err)
+		}
+		if !strings.HasPrefix(line, "{") {
+			continue // the answer's head, heartbeats
+		}
+		lines = append(lines, strings.TrimSuffix(line, "\n"))
+		if strings.Contains(line, `"after"`) {
+			break
+		}
+	}
+	want := []string{fmt.Sprintf(`{"id":%d,"channel":"news","data":{"a":[1,2]}}`, last-2), fmt.Sprintf(`{"id":%d,"channel":"news","data":"after"}`, last)}
+	if !slices.Equal(lines, want) {
+		t.Errorf("NDJSON lines %q, want %q", lines, want)
+	}
+	if st := a.MustStats(); st.Cluster.Foreign != 1 {
+		t.Errorf("foreign %d, want 1: the oversized message", st.Cluster.Foreign)
 	}
 }
