@@ -1,15 +1,23 @@
 package megatest
 
-import "errors"
+import (
+	"bytes"
+	"errors"
+)
 
 var errJSONP = errors.New("megatest: malformed JSONP answer")
 
+var jsonpPrefix = []byte("/**/")
+
 // lpBody walks a long-poll answer body: a JSON array of messages, or the
-// JSONP form F([...]); — calling msg with the start index of each message
-// in body. It returns how many messages there were.
+// JSONP form /**/F([...]); — calling msg with the start index of each
+// message in body. It returns how many messages there were.
 func lpBody(body []byte, msg func(b []byte, i int) (int, error)) (int, error) {
 	i := skipWS(body, 0)
 	jsonp := false
+	if bytes.HasPrefix(body[i:], jsonpPrefix) {
+		i += len(jsonpPrefix) // the worker's, before the callback (Rosetta Flash)
+	}
 	if i < len(body) && body[i] != '[' {
 		// F( — a JavaScript identifier, dots allowed
 		j := i

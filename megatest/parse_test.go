@@ -157,6 +157,7 @@ var recordings = []struct {
 	{"lp answers", "lp", "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]" +
 		"HTTP/1.1 200 OK\r\nContent-Length: 58\r\n\r\n[{\"id\":7,\"data\":{\"a\":[1,2]}},{\"id\":8,\"data\":null,\"x\":\"y\"}]", 2, nil, "200 [7 8]"},
 	{"lp jsonp", "lp", "HTTP/1.1 200 OK\r\nContent-Type: application/javascript\r\nContent-Length: 29\r\n\r\ncb.x([{\"id\":3,\"data\":true}]);", 1, nil, "200 [3]"},
+	{"lp jsonp /**/", "lp", "HTTP/1.1 200 OK\r\nContent-Type: application/javascript\r\nContent-Length: 33\r\n\r\n/**/cb.x([{\"id\":3,\"data\":true}]);", 1, nil, "200 [3]"},
 	{"lp broken json", "lp", "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n[{\"id\":3,]  ", 0, errJSON, ""},
 }
 

@@ -281,10 +281,10 @@ func poll(t testing.TB, cl *http.Client, addr, path string) []msg {
 		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
 	}
 	if cb := callbackOf(path); cb != "" {
-		if !bytes.HasPrefix(b, []byte(cb+"(")) || !bytes.HasSuffix(b, []byte(");")) {
-			t.Fatalf("JSONP answer %q does not call %s", b, cb)
+		if !bytes.HasPrefix(b, []byte("/**/"+cb+"(")) || !bytes.HasSuffix(b, []byte(");")) {
+			t.Fatalf("JSONP answer %q does not call %s after /**/", b, cb)
 		}
-		b = b[len(cb)+1 : len(b)-2]
+		b = b[len("/**/")+len(cb)+1 : len(b)-2]
 	}
 	var ms []msg
 	if err := json.Unmarshal(b, &ms); err != nil {
@@ -341,8 +341,8 @@ func startPollerAt(t testing.TB, addr, base string, since uint64) *poller {
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if cb := callbackOf(path); cb != "" && len(b) > len(cb)+3 {
-				b = b[len(cb)+1 : len(b)-2]
+			if cb := callbackOf(path); cb != "" && len(b) > len("/**/")+len(cb)+3 {
+				b = b[len("/**/")+len(cb)+1 : len(b)-2]
 			}
 			var ms []msg
 			if err := json.Unmarshal(b, &ms); err != nil {

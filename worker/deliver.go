@@ -372,12 +372,19 @@ func (w *Worker) sendGap(cc *conn, before uint64) {
 	w.send(cc, b)
 }
 
+// jsonpPrefix opens every JSONP answer. The callback is the client's
+// choice, and "Rosetta Flash" showed that one of identifier characters can
+// be a whole Flash file, which a page elsewhere could have run as ours: an
+// empty comment first means no answer starts with bytes a client chose,
+// and it stays valid JavaScript.
+var jsonpPrefix = []byte("/**/")
+
 // Long-poll answers are built in w.body: startPoll, addPoll per message,
 // finishPoll.
 func (w *Worker) startPoll(cc *conn) {
 	w.body = w.body[:0]
 	if cc.x != nil && len(cc.x.callback) > 0 {
-		w.body = append(append(w.body, cc.x.callback...), '(')
+		w.body = append(append(append(w.body, jsonpPrefix...), cc.x.callback...), '(')
 	}
 	w.body = append(w.body, '[')
 	w.pollMsgs = 0

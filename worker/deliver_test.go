@@ -432,3 +432,63 @@ func TestNoGapForAFreshConnection(t *testing.T) {
 		t.Errorf("a fresh connection was told of a gap: %q", got)
 	}
 }
+
+// Answers that carry client-chosen bytes cannot be taken for something
+// else: a JSONP body starts with /**/, not with the callback the client
+// named (Rosetta Flash), and every comet answer with a body says nosniff
+// (long-poll, JSONP, NDJSON stream, SSE, HEAD).
+func TestAnswersAreNotSniffable(t *testing.T) {
+	h := startWorker(t, noHeartbeat)
+	c := h.dialRaw()
+	joined := h.joins.Load()
+	c.write([]byte("GET /lp/j?since=5&callback=cb.x HTTP/1.1\r\nHost: x\r\n\r\n"))
+	h.waitJoins(joined + 1)
+	h.deliverTo("j", 7, []byte(`{"id":7,"data":1}`))
+	want := `/**/cb.x([{"id":7,"data":1}]);`
+	got := string(c.readUntil([]byte(");")))
+	head, body, _ := strings.Cut(got, "\r\n\r\n")
+	if body != want || !strings.Contains(head, "\r\nContent-Length: "+strconv.Itoa(len(want))+"\r\n") {
+		t.Errorf("JSONP answer %q, want the body %q", got, want)
+	}
+	for _, tc := range []struct{ name, req string }{
+		{"JSONP", ""}, // the answer above
+		{"long-poll", "GET /lp/p?since=5 HTTP/1.1\r\n\r\n"},
+		{"HEAD long-poll", "HEAD /lp/p HTTP/1.1\r\n\r\n"},
+		{"stream", "GET /stream/s HTTP/1.1\r\n\r\n"},
+		{"stream, HTTP/1.0", "GET /stream/s HTTP/1.0\r\n\r\n"},
+		{"SSE", "GET /sse/s HTTP/1.1\r\n\r\n"},
+	} {
+		if tc.req != "" {
+			c := h.dialRaw()
+			joined := h.joins.Load()
+			c.write([]byte(tc.req))
+			if !strings.HasPrefix(tc.req, "HEAD") {
+				h.waitJoins(joined + 1)
+			}
+			if strings.HasPrefix(tc.req, "GET /lp/") {
+				h.deliverTo("p", 7, []byte(`{"id":7,"data":1}`))
+			}
+			head = c.readHeadOnly()
+		}
+		if !strings.Contains(head, "\r\nX-Content-Type-Options: nosniff\r\n") {
+			t.Errorf("%s: head %q without X-Content-Type-Options: nosniff", tc.name, head)
+		}
+	}
+}
+
+// readHeadOnly reads until an answer head is complete and returns it; what
+// follows it is read too, and dropped.
+func (c *rawConn) readHeadOnly() string {
+	got := 0
+	for {
+		i := bytes.Index(c.buf[:got], []byte("\r\n\r\n"))
+		if i >= 0 {
+			return string(c.buf[:i])
+		}
+		n, err := readSock(c.fd, c.buf[got:])
+		if err != nil || n == 0 {
+			c.t.Fatalf("read: %v after %q", err, c.buf[:got])
+		}
+		got += n
+	}
+}

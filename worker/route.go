@@ -407,7 +407,9 @@ func (w *Worker) streamHead(tr transport, origin []byte, chunked bool, cursor ui
 	default:
 		b = append(b, "Content-Type: application/json\r\n"...)
 	}
-	b = append(b, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"...)
+	// nosniff as on a long-poll answer: a browser must not take a stream
+	// of client-chosen JSON for HTML or script.
+	b = append(b, "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nX-Accel-Buffering: no\r\n"...)
 	b = appendCursor(b, cursor)
 	b = w.appendCORS(b, origin)
 	b = append(b, "\r\n"...)
