@@ -16,8 +16,9 @@ import (
 // comet.client_publish when it is off; comet.client_publish_rate a second
 // after a burst of twice that (past it the client is told; past another
 // burst of refusals in a row, closed with 1008); ws_max_message bounds it
-// as any client message. The worker sends it to the manager (TypePublish,
-// with a token for the connection), which publishes it as the API would
+// as any client message, and ipc.MaxData its data (compacted) as the API's.
+// The worker sends it to the manager (TypePublish, with a token for the
+// connection), which publishes it as the API would
 // and answers with a RecAck: the client gets {"ack":ID}, or
 // {"error":"…","channel":"…"} and stays connected. This is not the hot
 // path - it is rate-limited per connection - so the command is decoded
@@ -37,6 +38,7 @@ const pubAckWait = 30 * time.Second
 var (
 	wsPubNotAllowed = "publish not allowed"
 	wsPubRate       = "publish rate exceeded"
+	wsPubTooBig     = "data over " + strconv.Itoa(ipc.MaxData) + " bytes"
 	errWSPublish    = newWSError(ws.StatusPolicyViolation, `send {"publish":"channel","data":<json>}`)
 	errWSPubRate    = newWSError(ws.StatusPolicyViolation, "too many publishes: over comet.client_publish_rate")
 )
@@ -75,13 +77,24 @@ func (w *Worker) wsPublish(cc *conn, p []byte) {
 		return
 	}
 	x.pubOver = 0
+	data := []byte(c.Data)
+	if len(data) > ipc.MaxData {
+		// The API's limit, on the same measure: the data compacted (what
+		// is stored, replayed and written to every subscriber).
+		var buf bytes.Buffer
+		if json.Compact(&buf, data) != nil || buf.Len() > ipc.MaxData {
+			w.wsError(cc, wsPubTooBig, ch)
+			return
+		}
+		data = buf.Bytes()
+	}
 	if w.pubs == nil {
 		w.pubs = make(map[uint32]pubWait)
 	}
 	w.pubSeq++
 	w.pubs[w.pubSeq] = pubWait{cc, ch, w.tick}
 	f, start := ipc.Begin(w.ipcOut, ipc.TypePublish)
-	w.ipcOut = ipc.End(ipc.AppendPublish(f, w.pubSeq, stringBytes(ch), c.Data), start)
+	w.ipcOut = ipc.End(ipc.AppendPublish(f, w.pubSeq, stringBytes(ch), data), start)
 	w.flushIPC()
 }
 
