@@ -262,7 +262,8 @@ func (w *Worker) replay(rp *ipc.Replay) {
 		return
 	}
 	cc.flags &^= fAwaiting // push writes to it now
-	if rp.Gap > cc.cursor+1 && !a.cut && !a.fresh {
+	// Gap-1, not cursor+1, which would wrap.
+	if rp.Gap > 0 && rp.Gap-1 > cc.cursor && !a.cut && !a.fresh {
 		w.sendGap(cc, rp.Gap)
 	}
 	for i := 0; i < rp.N && !a.cut && cc.state != stDead; i++ {
@@ -305,7 +306,7 @@ func (w *Worker) replayPoll(cc *conn, rp *ipc.Replay, a awaiter) {
 	}
 	w.goLive(rp.Token, cc, a)
 	w.startPoll(cc)
-	if rp.Gap > cc.cursor+1 && !a.fresh {
+	if rp.Gap > 0 && rp.Gap-1 > cc.cursor && !a.fresh {
 		w.body = appendGap(w.body, cc.cursor, rp.Gap)
 		w.counts.GapsAnnounced++
 		cc.cursor = rp.Gap - 1 // the answer's cursor: the next poll is past the gap

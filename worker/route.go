@@ -11,8 +11,30 @@ import (
 // maxChannels bounds channels=a,b,... per connection.
 const maxChannels = 16
 
+// maxCursor is the largest cursor a client may send. Ids are publish times
+// in microseconds (the manager's nextID; on a cluster, the stream's
+// sequence plus the clock when it was made), below 2^53 until the year
+// 2255 and so exact in JavaScript. A cursor past every id that can be
+// issued would leave its connection silent for good, and 2^64-1 made
+// cursor+1 wrap to 0 (a gap "after" it was then announced, and the cursor
+// went back).
+const maxCursor = 1<<53 - 1
+
+// parseSince reads a cursor: since=N, Last-Event-ID: N.
+func parseSince(b []byte) (uint64, *httpError) {
+	n, ok := parseUint(b)
+	switch {
+	case !ok:
+		return 0, errBadSince
+	case n > maxCursor:
+		return 0, errSinceRange
+	}
+	return n, nil
+}
+
 var (
 	errBadSince    = newHTTPError(400, "Bad Request", "bad since: use a message id (an unsigned integer)")
+	errSinceRange  = newHTTPError(400, "Bad Request", "bad since: message ids are below 2^53 (9007199254740992)")
 	errBadCallback = newHTTPError(400, "Bad Request", "bad callback: use a JavaScript identifier of at most 64 bytes")
 	errBadChannel  = newHTTPError(400, "Bad Request", "bad channels: use up to 16 comma-separated names of 1 to 64 of A-Z a-z 0-9 _ -")
 	errPipelined   = newHTTPError(400, "Bad Request", "too much pipelined input during a long-poll")
@@ -217,9 +239,9 @@ func (w *Worker) subscription(cc *conn, r *request, id []byte, tr transport) (si
 	if tr == trSSE && len(r.lastEventID) > 0 {
 		// EventSource resends the last id it saw on every reconnect; it
 		// is fresher than the since= of the URL the page first opened.
-		v, ok := parseUint(r.lastEventID)
-		if !ok {
-			w.reject(cc, errBadSince)
+		v, e := parseSince(r.lastEventID)
+		if e != nil {
+			w.reject(cc, e)
 			return 0, false
 		}
 		q.since, q.hasSince = v, true
@@ -268,9 +290,9 @@ func parseQuery(q []byte, out *query) *httpError {
 		k, v, _ := bytes.Cut(kv, []byte{'='})
 		switch {
 		case bytes.Equal(k, keySince):
-			n, ok := parseUint(v)
-			if !ok {
-				return errBadSince
+			n, e := parseSince(v)
+			if e != nil {
+				return e
 			}
 			out.since, out.hasSince = n, true
 		case bytes.Equal(k, keyCursor):

@@ -33,6 +33,10 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 	}
 	switch c.op {
 	case cmdSince:
+		if c.since > maxCursor { // route.go
+			w.wsFail(cc, errWSSince)
+			return
+		}
 		w.resubscribe(cc, c.since, nil, nil)
 	case cmdSubscribe:
 		if !ipc.ValidName(c.channel) {

@@ -57,6 +57,7 @@ var (
 	errWSBinary       = newWSError(ws.StatusUnsupportedData, "binary messages are not accepted")
 	errWSUTF8         = newWSError(ws.StatusInvalidFramePayloadData, "text message is not valid UTF-8")
 	errWSCommand      = newWSError(ws.StatusPolicyViolation, `send {"since":N}, {"subscribe":"c"} or {"unsubscribe":"c"}`)
+	errWSSince        = newWSError(ws.StatusPolicyViolation, "bad since: message ids are below 2^53")
 	errWSChannel      = newWSError(ws.StatusPolicyViolation, "bad channel: use 1 to 64 of A-Z a-z 0-9 _ -")
 	errWSChannels     = newWSError(ws.StatusPolicyViolation, "too many channels: 16 at most")
 	errWSRate         = newWSError(ws.StatusPolicyViolation, "too many commands: 32 at once, then 10 a second")
