@@ -41,7 +41,7 @@ func newIDMark(dir string) (*idMark, error) {
 
 // load returns the mark, 0 when none was written yet.
 func (k *idMark) load() (uint64, error) {
-	b, err := os.ReadFile(k.path)
+	b, err := readOwnFile(k.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -148,7 +148,7 @@ func encodeState(st *hubState) ([]byte, error) {
 // loadHistory takes the history a clean stop left, if any.
 func (m *Manager) loadHistory() error {
 	path := filepath.Join(m.opts.Manager.StateDir, historyFile)
-	b, err := os.ReadFile(path)
+	b, err := readOwnFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

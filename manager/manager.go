@@ -137,6 +137,10 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	if opts.Comet.HistoryMaxBytes > 0 {
 		m.hub.hist.maxBytes = opts.Comet.HistoryMaxBytes
 	}
+	// Before anything in it is read or made: see ownfile.go.
+	if err := checkRuntimeDir(&opts); err != nil {
+		return err
+	}
 	if err := m.startIDs(); err != nil {
 		return err
 	}
@@ -153,9 +157,6 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 	rlimit.RaiseNoFile()
 	if w := checkMigrateReq(); w != "" {
 		log.Warn(w)
-	}
-	if err := os.MkdirAll(config.RuntimeDir(), 0o700); err != nil && usesRuntimeDir(&opts) {
-		return fmt.Errorf("runtime dir: %w", err)
 	}
 	upg, err := tableflip.New(tableflip.Options{PIDFile: opts.Manager.PidFile})
 	if err != nil {
@@ -295,11 +296,6 @@ func (m *Manager) shutdownAPI(api *http.Server, statsLn net.Listener) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	api.Shutdown(ctx)
 	cancel()
-}
-
-func usesRuntimeDir(o *config.Options) bool {
-	dir := config.RuntimeDir()
-	return filepath.Dir(o.Manager.Socket) == dir || filepath.Dir(o.Manager.PidFile) == dir
 }
 
 // clientPort reserves the client port (see holdPort), or takes over the
