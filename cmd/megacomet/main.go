@@ -9,8 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"runtime/pprof"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/megacomet/megacomet/auth"
@@ -103,7 +106,7 @@ func runManager(args []string, stdout, stderr io.Writer) error {
 		if name == "" {
 			name = "built-in defaults"
 		}
-		if w := sharedKeyWarning(&opts.Auth); w != "" {
+		for _, w := range warnings(*path, &opts) {
 			fmt.Fprintln(stderr, "megacomet: warning:", w)
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", name)
@@ -112,7 +115,7 @@ func runManager(args []string, stdout, stderr io.Writer) error {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(opts.Manager.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("role", "manager")
-	if w := sharedKeyWarning(&opts.Auth); w != "" {
+	for _, w := range warnings(*path, &opts) {
 		log.Warn(w)
 	}
 	if p := os.Getenv("MEGACOMET_CPUPROFILE"); p != "" {
@@ -127,6 +130,18 @@ func runManager(args []string, stdout, stderr io.Writer) error {
 	return manager.Run(opts, *path, log)
 }
 
+// warnings are what -t prints and the manager logs at start of a config
+// (read from path) that works but is risky, one line each.
+func warnings(path string, o *config.Options) []string {
+	var out []string
+	for _, w := range []string{sharedKeyWarning(&o.Auth), configModeWarning(path, o)} {
+		if w != "" {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
 // sharedKeyWarning is what -t and the manager's log say of an HS256 secret
 // that no aud or iss narrows: whoever holds it (the issuer, the other apps
 // it serves) signs tokens that are good here too. "" = nothing to say.
@@ -135,6 +150,47 @@ func sharedKeyWarning(a *config.Auth) string {
 		return ""
 	}
 	return "auth.secret (HS256) without auth.audience or auth.issuer: a token signed with the secret for another app is good here too"
+}
+
+// configModeWarning is what -t and the manager's log say of a config file
+// that holds secrets (the keys are named, never the values) and that users
+// besides the server's can read. A group-readable file is fine when the
+// group is the server's own (chmod 640, chgrp to it). "" = nothing to say.
+func configModeWarning(path string, o *config.Options) string {
+	if path == "" {
+		return ""
+	}
+	keys := o.SecretKeys()
+	fi, err := os.Stat(path)
+	if len(keys) == 0 || err != nil {
+		return ""
+	}
+	perm := fi.Mode().Perm()
+	gid := -1
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		gid = int(st.Gid)
+	}
+	var who string
+	switch group := perm&0o040 != 0 && gid != os.Getegid(); {
+	case group && perm&0o004 != 0:
+		who = "its group and all users"
+	case perm&0o004 != 0:
+		who = "all users"
+	case group:
+		who = "group " + groupName(gid)
+	default:
+		return ""
+	}
+	return fmt.Sprintf("%s holds %s and is readable by %s (mode %04o): chmod 600 %s with the server's user owning it, or chmod 640 with a group only that user is in",
+		path, strings.Join(keys, ", "), who, perm, path)
+}
+
+func groupName(gid int) string {
+	id := strconv.Itoa(gid)
+	if g, err := user.LookupGroupId(id); err == nil {
+		return g.Name + " (gid " + id + ")"
+	}
+	return "gid " + id
 }
 
 func runStats(args []string, stdout io.Writer) error {
