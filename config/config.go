@@ -164,6 +164,10 @@ type Comet struct {
 	MaxPending      int `toml:"max_pending" json:"max_pending"`
 	// WSMaxMessage bounds a WebSocket frame or message from a client.
 	WSMaxMessage int `toml:"ws_max_message" json:"ws_max_message"`
+	// WSFragmentTimeout bounds how long a client may take to finish a
+	// fragmented WebSocket message it began; past it the connection is
+	// closed (1008).
+	WSFragmentTimeout Duration `toml:"ws_fragment_timeout" json:"ws_fragment_timeout"`
 	// WSPingRate is how many pings a second a WebSocket client may send
 	// after a burst of 32; past it the connection is closed (1008).
 	WSPingRate int `toml:"ws_ping_rate" json:"ws_ping_rate"`
@@ -258,7 +262,10 @@ func Default() Options {
 			// Clients only send short commands; 64 KiB is what most
 			// WebSocket servers accept by default.
 			WSMaxMessage: 64 << 10,
-			WSPingRate:   10,
+			// A message begun and never finished holds its bytes: a
+			// client's message is short, and 10 s is long for one.
+			WSFragmentTimeout: Duration(10 * time.Second),
+			WSPingRate:        10,
 			// A chat's pace; a burst of twice that.
 			ClientPublishRate: 10,
 			PresenceEvents:    []string{},
@@ -451,6 +458,9 @@ func (o *Options) check() error {
 	}
 	if o.Comet.MaxPending < 4096 {
 		return bad("comet.max_pending", "must be at least 4096 bytes, got %d", o.Comet.MaxPending)
+	}
+	if t := o.Comet.WSFragmentTimeout; t < Duration(100*time.Millisecond) || t > Duration(time.Hour) {
+		return bad("comet.ws_fragment_timeout", "must be 100ms to 1h, got %s", t.D())
 	}
 	if o.Comet.WSPingRate < 1 || o.Comet.WSPingRate > 100 {
 		return bad("comet.ws_ping_rate", "must be 1 to 100 pings a second, got %d", o.Comet.WSPingRate)

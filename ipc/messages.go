@@ -59,12 +59,17 @@ type Counts struct {
 	KeepaliveClosed  uint64 // connections closed because TCP keepalive found the peer gone
 	WSControlLimited uint64 // WebSocket clients closed (1008) for sending control frames too fast
 	ProxyRejected    uint64 // connections refused for their PROXY protocol header: malformed, or none expected
+	// WSFragmentClosed counts WebSocket clients closed (1008) for a
+	// fragmented message left unfinished past comet.ws_fragment_timeout,
+	// or that would hold the worker's unfinished messages past its bound.
+	WSFragmentClosed uint64
 }
 
-func (c *Counts) fields() [24]*uint64 {
+func (c *Counts) fields() [25]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
-		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected}
+		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected,
+		&c.WSFragmentClosed}
 }
 
 // AppendCounts appends a Counts frame.

@@ -94,6 +94,10 @@ type WorkerStats struct {
 	KeepaliveClosed uint64 `json:"keepalive_closed"`
 	// WSControlLimited: WebSocket clients closed (1008) for sending control frames too fast
 	WSControlLimited uint64 `json:"ws_control_limited"`
+	// WSFragmentClosed: WebSocket clients closed (1008) for a fragmented
+	// message unfinished past comet.ws_fragment_timeout, or over the
+	// worker's bound on the bytes of such messages
+	WSFragmentClosed uint64 `json:"ws_fragment_closed"`
 }
 
 // ManagerStats describes the manager process.
@@ -280,7 +284,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.HeaderTimeouts = c.HeaderTimeouts
 			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
-			ws.WSControlLimited = c.WSControlLimited
+			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

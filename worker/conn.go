@@ -246,6 +246,7 @@ func (w *Worker) kill(cc *conn) {
 	}
 	w.unsubscribe(cc)
 	w.unschedule(cc)
+	w.wsDropMessage(cc)
 	cc.state = stDead
 	cc.x = nil
 	syscall.Shutdown(evioFD(cc.ec), syscall.SHUT_RDWR)
@@ -255,6 +256,7 @@ func (w *Worker) kill(cc *conn) {
 func (w *Worker) forget(cc *conn) {
 	w.unsubscribe(cc)
 	w.unschedule(cc)
+	w.wsDropMessage(cc)
 	cc.state = stDead
 	cc.x = nil
 }

@@ -135,7 +135,11 @@ type Worker struct {
 	hbTicks     uint32
 	pollTicks   uint32
 	reqTicks    uint32 // server.header_timeout
+	fragTicks   uint32 // comet.ws_fragment_timeout
 	rng         uint32
+
+	wsHeld    int // bytes of unfinished WebSocket messages, all connections (ws.go)
+	wsHeldMax int // wsHeldMax; tests lower it
 
 	auth  *auth.Verifier // client tokens; nil = auth off (authz.go)
 	grant grant          // what the request being served was granted
@@ -251,6 +255,8 @@ func (w *Worker) initComet() {
 	w.hbTicks = ticksOf(o.Comet.Heartbeat.D())
 	w.pollTicks = ticksOf(o.Comet.PollTimeout.D())
 	w.reqTicks = ticksOf(o.Server.HeaderTimeout.D())
+	w.fragTicks = ticksOf(o.Comet.WSFragmentTimeout.D())
+	w.wsHeldMax = wsHeldMax
 	// Quiet ticks make timers late by up to a tenth of the shortest one.
 	w.tickQuiet = min(tickQuiet, max(tickEvery, min(o.Comet.Heartbeat.D(), o.Comet.PollTimeout.D())/10))
 	w.rng = uint32(time.Now().UnixNano()) | 1

@@ -24,7 +24,11 @@ import (
 //     them in place; only a frame split across reads is copied, into
 //     connExtra.in, and only a fragmented message in progress holds a
 //     wsMessage. An idle WebSocket connection costs what an idle SSE one
-//     does.
+//     does. A message in progress is bounded three ways: its size
+//     (comet.ws_max_message, 1009), its age (comet.ws_fragment_timeout of
+//     live time, the connection's one timer standing in for its next
+//     heartbeat while the deadline comes first) and the bytes of all such
+//     messages on the worker (wsHeldMax); past the last two, 1008.
 //   - Liveness: fPing says a ping is unanswered and lastTx holds the live
 //     tick (clock.go) the oldest unanswered one went out; a pong clears
 //     it. A connection whose ping is two heartbeat intervals of live time
@@ -38,8 +42,18 @@ var prefixWS = []byte("/ws/")
 
 // wsMessage is a fragmented text message being assembled (§5.4).
 type wsMessage struct {
-	buf []byte
+	buf   []byte
+	begun uint32 // the live tick its first frame was read (clock.go)
+	hbDue uint32 // the connection's next heartbeat, while its timer is the deadline (wsSchedule)
 }
+
+// wsHeldMax bounds the bytes of unfinished messages one worker holds, all
+// its connections together: 1,024 clients at the default
+// comet.ws_max_message, four at its largest. Each connection's is bounded
+// by ws_max_message and in time by comet.ws_fragment_timeout; this bounds
+// many clients that begin messages at once. (Counted as the bytes read;
+// the buffers' capacity may be up to about twice that while they grow.)
+const wsHeldMax = 64 << 20
 
 var errWSOrigin = newHTTPError(403, "Forbidden", "origin not allowed")
 
@@ -251,20 +265,76 @@ func (w *Worker) wsFrame(cc *conn, f *wsFrame) {
 			w.wsMessage(cc, p)
 			return
 		}
-		cc.extra().ws = &wsMessage{buf: append([]byte(nil), p...)}
+		if !w.wsHold(cc, len(p)) {
+			return
+		}
+		m := &wsMessage{buf: append([]byte(nil), p...), begun: w.live, hbDue: cc.due}
+		cc.extra().ws = m
+		w.wsSchedule(cc, m.hbDue) // the deadline, if it comes before the heartbeat
 	case ws.OpContinuation: // parseFrame let it through: a message is open
 		m := cc.x.ws
 		if len(m.buf)+len(p) > w.opts.Comet.WSMaxMessage {
 			w.wsFail(cc, errWSTooBig)
 			return
 		}
+		if !w.wsHold(cc, len(p)) {
+			return
+		}
 		m.buf = append(m.buf, p...)
 		if f.Fin {
-			cc.x.ws = nil
+			w.wsDropMessage(cc)
 			cc.tidy()
+			if cc.due != m.hbDue { // back to the heartbeat, not before the wheel's next slot
+				due := m.hbDue
+				if next := w.wheelAt + 1; int32(due-next) < 0 {
+					due = next
+				}
+				w.schedule(cc, due)
+			}
 			w.wsMessage(cc, m.buf)
 		}
 	}
+}
+
+// wsHold counts n more bytes of an unfinished message against wsHeldMax,
+// or fails the connection (1008) when they would pass it.
+func (w *Worker) wsHold(cc *conn, n int) bool {
+	if w.wsHeld+n > w.wsHeldMax {
+		w.counts.WSFragmentClosed++
+		w.wsFail(cc, errWSHeld)
+		return false
+	}
+	w.wsHeld += n
+	return true
+}
+
+// wsDropMessage lets go of cc's unfinished message, if it has one: done,
+// failed, or the connection closing.
+func (w *Worker) wsDropMessage(cc *conn) {
+	if cc.x == nil || cc.x.ws == nil {
+		return
+	}
+	w.wsHeld -= len(cc.x.ws.buf)
+	cc.x.ws = nil
+}
+
+// wsSchedule sets a WebSocket connection's timer: its next heartbeat at
+// tick due or, while a message is unfinished and its deadline comes first,
+// the deadline (the heartbeat's tick kept in the message meanwhile). The
+// deadline is on live time, as a ping's silence is: a worker that was
+// stopped or starved does not count that time against its client.
+func (w *Worker) wsSchedule(cc *conn, due uint32) {
+	if m := cc.x; m != nil && m.ws != nil {
+		m.ws.hbDue = due
+		deadline := w.tick + 1 // live time has reached it already
+		if age := w.live - m.ws.begun; age < w.fragTicks {
+			deadline = w.tick + (w.fragTicks - age)
+		}
+		if int32(deadline-due) < 0 {
+			due = deadline
+		}
+	}
+	w.schedule(cc, due)
 }
 
 // wsControl builds a control frame (at most 125 bytes of payload) in the
@@ -305,9 +375,7 @@ func (w *Worker) wsPeerClose(cc *conn, p []byte) {
 // close and then closes the TCP connection, which ends ours (§7.1.1: the
 // server closes first only after the handshake; lingering bounds the wait).
 func (w *Worker) wsClose(cc *conn, frame []byte) {
-	if cc.x != nil {
-		cc.x.ws = nil
-	}
+	w.wsDropMessage(cc)
 	w.send(cc, frame)
 	w.linger(cc)
 }
@@ -321,9 +389,7 @@ func (w *Worker) wsFail(cc *conn, e *wsError) {
 // wsHandOff tells a client to reconnect elsewhere (reload, stop): 1012,
 // service restart. handOff lingers after it.
 func (w *Worker) wsHandOff(cc *conn) {
-	if cc.x != nil {
-		cc.x.ws = nil
-	}
+	w.wsDropMessage(cc)
 	w.send(cc, wsCloseReload)
 }
 
@@ -336,6 +402,25 @@ func (w *Worker) wsHandOff(cc *conn) {
 // bytes sit unread in its socket - perhaps the pong - is not judged until
 // the loop has read them.
 func (w *Worker) wsHeartbeat(cc *conn) {
+	if m := cc.x; m != nil && m.ws != nil {
+		switch {
+		case w.live-m.ws.begun < w.fragTicks:
+			if int32(m.ws.hbDue-w.tick) > 0 {
+				// The deadline's tick came before live time reached it
+				// (the loop was behind): not yet, and not the heartbeat's
+				// turn either.
+				w.wsSchedule(cc, m.ws.hbDue)
+				return
+			}
+		case cc.unread():
+			w.schedule(cc, w.tick+1) // its end may be there: read first, then judge
+			return
+		default:
+			w.counts.WSFragmentClosed++
+			w.wsFail(cc, errWSFragTimeout)
+			return
+		}
+	}
 	if cc.flags&fPing != 0 && w.live-cc.lastTx >= 2*w.hbTicks {
 		if cc.unread() {
 			w.schedule(cc, w.tick+1) // read first, then judge
@@ -354,5 +439,5 @@ func (w *Worker) wsHeartbeat(cc *conn) {
 		return
 	}
 	w.counts.Heartbeats++
-	w.schedule(cc, w.tick+w.hbTicks)
+	w.wsSchedule(cc, w.tick+w.hbTicks)
 }

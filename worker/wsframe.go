@@ -62,6 +62,8 @@ var (
 	errWSChannels     = newWSError(ws.StatusPolicyViolation, "too many channels: 16 at most")
 	errWSRate         = newWSError(ws.StatusPolicyViolation, "too many commands: 32 at once, then 10 a second")
 	errWSControlRate  = newWSError(ws.StatusPolicyViolation, "too many pings: over comet.ws_ping_rate")
+	errWSFragTimeout  = newWSError(ws.StatusPolicyViolation, "message not finished within comet.ws_fragment_timeout")
+	errWSHeld         = newWSError(ws.StatusPolicyViolation, "server busy: too many unfinished messages")
 )
 
 // Precompiled frames the server sends.
