@@ -61,7 +61,7 @@ func TestBadInputIsRejectedAndOthersKeepBeingServed(t *testing.T) {
 		{"too many channels", "GET /sse/a?channels=" + strings.Repeat("c,", 16) + "c HTTP/1.1\r\n\r\n", 400, "bad channels"},
 		{"request body", "GET /sse/a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", 400, "body"},
 		{"http version", "GET /sse/a HTTP/2.0\r\n\r\n", 505, "version"},
-		{"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "malformed"},
+		{"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "NUL, in the request head"}, // a TLS hello
 	}
 	for _, tc := range clientCases {
 		status, body := rawRequest(t, s.Listen, tc.req)
