@@ -184,8 +184,9 @@ func smallReceiveBuffer() net.Dialer {
 }
 
 // stalledSSE opens an SSE stream with a small receive buffer and reads
-// nothing until a worker has paced a replay (replays_paced), then hands
-// it to a reader.
+// nothing until its replay waits for it (a worker's replays_paced, or the
+// manager's replays_partial: half of max_pending sent), then hands it to a
+// reader.
 func stalledSSE(t *testing.T, s *testutil.Server, path string) *streamClient {
 	t.Helper()
 	st0 := s.MustStats()
