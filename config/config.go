@@ -146,6 +146,10 @@ type Manager struct {
 	// high-water mark. Default: $STATE_DIRECTORY (systemd's StateDirectory=),
 	// else the runtime directory.
 	StateDir string `toml:"state_dir" json:"state_dir"`
+	// WorkerStallTimeout is how long a worker may take none of the IPC
+	// waiting for it before the manager kills it as stuck; its clients
+	// come back with their cursors and lose nothing.
+	WorkerStallTimeout Duration `toml:"worker_stall_timeout" json:"worker_stall_timeout"`
 }
 
 // Comet configures message delivery.
@@ -251,6 +255,9 @@ func Default() Options {
 			PidFile:  filepath.Join(dir, "megacomet.pid"),
 			StateDir: stateDir(dir),
 			LogLevel: "info",
+			// Longer than any GC pause or busy second; short enough that
+			// clients of a stuck worker are not left waiting for long.
+			WorkerStallTimeout: Duration(30 * time.Second),
 		},
 		Comet: Comet{
 			Heartbeat:       Duration(15 * time.Second),
@@ -423,6 +430,9 @@ func (o *Options) check() error {
 	}
 	if o.Manager.PidFile == "" {
 		return bad("manager.pid_file", "must not be empty")
+	}
+	if o.Manager.WorkerStallTimeout < Duration(time.Second) {
+		return bad("manager.worker_stall_timeout", "must be at least 1s, got %v", o.Manager.WorkerStallTimeout.D())
 	}
 	switch o.Manager.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -114,6 +114,7 @@ func TestLoadErrorsNameTheKey(t *testing.T) {
 		"[comet]\nws_ping_rate = 0\n":                                 "comet.ws_ping_rate",
 		"[comet]\nws_fragment_timeout = \"10ms\"\n":                   "comet.ws_fragment_timeout",
 		"[comet]\nws_fragment_timeout = \"2h\"\n":                     "comet.ws_fragment_timeout",
+		"[manager]\nworker_stall_timeout = \"500ms\"\n":               "manager.worker_stall_timeout",
 		"[comet]\nhistory_max_bytes = 10\n":                           "comet.history_max_bytes",
 		"[api]\nmax_batch = 0\n":                                      "api.max_batch",
 		"[api]\nmax_conns = 0\n":                                      "api.max_conns",

@@ -77,7 +77,7 @@ func (m *Manager) readCluster(restored bool) {
 // deliverStream hands a batch read from the stream to the hub, once no
 // worker is behind: reading waits (JetStream keeps the rest) where a
 // single node would answer publishes 503, and a worker that does not catch
-// up is killed after ipcStuckAfter as there.
+// up is killed after manager.worker_stall_timeout as there.
 func (m *Manager) deliverStream(msgs []cluster.Message) {
 	for p, _ := m.behind(); p != nil; p, _ = m.behind() {
 		time.Sleep(10 * time.Millisecond)

@@ -33,10 +33,10 @@ const (
 	// up, and past joinBacklog (hub.go) joins wait, so what fills an outbox
 	// is bounded well below the limit. A worker is killed otherwise only
 	// when it is stuck: bytes wait for it and it has taken none for
-	// ipcStuckAfter. One that reads, however slowly, is busy, not stuck.
+	// manager.worker_stall_timeout. One that reads, however slowly, is
+	// busy, not stuck.
 	ipcOutboxLimit = 256 << 20
 	ipcHighWater   = 64 << 20
-	ipcStuckAfter  = 30 * time.Second
 )
 
 // tableflipEnv is the variable tableflip uses to tell a process it is an
@@ -84,9 +84,13 @@ type proc struct {
 	outDone  chan struct{} // closed when the outbox writer returns
 	handing  atomic.Bool   // reading stops at a frame boundary: hand-over
 	killed   atomic.Bool   // the manager killed it (killWorker): once
-	leftover []byte        // bytes read but not parsed when reading stopped
-	foreign  bool          // adopted from a manager of another IPC version
-	started  time.Time
+	// readSince: when readLink began waiting for the worker's next bytes
+	// (unix ns; 0 while it handles what came). A worker sends its counts
+	// every second, so a long wait means its event loop is stuck.
+	readSince atomic.Int64
+	leftover  []byte // bytes read but not parsed when reading stopped
+	foreign   bool   // adopted from a manager of another IPC version
+	started   time.Time
 
 	state  procState
 	hello  ipc.Hello
@@ -322,7 +326,9 @@ func (m *Manager) readLink(p *proc, leftover []byte) {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
+		p.readSince.Store(time.Now().UnixNano())
 		n, err := p.conn.Read(buf[len(buf):cap(buf)])
+		p.readSince.Store(0)
 		buf = buf[:len(buf)+n]
 		if err != nil {
 			if p.handing.Load() {
@@ -410,14 +416,20 @@ func (m *Manager) behind() (*proc, int) {
 	return nil, 0
 }
 
-// killStuck kills a worker that is stuck: bytes have waited for it and it
-// has taken none of them for ipcStuckAfter. It also notes when a worker
-// falls behind (publishing waits for it then) and catches up. The
-// sampler calls this every second.
+// killStuck kills a worker that is stuck: for manager.worker_stall_timeout
+// it has sent nothing (not even its counts, due every second) while the
+// manager waited to read, or bytes have waited for it and it has taken
+// none of them. It also notes when a worker falls behind (publishing waits
+// for it then) and catches up. The sampler calls this every second.
 func (m *Manager) killStuck(now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	stall := m.opts.Manager.WorkerStallTimeout.D()
 	for _, p := range m.allProcs() {
+		if since := p.readSince.Load(); since != 0 && p.state != stateStarting && !p.foreign && now.Sub(time.Unix(0, since)) >= stall {
+			m.killWorker(p, "worker has sent nothing, not even its counts; killing it", "silent_s", int(now.Sub(time.Unix(0, since)).Seconds()))
+			continue
+		}
 		n, taken := p.out.Len(), p.out.Written()
 		switch {
 		case n <= ipcHighWater && !p.behind.IsZero():
@@ -432,7 +444,7 @@ func (m *Manager) killStuck(now time.Time) {
 			p.idle, p.taken = time.Time{}, taken // nothing waits, or it reads: busy at most
 		case p.idle.IsZero():
 			p.idle = now
-		case now.Sub(p.idle) >= ipcStuckAfter:
+		case now.Sub(p.idle) >= stall:
 			m.killWorker(p, "worker has taken none of its IPC; killing it", "queued_mib", n>>20, "stuck_s", int(now.Sub(p.idle).Seconds()))
 		}
 	}

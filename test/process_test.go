@@ -385,3 +385,74 @@ func TestStatsWithoutManager(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 }
+
+// A worker that sends nothing (its counts are due every second) for
+// manager.worker_stall_timeout is killed as stuck and replaced, once,
+// though what waits for it is small enough to sit in the socket's buffer;
+// its client, reconnecting with its cursor, gets every message published
+// while it was stuck, in order.
+func TestStuckWorkerKilled(t *testing.T) {
+	s := testutil.Start(t, map[string]string{
+		"server":  "workers = 1",
+		"manager": `worker_stall_timeout = "2s"`,
+	})
+	publish := func(i int) uint64 {
+		status, resp, err := tryPost(s.API, fmt.Sprintf(`{"channel":"stall","data":"m%d"}`, i))
+		if err != nil || status != 200 {
+			t.Fatalf("publish %d: %d %s %v", i, status, resp, err)
+		}
+		var a struct{ ID uint64 }
+		if err := json.Unmarshal([]byte(resp), &a); err != nil || a.ID == 0 {
+			t.Fatalf("publish %d: %s", i, resp)
+		}
+		return a.ID
+	}
+	ids := sseIDs(t, s.Listen, "/sse/s1?channels=stall")
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+		if st.Connections != 1 {
+			return fmt.Errorf("%d connections, want 1", st.Connections)
+		}
+		return nil
+	})
+	first := publish(0)
+	select {
+	case got := <-ids:
+		if got != first {
+			t.Fatalf("got message %d, want %d", got, first)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("message %d never came", first)
+	}
+	old := s.MustStats().Workers[0].PID
+	if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(old, syscall.SIGCONT) })
+	var want []uint64
+	for i := 1; i <= 3; i++ {
+		want = append(want, publish(i))
+	}
+	st := s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+		if w := st.Workers[0]; w.PID == old || w.State != "ready" {
+			return fmt.Errorf("worker pid %d state %s: the stopped one (%d) is still there", w.PID, w.State, old)
+		}
+		return nil
+	})
+	if st.Manager.WorkersKilled != 1 || st.Workers[0].Restarts != 1 {
+		t.Errorf("workers_killed %d, restarts %d, want 1 and 1", st.Manager.WorkersKilled, st.Workers[0].Restarts)
+	}
+	if !strings.Contains(s.Log.String(), "worker has sent nothing, not even its counts; killing it") {
+		t.Error("no log line says why the worker was killed")
+	}
+	again := sseIDs(t, s.Listen, fmt.Sprintf("/sse/s1?channels=stall&since=%d", first))
+	for _, w := range want {
+		select {
+		case got := <-again:
+			if got != w {
+				t.Fatalf("after the kill, got message %d, want %d (in order, once)", got, w)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("message %d never came after the kill", w)
+		}
+	}
+}
