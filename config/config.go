@@ -33,6 +33,7 @@ type Options struct {
 	Comet   Comet   `toml:"comet" json:"comet"`
 	Auth    Auth    `toml:"auth" json:"auth"`
 	Cluster Cluster `toml:"cluster" json:"cluster"`
+	Hooks   Hooks   `toml:"hooks" json:"hooks"`
 }
 
 // Auth configures client tokens (JWT, see auth/): one of a shared secret
@@ -229,6 +230,7 @@ func Default() Options {
 	}
 	return Options{
 		Cluster: defaultCluster(host),
+		Hooks:   defaultHooks(),
 		Auth:    Auth{DefaultChannels: []string{}},
 		Server: Server{
 			Listen:         "0.0.0.0:8000",
@@ -487,6 +489,9 @@ func (o *Options) check() error {
 		return bad("comet.ws_max_message", "must be %d to %d bytes, got %d", MinWSMaxMessage, MaxWSMaxMessage, o.Comet.WSMaxMessage)
 	}
 	if err := o.checkAuth(bad); err != nil {
+		return err
+	}
+	if err := o.checkHooks(bad); err != nil {
 		return err
 	}
 	return o.checkCluster(bad)

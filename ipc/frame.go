@@ -37,6 +37,11 @@ const (
 	TypeStop
 )
 
+// TypeHooksAnswered is made inside a worker, never sent between processes:
+// the application's hooks have answered (worker/park.go), and the frame
+// wakes the worker's loop through its control connection.
+const TypeHooksAnswered Type = 128
+
 func (t Type) String() string {
 	switch t {
 	case TypeHello:

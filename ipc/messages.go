@@ -63,13 +63,16 @@ type Counts struct {
 	// fragmented message left unfinished past comet.ws_fragment_timeout,
 	// or that would hold the worker's unfinished messages past its bound.
 	WSFragmentClosed uint64
+	// HookFailed counts connections answered 503 because the
+	// application's hook failed, timed out or answered garbage.
+	HookFailed uint64
 }
 
-func (c *Counts) fields() [25]*uint64 {
+func (c *Counts) fields() [26]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
 		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected,
-		&c.WSFragmentClosed}
+		&c.WSFragmentClosed, &c.HookFailed}
 }
 
 // AppendCounts appends a Counts frame.

@@ -63,6 +63,7 @@ var metricHelp = []struct{ name, help string }{
 	{"worker_proxy_rejected_total", "Connections a worker refused for their PROXY protocol header: malformed, or sent with server.proxy_protocol off."},
 	{"worker_keepalive_closed_total", "Connections a worker closed because TCP keepalive probes went unanswered."},
 	{"worker_ws_control_limited_total", "WebSocket clients a worker closed (1008) for sending pings or pongs too fast."},
+	{"worker_hook_failed_total", "Client connections a worker answered 503 because the application's hook failed, timed out or answered other than documented."},
 	{"worker_ws_fragment_closed_total", "WebSocket clients a worker closed (1008) for a fragmented message unfinished past comet.ws_fragment_timeout, or over the worker's bound on such bytes."},
 	{"worker_refused_total", "Connections a worker refused because it was full."},
 	{"ping_p50_seconds", "Median time of a GET /ping to the client port over the last 10 s, measured by the manager every second."},
@@ -168,6 +169,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_keepalive_closed_total", float64(w.KeepaliveClosed), l...)
 		put("worker_ws_control_limited_total", float64(w.WSControlLimited), l...)
 		put("worker_ws_fragment_closed_total", float64(w.WSFragmentClosed), l...)
+		put("worker_hook_failed_total", float64(w.HookFailed), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

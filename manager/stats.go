@@ -98,6 +98,9 @@ type WorkerStats struct {
 	// message unfinished past comet.ws_fragment_timeout, or over the
 	// worker's bound on the bytes of such messages
 	WSFragmentClosed uint64 `json:"ws_fragment_closed"`
+	// HookFailed: connections answered 503 because the application's hook
+	// failed, timed out or answered other than documented (hooks.*)
+	HookFailed uint64 `json:"hook_failed"`
 }
 
 // ManagerStats describes the manager process.
@@ -285,6 +288,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
+			ws.HookFailed = c.HookFailed
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {

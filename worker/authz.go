@@ -7,6 +7,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/megacomet/megacomet/auth"
+	"github.com/megacomet/megacomet/hooks"
 )
 
 // Client tokens (auth/) on the worker's side. A comet request's token is
@@ -32,9 +33,10 @@ const wsStatusTokenExpired ws.StatusCode = 4001
 
 // grant is what authorize found, for the subscribe that follows.
 type grant struct {
-	exp     uint32   // expiry tick, 0 = none
-	allowed []string // the channels claim; nil = any
-	publish []string // the publish claim; nil = none
+	admitted bool     // a token was verified: the connect hook is not asked
+	exp      uint32   // expiry tick, 0 = none
+	allowed  []string // the channels claim; nil = any
+	publish  []string // the publish claim; nil = none
 }
 
 // authorize checks the request's token for client id and the channels it
@@ -51,8 +53,8 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte, tr transpo
 			return grant{}, false
 		}
 	}
-	if len(tok) == 0 && !w.auth.Required() {
-		return grant{}, true
+	if len(tok) == 0 && (!w.auth.Required() || w.hooks.On(hooks.Connect)) {
+		return grant{}, true // the connect hook decides, if there is one
 	}
 	claims, err := w.auth.Verify(string(tok), string(id))
 	if err != nil {
@@ -60,12 +62,12 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte, tr transpo
 		return grant{}, false
 	}
 	for _, ch := range q.channels() {
-		if !claims.Allows(string(ch)) {
+		if !claims.Allows(string(ch)) && !w.hooks.On(hooks.Subscribe) { // else the subscribe hook decides (park.go)
 			w.refuse(cc, r.origin, auth.ChannelRefused(string(ch)), 0)
 			return grant{}, false
 		}
 	}
-	g := grant{allowed: claims.Channels, publish: claims.Publish}
+	g := grant{admitted: true, allowed: claims.Channels, publish: claims.Publish}
 	if claims.ExpiresAt != nil {
 		g.exp = w.expiryTick(claims.ExpiresAt.Time)
 	}
@@ -129,7 +131,10 @@ func (w *Worker) ambientRefusal(r *request, q *query, tr transport) *auth.Refusa
 		return errCookieJSONP
 	}
 	if len(r.origin) > 0 {
-		if w.allowed(r.origin) {
+		// Named in server.allowed_origins: "*" names no page (a cookie
+		// with "*" is a config error; a hook forwarding Cookie then never
+		// forwards it with an Origin, park.go).
+		if _, ours := w.origins[string(r.origin)]; ours && string(r.origin) != "*" {
 			return nil
 		}
 		return cookieOriginRefused(r.origin)
@@ -165,14 +170,23 @@ func cookieOriginRefused(origin []byte) *auth.Refusal {
 func (w *Worker) refuse(cc *conn, origin []byte, e *auth.Refusal, cursor uint64) {
 	w.counts.BadRequests++
 	w.counts.AuthRefused++
+	w.answerRefusal(cc, origin, e, cursor)
+}
+
+// answerRefusal writes a refusal's answer - 401, 403, or 503 with
+// Retry-After when the application's hook failed (park.go) - and closes.
+func (w *Worker) answerRefusal(cc *conn, origin []byte, e *auth.Refusal, cursor uint64) {
 	body := strconv.AppendQuote(append(w.body[:0], `{"error":`...), e.Reason)
 	body = append(body, "}\n"...)
 	w.body = body
 	b := append(w.scratch[:0], "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(e.Status), 10)
-	if e.Status == 401 {
+	switch e.Status {
+	case 401:
 		b = append(b, " Unauthorized\r\nWWW-Authenticate: Bearer\r\n"...)
-	} else {
+	case 503:
+		b = append(b, " Service Unavailable\r\nRetry-After: 1\r\n"...)
+	default:
 		b = append(b, " Forbidden\r\n"...)
 	}
 	b = w.appendCORS(b, origin)

@@ -23,6 +23,7 @@ const (
 	stReading   connState = iota // waiting for a request head
 	stStreaming                  // an SSE or chunked stream is open
 	stPolling                    // a long-poll is held
+	stParked                     // waiting for the application's hook (park.go)
 	stLingering                  // answered and half-closed; input is discarded
 	stDead                       // shut down; evio will report the close
 )
@@ -226,6 +227,9 @@ func (w *Worker) linger(cc *conn) {
 	if cc.state == stDead || cc.state == stLingering {
 		return
 	}
+	if cc.state == stParked {
+		w.unpark(cc)
+	}
 	w.unsubscribe(cc)
 	cc.state = stLingering
 	if cc.x != nil {
@@ -244,6 +248,9 @@ func (w *Worker) kill(cc *conn) {
 	if cc.state == stDead {
 		return
 	}
+	if cc.state == stParked {
+		w.unpark(cc)
+	}
 	w.unsubscribe(cc)
 	w.unschedule(cc)
 	w.wsDropMessage(cc)
@@ -254,6 +261,9 @@ func (w *Worker) kill(cc *conn) {
 
 // forget drops every reference to a closed client.
 func (w *Worker) forget(cc *conn) {
+	if cc.state == stParked {
+		w.unpark(cc)
+	}
 	w.unsubscribe(cc)
 	w.unschedule(cc)
 	w.wsDropMessage(cc)

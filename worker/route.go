@@ -78,6 +78,16 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		}
 		x.in = append(x.in, in...)
 		return evio.None
+	case stParked:
+		// Input behind a parked request waits for the application's answer.
+		x := cc.extra()
+		if len(x.in)+len(in) > w.opts.Server.MaxHeaderBytes {
+			w.unpark(cc)
+			w.reject(cc, errPipelined)
+			return evio.None
+		}
+		x.in = append(x.in, in...)
+		return evio.None
 	case stStreaming:
 		if cc.tr == trWS {
 			w.wsData(cc, in) // frames from a WebSocket client (ws.go)
@@ -111,6 +121,7 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 			return evio.None
 		}
 		w.counts.Requests++
+		w.head = buf[:n]
 		buf = buf[n:]
 		if cc.kind == kindForwarded && !w.admitForwarded(cc, &w.req) {
 			return evio.None
@@ -118,6 +129,18 @@ func (w *Worker) clientData(cc *conn, in []byte) evio.Action {
 		w.serve1(cc, &w.req)
 	}
 	switch {
+	case cc.state == stParked:
+		var rest []byte // pipelined behind it: waits for the answer
+		if len(buf) > 0 {
+			rest = append(rest, buf...)
+		}
+		if cc.x != nil {
+			cc.x.in = nil
+			cc.tidy()
+		}
+		if rest != nil {
+			cc.extra().in = rest
+		}
 	case cc.state == stDead || cc.state == stLingering || cc.state == stStreaming || len(buf) == 0:
 		if cc.x != nil {
 			cc.x.in = nil
@@ -197,29 +220,60 @@ func (w *Worker) serve1(cc *conn, r *request) {
 	if !ok {
 		return
 	}
-	q := &w.q
-	if head {
-		w.send(cc, w.streamHead(tr, r.origin, false, since))
-		w.linger(cc)
+	a := admission{id: id, tr: tr, since: since, fresh: w.fresh, head: head, raw: !r.http11 && tr == trStream,
+		origin: r.origin, callback: w.q.callback, channels: w.q.channels(), grant: w.grant}
+	if w.mustAsk(&a) {
+		w.park(cc, r, &a) // park.go
 		return
 	}
-	if tr == trLP {
+	w.admit(cc, &a)
+}
+
+// admission is a comet request its token (or the application's hooks)
+// admitted: what its answer and subscription need.
+type admission struct {
+	id          []byte
+	channels    [][]byte
+	origin      []byte
+	callback    []byte // long-poll JSONP
+	ws101       []byte // WebSocket: the handshake's answer
+	since       uint64
+	grant       grant
+	tr          transport
+	fresh       bool // since is "from now" (subscription)
+	head        bool // HEAD: the answer's head, and no subscription
+	raw         bool // an HTTP/1.0 stream: no chunked framing
+	cursorFrame bool // WebSocket cursor=1: the first frame tells the cursor
+}
+
+// admit answers an admitted comet request and subscribes it.
+func (w *Worker) admit(cc *conn, a *admission) {
+	w.fresh = a.fresh
+	switch {
+	case a.tr == trWS:
+		w.admitWS(cc, a) // ws.go
+		return
+	case a.head:
+		w.send(cc, w.streamHead(a.tr, a.origin, false, a.since))
+		w.linger(cc)
+		return
+	case a.tr == trLP:
 		x := cc.extra()
-		x.callback = append(x.callback[:0], q.callback...)
-		if !w.corsAny && w.allowed(r.origin) {
-			x.origin = append(x.origin[:0], r.origin...)
+		x.callback = append(x.callback[:0], a.callback...)
+		if !w.corsAny && w.allowed(a.origin) {
+			x.origin = append(x.origin[:0], a.origin...)
 		}
 		cc.tr, cc.state = trLP, stPolling
-		w.subscribe(cc, id, q.channels(), since, w.grant.exp)
+		w.subscribe(cc, a.id, a.channels, a.since, a.grant.exp)
 		w.schedule(cc, w.tick+w.pollTicks)
 		return
 	}
-	if !r.http11 && tr == trStream {
+	if a.raw {
 		cc.flags |= fRaw // HTTP/1.0 cannot take chunked framing
 	}
-	w.send(cc, w.streamHead(tr, r.origin, cc.flags&fRaw == 0, since))
-	cc.tr, cc.state = tr, stStreaming
-	w.subscribe(cc, id, q.channels(), since, w.grant.exp)
+	w.send(cc, w.streamHead(a.tr, a.origin, cc.flags&fRaw == 0, a.since))
+	cc.tr, cc.state = a.tr, stStreaming
+	w.subscribe(cc, a.id, a.channels, a.since, a.grant.exp)
 	w.startHeartbeats(cc)
 }
 

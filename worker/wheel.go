@@ -108,6 +108,8 @@ func (w *Worker) expire(cc *conn) {
 	case stPolling:
 		w.startPoll(cc)
 		w.finishPoll(cc) // nothing came: []
+	case stParked:
+		w.parkedTimedOut(cc) // park.go
 	case stReading: // an idle keep-alive, or a request still coming
 		if cc.unread() {
 			// The request may be sitting in the socket because the loop
@@ -182,6 +184,9 @@ func (w *Worker) heartbeat(cc *conn) {
 // between requests - is answered 503 with Retry-After: never a bare FIN.
 func (w *Worker) handOff(cc *conn) {
 	switch cc.state {
+	case stParked:
+		w.unpark(cc)
+		w.send(cc, errRetryNow.resp)
 	case stReading:
 		w.send(cc, errRetryNow.resp)
 	case stStreaming:

@@ -14,12 +14,14 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/megacomet/megacomet/internal/memtrim"
 	"github.com/megacomet/megacomet/internal/rlimit"
 	"github.com/megacomet/megacomet/ipc"
@@ -143,6 +145,15 @@ type Worker struct {
 
 	auth  *auth.Verifier // client tokens; nil = auth off (authz.go)
 	grant grant          // what the request being served was granted
+	head  []byte         // the raw head of the request being served
+
+	hooks     *hooks.Caller      // the application's hooks; nil = none (park.go)
+	parked    map[uint32]*parked // connections waiting for a hook's answer
+	parkSeq   uint32
+	parkTicks uint32       // a parked connection's backstop timer
+	hookMu    sync.Mutex   // guards hookDone: Caller goroutines append
+	hookDone  []hookResult // answers for the loop
+	hookSpare []hookResult
 
 	// Scratch buffers reused by every request and message.
 	req     request
@@ -239,6 +250,13 @@ func newWorker(ipcFD int) (*Worker, error) {
 	if w.auth, err = auth.New(&cfg.Options.Auth); err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
+	if cfg.Options.Hooks.Deciding() {
+		w.hooks = hooks.New(cfg.Options.Hooks, w.log)
+		w.parked = make(map[uint32]*parked)
+		// The Caller answers within hooks.timeout; this only catches a
+		// verdict that never came.
+		w.parkTicks = ticksOf(2*cfg.Options.Hooks.Timeout.D() + time.Second)
+	}
 	return w, nil
 }
 
@@ -248,7 +266,8 @@ func (w *Worker) initComet() {
 	w.byChan = make(map[string]map[*conn]struct{})
 	w.awaiting = make(map[uint32]awaiter)
 	w.lastSeen = w.cfg.LastID
-	if o.Server.MaxConnsPerIP > 0 {
+	if o.Server.MaxConnsPerIP > 0 || o.Hooks.Deciding() {
+		// Hooks are told the client's address: kept as for the cap.
 		w.perIP = make(map[netip.Addr]uint32)
 		w.realIP = make(map[*conn]netip.Addr)
 	}
@@ -459,7 +478,7 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 func (w *Worker) admitIP(a netip.Addr) bool {
 	n := w.perIP[a] + 1
 	w.perIP[a] = n
-	return int(n) <= w.opts.Server.MaxConnsPerIP
+	return w.opts.Server.MaxConnsPerIP == 0 || int(n) <= w.opts.Server.MaxConnsPerIP
 }
 
 // admitAs counts cc against addr - its peer's, or the one a PROXY header
@@ -633,6 +652,8 @@ func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 		w.deliver(p)
 	case ipc.TypeStop:
 		w.stop()
+	case ipc.TypeHooksAnswered:
+		w.hooksAnswered() // park.go
 	case ipc.TypeDrain:
 		r := ipc.NewReader(p)
 		ms := r.Uvarint()

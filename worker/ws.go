@@ -169,28 +169,40 @@ func (w *Worker) startWS(cc *conn, r *request, id []byte) {
 		w.reject(cc, e)
 		return
 	}
-	if q.cursor {
+	a := admission{id: id, tr: trWS, since: since, fresh: w.fresh, origin: r.origin, channels: q.channels(),
+		grant: w.grant, ws101: hs.out, cursorFrame: q.cursor}
+	if w.mustAsk(&a) {
+		w.park(cc, r, &a) // park.go
+		return
+	}
+	w.admit(cc, &a)
+}
+
+// admitWS answers an admitted WebSocket handshake and subscribes it.
+func (w *Worker) admitWS(cc *conn, a *admission) {
+	out := a.ws101
+	if a.cursorFrame {
 		// Browsers cannot read the 101 answer's X-Megacomet-Cursor; asked
 		// with cursor=1, the first frame carries it, so a page can resume
 		// without a gap even before its first message.
-		w.body = strconv.AppendUint(append(w.body[:0], `{"cursor":`...), since, 10)
+		w.body = strconv.AppendUint(append(w.body[:0], `{"cursor":`...), a.since, 10)
 		w.body = append(w.body, '}')
-		hs.out = appendWSText(hs.out, w.body)
-		w.scratch = hs.out
+		out = appendWSText(out, w.body)
+		w.scratch = out
 	}
-	w.send(cc, hs.out)
+	w.send(cc, out)
 	if cc.state == stDead {
 		return
 	}
 	cc.tr, cc.state = trWS, stStreaming
 	cc.flags &^= fClose | fPing
-	if w.grant.allowed != nil {
-		cc.extra().allowed = w.grant.allowed // for its later subscribes (authz.go)
+	if a.grant.allowed != nil {
+		cc.extra().allowed = a.grant.allowed // for its later subscribes (authz.go)
 	}
-	if w.grant.publish != nil {
-		cc.extra().publish = w.grant.publish // for its publishes (publish.go)
+	if a.grant.publish != nil {
+		cc.extra().publish = a.grant.publish // for its publishes (publish.go)
 	}
-	w.subscribe(cc, id, q.channels(), since, w.grant.exp)
+	w.subscribe(cc, a.id, a.channels, a.since, a.grant.exp)
 	w.startHeartbeats(cc)
 }
 

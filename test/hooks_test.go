@@ -1,0 +1,203 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"github.com/megacomet/megacomet/internal/testutil"
+)
+
+// The application in the loop: hooks decide who may connect and which
+// channels it may join, asked of an application written in Node
+// (node/hookapp.js), so the hook JSON is read and written by code that is
+// not ours.
+
+// hookCall is one call hookapp.js received.
+type hookCall struct {
+	Path        string            `json:"path"`
+	ContentType string            `json:"contentType"`
+	Hook        string            `json:"hook"`
+	ID          string            `json:"id"`
+	Transport   string            `json:"transport"`
+	Channels    []string          `json:"channels"`
+	Channel     string            `json:"channel"`
+	Addr        string            `json:"addr"`
+	Headers     map[string]string `json:"headers"`
+}
+
+// startHookApp runs node/hookapp.js and returns its base URL.
+func startHookApp(t *testing.T) string {
+	t.Helper()
+	cmd := nodeCommand(t, "hookapp.js")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = &testutil.SyncBuffer{}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	var port int
+	if _, e := fmt.Sscanf(line, "listening %d", &port); err != nil || e != nil {
+		t.Fatalf("hookapp.js: %q %v %v", line, err, cmd.Stderr)
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+// hookCalls lists what the application was asked, in order.
+func hookCalls(t *testing.T, app string) []hookCall {
+	t.Helper()
+	code, body, _ := get(t, app+"/calls")
+	var calls []hookCall
+	if code != 200 || json.Unmarshal([]byte(body), &calls) != nil {
+		t.Fatalf("GET /calls: %d %s", code, body)
+	}
+	return calls
+}
+
+// cometGET sends a comet request with extra header lines and reads the
+// answer's head; the body streams on.
+func cometGET(t *testing.T, addr, path string, header ...string) (*http.Response, net.Conn) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	var h string
+	for _, l := range header {
+		h += l + "\r\n"
+	}
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, h)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp, c
+}
+
+// refusedWith checks an answer is status, with a one-line JSON error
+// naming want, and the retry hint a 503 carries.
+func refusedWith(t *testing.T, what string, resp *http.Response, status int, want string) {
+	t.Helper()
+	b, _ := io.ReadAll(resp.Body)
+	var e struct{ Error string }
+	if resp.StatusCode != status || json.Unmarshal(b, &e) != nil || !strings.Contains(e.Error, want) || strings.Count(string(b), "\n") != 1 {
+		t.Errorf("%s: %d %q, want %d with one line of JSON naming %q", what, resp.StatusCode, b, status, want)
+	}
+	if status == 503 && resp.Header.Get("Retry-After") == "" {
+		t.Errorf("%s: 503 without Retry-After", what)
+	}
+}
+
+// waitOnline polls the API until id is subscribed.
+func waitOnline(t *testing.T, s *testutil.Server, id string) {
+	t.Helper()
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if a := presenceOf(t, s, "/presence/"+id); !a.Online {
+			return fmt.Errorf("%s not online", id)
+		}
+		return nil
+	})
+}
+
+func hookServer(t *testing.T, app string, extra ...string) *testutil.Server {
+	return testutil.Start(t, map[string]string{
+		"server": "workers = 2\n" + strings.Join(extra, "\n"),
+		"hooks": fmt.Sprintf(`connect = "%[1]s/connect"
+subscribe = "%[1]s/subscribe"
+publish = "%[1]s/publish"
+timeout = "1s"`, app),
+	})
+}
+
+// Allowed on every transport, refused with the application's reason on
+// every transport (the WebSocket handshake included), and told what the
+// client asked for.
+func TestHooksAllowAndDeny(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app)
+	for _, tr := range []string{"lp", "stream", "sse"} {
+		id := "ok-" + tr
+		c, err := net.Dial("tcp", s.Listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /%s/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Basic abc\r\n\r\n", tr, id)
+		waitOnline(t, s, id)
+		publish(t, s.API, fmt.Sprintf(`{"to":%q,"data":"hello %s"}`, id, tr))
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		r := bufio.NewReader(c)
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", tr, resp, err)
+		}
+		if err := readUntil(resp.Body, "hello "+tr); err != nil {
+			t.Errorf("%s: %v", tr, err)
+		}
+	}
+	c, _, _, err := ws.Dial(context.Background(), "ws://"+s.Listen+"/ws/ok-ws")
+	if err != nil {
+		t.Fatalf("ws allowed: %v", err)
+	}
+	defer c.Close()
+	waitOnline(t, s, "ok-ws")
+	publish(t, s.API, `{"to":"ok-ws","data":"hello ws"}`)
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if msg, err := wsutil.ReadServerText(c); err != nil || !strings.Contains(string(msg), "hello ws") {
+		t.Errorf("ws: %q %v", msg, err)
+	}
+
+	for _, tr := range []string{"lp", "stream", "sse"} {
+		resp, _ := cometGET(t, s.Listen, "/"+tr+"/deny-"+tr)
+		refusedWith(t, tr, resp, 403, "banned: deny-"+tr)
+	}
+	resp, _ := cometGET(t, s.Listen, "/ws/deny-ws", "Connection: Upgrade", "Upgrade: websocket",
+		"Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+	refusedWith(t, "ws handshake", resp, 403, "banned: deny-ws")
+
+	// What the application was told: the id, the transport, the channels,
+	// the client's address, and the forwarded headers.
+	var sse *hookCall
+	calls := hookCalls(t, app)
+	for i := range calls {
+		if calls[i].ID == "ok-sse" {
+			sse = &calls[i]
+		}
+	}
+	switch {
+	case sse == nil:
+		t.Fatalf("no call for ok-sse in %+v", calls)
+	case sse.Path != "/connect" || sse.Hook != "connect" || sse.ContentType != "application/json" || sse.Transport != "sse" ||
+		sse.Channels == nil || len(sse.Channels) != 0 || sse.Addr != "127.0.0.1" || sse.Headers["Authorization"] != "Basic abc":
+		t.Errorf("the connect call for ok-sse: %+v", *sse)
+	}
+}
+
+// readUntil reads r until want has come.
+func readUntil(r io.Reader, want string) error {
+	var seen []byte
+	buf := make([]byte, 4096)
+	for !strings.Contains(string(seen), want) {
+		n, err := r.Read(buf)
+		seen = append(seen, buf[:n]...)
+		if err != nil && !strings.Contains(string(seen), want) {
+			return fmt.Errorf("%q never came; got %q (%v)", want, seen, err)
+		}
+	}
+	return nil
+}
