@@ -15,6 +15,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
 )
 
 // The application in the loop: hooks decide who may connect and which
@@ -200,4 +201,202 @@ func readUntil(r io.Reader, want string) error {
 		}
 	}
 	return nil
+}
+
+// Channel grants: the connect answer's channels admit at once; a channel
+// outside them is the subscribe hook's to allow or refuse.
+func TestHooksChannels(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app)
+	for _, c := range []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/sse/chan-1?channels=news,team-red", 200, ""},
+		{"/sse/chan-2?channels=news,extra", 200, ""}, // extra: the subscribe hook allows it
+		{"/sse/chan-3?channels=news,secret", 403, "not for you: secret"},
+		{"/stream/ok-4?channels=extra", 200, ""}, // asked for: granted by the connect answer
+	} {
+		resp, _ := cometGET(t, s.Listen, c.path)
+		if c.status != 200 {
+			refusedWith(t, c.path, resp, c.status, c.want)
+		} else if resp.StatusCode != 200 {
+			t.Errorf("%s: %d", c.path, resp.StatusCode)
+		}
+	}
+	var subs []string
+	for _, c := range hookCalls(t, app) {
+		if c.Path == "/subscribe" {
+			subs = append(subs, c.ID+":"+c.Channel)
+		}
+	}
+	if strings.Join(subs, " ") != "chan-2:extra chan-3:secret" {
+		t.Errorf("subscribe calls %v, want chan-2:extra and chan-3:secret only", subs)
+	}
+}
+
+// A hook that hangs, fails, answers HTML or closes mid-answer gets its
+// client a 503 with Retry-After and one line that says so, within
+// hooks.timeout; meanwhile the server answers everyone else, and a client
+// that leaves while parked is simply forgotten.
+func TestHooksFailClosed(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app)
+	type result struct {
+		id   string
+		resp *http.Response
+	}
+	ids := []string{"hang-1", "err-1", "html-1", "cut-1"}
+	done := make(chan result, len(ids))
+	for _, id := range ids {
+		go func() {
+			c, err := net.Dial("tcp", s.Listen)
+			if err != nil {
+				done <- result{id, nil}
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			fmt.Fprintf(c, "GET /sse/%s HTTP/1.1\r\nHost: x\r\n\r\n", id)
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			resp, _ := http.ReadResponse(bufio.NewReader(c), nil)
+			done <- result{id, resp}
+		}()
+	}
+	// A client that leaves while its hook hangs.
+	gone, err := net.Dial("tcp", s.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(gone, "GET /sse/hang-2 HTTP/1.1\r\nHost: x\r\n\r\n")
+	gone.Close()
+	if got := ping(t, s.Listen); got != "pong" {
+		t.Errorf("/ping while hooks hang: %q", got)
+	}
+	reasons := map[string]string{"hang-1": "(timeout)", "err-1": "(status)", "html-1": "(garbage)", "cut-1": "(broken)"}
+	for range ids {
+		r := <-done
+		if r.resp == nil {
+			t.Errorf("%s: no answer", r.id)
+			continue
+		}
+		refusedWith(t, r.id, r.resp, 503, "connect hook failed "+reasons[r.id])
+	}
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+		var failed uint64
+		for _, w := range st.Workers {
+			failed += w.HookFailed
+		}
+		if failed < uint64(len(ids)) {
+			return fmt.Errorf("hook_failed %d, want %d or more", failed, len(ids))
+		}
+		return nil
+	})
+	for _, want := range []string{"hook did not answer within hooks.timeout", "hook answered other than 200", "hook answer is not the JSON documented"} {
+		if !strings.Contains(s.Log.String(), want) {
+			t.Errorf("no log line says %q", want)
+		}
+	}
+}
+
+// Cookie goes to the application only from a page of ours: an allowed
+// origin, or a request the browser says is same-site; a cross-site page's
+// request reaches the hook without it.
+func TestHooksCookieOnlyFromOurPages(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app, `allowed_origins = ["https://app.example"]`)
+	cookie := "Cookie: session=s3cret"
+	for _, c := range []struct {
+		name   string
+		path   string
+		header []string
+		status int
+	}{
+		{"same-site fetch", "/sse/cookie-1", []string{cookie, "Sec-Fetch-Site: same-site"}, 200},
+		{"allowed origin", "/sse/cookie-2", []string{cookie, "Origin: https://app.example"}, 200},
+		{"cross-site origin", "/sse/cookie-3", []string{cookie, "Origin: https://evil.example"}, 403},
+		{"cross-site, no origin", "/sse/cookie-4", []string{cookie, "Sec-Fetch-Site: cross-site"}, 403},
+		{"JSONP", "/lp/cookie-5?callback=f", []string{cookie, "Sec-Fetch-Site: same-site"}, 403},
+	} {
+		resp, _ := cometGET(t, s.Listen, c.path, c.header...)
+		if c.status == 403 {
+			refusedWith(t, c.name, resp, 403, "no session")
+		} else if resp.StatusCode != c.status {
+			t.Errorf("%s: %d, want %d", c.name, resp.StatusCode, c.status)
+		}
+	}
+}
+
+// expire_at ends the connection as an expired token would.
+func TestHooksExpireAt(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app)
+	resp, _ := cometGET(t, s.Listen, "/sse/exp-1")
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d", resp.StatusCode)
+	}
+	if err := readUntil(resp.Body, "event: expired"); err != nil {
+		t.Error(err)
+	}
+}
+
+// Over WebSocket, a subscribe outside the grant waits for the subscribe
+// hook, and a publish no claim allows for the publish hook, which may
+// rewrite it; refusals are error frames, and the connection stays.
+func TestHooksWebSocketCommands(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app)
+	c, _, _, err := ws.Dial(context.Background(), "ws://"+s.Listen+"/ws/chan-ws?channels=news")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	send := func(msg string) {
+		if err := wsutil.WriteClientText(c, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func(want string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		for {
+			msg, err := wsutil.ReadServerText(c)
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", want, err)
+			}
+			if strings.Contains(string(msg), want) {
+				return
+			}
+		}
+	}
+	send(`{"subscribe":"secret"}`)
+	send(`{"subscribe":"extra"}`)
+	next(`{"error":"not for you: secret","channel":"secret"}`)
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if a := presenceOf(t, s, "/presence?channel=extra"); a.Subscribers != 1 {
+			return fmt.Errorf("channel extra has %d subscribers", a.Subscribers)
+		}
+		return nil
+	})
+	publish(t, s.API, `{"channel":"extra","data":"to extra"}`)
+	next(`"to extra"`)
+
+	listener, _ := cometGET(t, s.Listen, "/sse/listen-1?channels=shout")
+	waitOnline(t, s, "listen-1")
+	send(`{"publish":"news","data":{"text":"quiet"}}`)
+	next(`{"error":"quiet please","channel":"news"}`)
+	send(`{"publish":"shout","data":{"text":"hi there"}}`)
+	next(`{"ack":`)
+	var pubs []string
+	for _, call := range hookCalls(t, app) {
+		if call.Path == "/publish" {
+			pubs = append(pubs, call.ID+":"+call.Channel)
+		}
+	}
+	if strings.Join(pubs, " ") != "chan-ws:news chan-ws:shout" {
+		t.Errorf("publish calls %v", pubs)
+	}
+	if err := readUntil(listener.Body, `"channel":"shout","data":{"text":"HI THERE"}`); err != nil {
+		t.Errorf("the publish as the application rewrote it: %v", err)
+	}
 }

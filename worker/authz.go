@@ -287,11 +287,17 @@ func (w *Worker) endExpired(cc *conn) {
 	}
 }
 
-// wsMayJoin checks a WebSocket subscribe against the token's channels
-// claim; a refusal is an error frame, and the connection stays.
-func (w *Worker) wsMayJoin(cc *conn, channel []byte) bool {
+// wsMayJoinNow checks a WebSocket subscribe against the channels its token
+// (or the connect hook) granted. Outside them, the subscribe hook decides,
+// and the subscribe waits for it (park.go); without one, the refusal is an
+// error frame, and the connection stays.
+func (w *Worker) wsMayJoinNow(cc *conn, channel []byte) bool {
 	if cc.x == nil || cc.x.allowed == nil || auth.Allows(cc.x.allowed, string(channel)) {
 		return true
+	}
+	if w.hooks.On(hooks.Subscribe) {
+		w.ask(cc, hooks.Subscribe, string(channel), nil)
+		return false
 	}
 	w.counts.AuthRefused++
 	msg := append(append(append(w.body[:0], wsChannelRefused...), channel...), `"}`...)

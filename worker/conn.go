@@ -85,6 +85,7 @@ type connExtra struct {
 	publish  []string   // WebSocket: its token's publish claim (publish.go)
 	pubAt    uint32     // WebSocket: the publish rate limit's state
 	pubOver  uint32     // publishes refused for the rate in a row
+	asking   uint32     // WebSocket: the hook call its input waits for (park.go), 0 = none
 }
 
 func (cc *conn) extra() *connExtra {
@@ -96,7 +97,7 @@ func (cc *conn) extra() *connExtra {
 
 // tidy drops connExtra once nothing in it is in use.
 func (cc *conn) tidy() {
-	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.ctlAt == 0 && x.allowed == nil && x.publish == nil && x.pubAt == 0 {
+	if x := cc.x; x != nil && x.in == nil && x.pending == nil && x.channels == nil && x.callback == nil && x.origin == nil && x.ws == nil && x.cmdAt == 0 && x.ctlAt == 0 && x.allowed == nil && x.publish == nil && x.pubAt == 0 && x.asking == 0 {
 		cc.x = nil
 	}
 }

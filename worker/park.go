@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,10 +26,15 @@ import (
 // timer is a backstop past hooks.timeout (the Caller answers by then), and
 // a drain hands it over like any request not yet answered.
 
-// parked is a connection waiting for the application.
+// parked is a connection waiting for the application: a connect (a), or
+// a WebSocket command (kind Subscribe or Publish, for channel, with data)
+// that holds the connection's later input until it is answered.
 type parked struct {
-	cc *conn
-	a  admission // its slices its own, not the request's
+	cc      *conn
+	a       admission // its slices its own, not the request's
+	kind    hooks.Kind
+	channel string
+	data    []byte
 }
 
 // hookResult is one answer on its way to the loop.
@@ -60,11 +66,7 @@ func (w *Worker) mustAsk(a *admission) bool {
 
 // park hands a's admission to the application and leaves cc waiting.
 func (w *Worker) park(cc *conn, r *request, a *admission) {
-	w.parkSeq++
-	for w.parkSeq == 0 || w.parked[w.parkSeq] != nil {
-		w.parkSeq++
-	}
-	seq := w.parkSeq
+	seq := w.nextPark()
 	p := &parked{cc: cc, a: *a}
 	p.a.id = bytes.Clone(a.id)
 	p.a.origin = bytes.Clone(a.origin)
@@ -125,6 +127,60 @@ func (w *Worker) hooksAnswered() {
 	w.hookSpare = done
 }
 
+// ask hands a WebSocket command to the application; the connection's
+// input waits behind it (wsData) until resumeParked applies the answer.
+func (w *Worker) ask(cc *conn, kind hooks.Kind, channel string, data []byte) {
+	seq := w.nextPark()
+	call := &hooks.Call{Kind: kind, ID: cc.id, Transport: transportNames[trWS], Channels: []string{channel},
+		Addr: w.clientAddr(cc).String(), Data: data}
+	w.parked[seq] = &parked{cc: cc, kind: kind, channel: channel, data: bytes.Clone(data)}
+	cc.extra().asking = seq
+	if v, queued := w.hooks.Ask(call, func(v hooks.Verdict) { w.hookAnswered(seq, v) }); !queued {
+		w.resumeParked(seq, v)
+	}
+}
+
+// nextPark numbers a new parked call.
+func (w *Worker) nextPark() uint32 {
+	w.parkSeq++
+	for w.parkSeq == 0 || w.parked[w.parkSeq] != nil {
+		w.parkSeq++
+	}
+	return w.parkSeq
+}
+
+// answered applies the answer to a WebSocket command, then reads what
+// came behind it.
+func (w *Worker) answered(seq uint32, p *parked, v hooks.Verdict) {
+	cc := p.cc
+	if cc.state != stStreaming || cc.x == nil || cc.x.asking != seq {
+		return // it left meanwhile
+	}
+	cc.x.asking = 0
+	switch {
+	case v.Status == 503:
+		w.counts.HookFailed++
+		w.wsError(cc, v.Reason, p.channel)
+	case v.Status != 0:
+		w.counts.AuthRefused++
+		w.wsError(cc, v.Reason, p.channel)
+	case p.kind == hooks.Subscribe:
+		cc.x.allowed = append(slices.Clip(cc.x.allowed), p.channel) // asked once; the grant may be shared
+		w.resubscribe(cc, cc.cursor, stringBytes(p.channel), nil)
+	default:
+		data := p.data
+		if len(v.Data) > 0 {
+			data = v.Data // the application rewrote it
+		}
+		w.sendPublish(cc, p.channel, data)
+	}
+	if cc.state == stStreaming && cc.x != nil && len(cc.x.in) > 0 && cc.x.asking == 0 {
+		in := cc.x.in
+		cc.x.in = nil
+		w.wsData(cc, in)
+	}
+}
+
 // resumeParked answers parked connection seq with the application's verdict.
 func (w *Worker) resumeParked(seq uint32, v hooks.Verdict) {
 	p := w.parked[seq]
@@ -132,6 +188,10 @@ func (w *Worker) resumeParked(seq uint32, v hooks.Verdict) {
 		return // it left meanwhile
 	}
 	delete(w.parked, seq)
+	if p.kind != hooks.Connect {
+		w.answered(seq, p, v)
+		return
+	}
 	cc, a := p.cc, &p.a
 	cc.state = stReading
 	w.unschedule(cc)

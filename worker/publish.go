@@ -8,6 +8,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/megacomet/megacomet/auth"
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/megacomet/megacomet/ipc"
 )
 
@@ -62,11 +63,6 @@ func (w *Worker) wsPublish(cc *conn, p []byte) {
 		w.wsFail(cc, errWSChannel)
 		return
 	}
-	if !w.mayPublish(cc, ch) {
-		w.counts.AuthRefused++
-		w.wsError(cc, wsPubNotAllowed, ch)
-		return
-	}
 	x := cc.extra()
 	if !w.wsPublishAllowed(cc) {
 		if x.pubOver++; x.pubOver > 2*uint32(w.opts.Comet.ClientPublishRate) {
@@ -78,6 +74,21 @@ func (w *Worker) wsPublish(cc *conn, p []byte) {
 	}
 	x.pubOver = 0
 	data := []byte(c.Data)
+	switch {
+	case w.mayPublish(cc, ch):
+	case w.hooks.On(hooks.Publish):
+		w.ask(cc, hooks.Publish, ch, data) // park.go: sendPublish on its answer
+		return
+	default:
+		w.counts.AuthRefused++
+		w.wsError(cc, wsPubNotAllowed, ch)
+		return
+	}
+	w.sendPublish(cc, ch, data)
+}
+
+// sendPublish hands an allowed client publish to the manager.
+func (w *Worker) sendPublish(cc *conn, ch string, data []byte) {
 	if len(data) > ipc.MaxData {
 		// The API's limit, on the same measure: the data compacted (what
 		// is stored, replayed and written to every subscriber).
@@ -99,7 +110,7 @@ func (w *Worker) wsPublish(cc *conn, p []byte) {
 }
 
 // mayPublish: the token's publish claim with auth on, else
-// comet.client_publish.
+// comet.client_publish (the publish hook decides what neither allows).
 func (w *Worker) mayPublish(cc *conn, channel string) bool {
 	if w.auth != nil {
 		return cc.x != nil && auth.MayPublish(cc.x.publish, channel)

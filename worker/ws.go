@@ -206,6 +206,9 @@ func (w *Worker) admitWS(cc *conn, a *admission) {
 	w.startHeartbeats(cc)
 }
 
+// maxWSHeader is the longest frame header (RFC 6455 §5.2).
+const maxWSHeader = 14
+
 // wsData reads a WebSocket connection's input: complete frames are parsed
 // and unmasked where evio read them; a frame split across reads waits in
 // connExtra.in for the rest.
@@ -218,6 +221,15 @@ func (w *Worker) wsData(cc *conn, in []byte) {
 	limit := int64(w.opts.Comet.WSMaxMessage)
 	var f wsFrame
 	for len(buf) > 0 && cc.state == stStreaming {
+		if cc.x != nil && cc.x.asking != 0 {
+			// A command waits for the application (park.go): what follows
+			// waits for its answer, as much as a message may be.
+			if len(buf) > int(limit)+maxWSHeader {
+				w.wsFail(cc, errWSAsking)
+				return
+			}
+			break
+		}
 		n, err := parseFrame(buf, &f, cc.x != nil && cc.x.ws != nil, limit)
 		if err == errNeedMore {
 			break

@@ -43,10 +43,9 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 			w.wsFail(cc, errWSChannel)
 			return
 		}
-		if !w.wsMayJoin(cc, c.channel) {
-			return
+		if w.wsMayJoinNow(cc, c.channel) {
+			w.resubscribe(cc, cc.cursor, c.channel, nil)
 		}
-		w.resubscribe(cc, cc.cursor, c.channel, nil)
 	case cmdUnsubscribe:
 		if !ipc.ValidName(c.channel) {
 			w.wsFail(cc, errWSChannel)

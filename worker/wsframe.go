@@ -61,6 +61,7 @@ var (
 	errWSChannel      = newWSError(ws.StatusPolicyViolation, "bad channel: use 1 to 64 of A-Z a-z 0-9 _ -")
 	errWSChannels     = newWSError(ws.StatusPolicyViolation, "too many channels: 16 at most")
 	errWSRate         = newWSError(ws.StatusPolicyViolation, "too many commands: 32 at once, then 10 a second")
+	errWSAsking       = newWSError(ws.StatusPolicyViolation, "more input than comet.ws_max_message while the application decides on a command")
 	errWSControlRate  = newWSError(ws.StatusPolicyViolation, "too many pings: over comet.ws_ping_rate")
 	errWSFragTimeout  = newWSError(ws.StatusPolicyViolation, "message not finished within comet.ws_fragment_timeout")
 	errWSHeld         = newWSError(ws.StatusPolicyViolation, "server busy: too many unfinished messages")

@@ -9,6 +9,7 @@ const calls = [];
 const rules = {
   ok: () => ({ allow: true }),
   chan: () => ({ allow: true, channels: ['news', 'team-*'] }),
+  listen: () => ({ allow: true, channels: ['shout'] }),
   exp: () => ({ allow: true, expire_at: Math.floor(Date.now() / 1000) + 2 }),
   deny: (c) => ({ allow: false, reason: 'banned: ' + c.id }),
   cookie: (c) => (c.headers.Cookie || '').includes('session=s3cret')
