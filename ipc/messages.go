@@ -66,13 +66,35 @@ type Counts struct {
 	// HookFailed counts connections answered 503 because the
 	// application's hook failed, timed out or answered garbage.
 	HookFailed uint64
+	// HookWaiting is how many connections and WebSocket commands wait for
+	// the application's answer now.
+	HookWaiting uint64
+	// Hooks: per hook (connect, subscribe, publish), after the fields
+	// above.
+	Hooks [3]HookCounts
 }
 
-func (c *Counts) fields() [26]*uint64 {
+// HookCounts are one hook's calls from a worker (hooks.Stats).
+type HookCounts struct {
+	Calls, Allowed, Denied, Failed, CacheHits uint64
+	// Latency counts answers by how long they took: hooks.LatencyBounds'
+	// buckets, then longer.
+	Latency [13]uint64
+}
+
+func (h *HookCounts) fields() [18]*uint64 {
+	f := [18]*uint64{&h.Calls, &h.Allowed, &h.Denied, &h.Failed, &h.CacheHits}
+	for i := range h.Latency {
+		f[5+i] = &h.Latency[i]
+	}
+	return f
+}
+
+func (c *Counts) fields() [27]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
 		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected,
-		&c.WSFragmentClosed, &c.HookFailed}
+		&c.WSFragmentClosed, &c.HookFailed, &c.HookWaiting}
 }
 
 // AppendCounts appends a Counts frame.
@@ -80,6 +102,11 @@ func AppendCounts(dst []byte, c *Counts) []byte {
 	dst, start := Begin(dst, TypeCounts)
 	for _, f := range c.fields() {
 		dst = AppendUvarint(dst, *f)
+	}
+	for k := range c.Hooks {
+		for _, f := range c.Hooks[k].fields() {
+			dst = AppendUvarint(dst, *f)
+		}
 	}
 	return End(dst, start)
 }
@@ -90,9 +117,17 @@ func DecodeCounts(p []byte) (Counts, error) {
 	r := NewReader(p)
 	for _, f := range c.fields() {
 		if r.Len() == 0 {
-			break
+			return c, r.Err()
 		}
 		*f = r.Uvarint()
+	}
+	for k := range c.Hooks {
+		for _, f := range c.Hooks[k].fields() {
+			if r.Len() == 0 {
+				return c, r.Err()
+			}
+			*f = r.Uvarint()
+		}
 	}
 	return c, r.Err()
 }

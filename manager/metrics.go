@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -75,14 +76,24 @@ var metricHelp = []struct{ name, help string }{
 	{"cluster_published_total", "Messages this node published into the cluster stream."},
 	{"cluster_publish_errors_total", "Publishes this node answered 503 because JetStream did not take them."},
 	{"cluster_disconnects_total", "Times this node lost its NATS connection."},
+	{"hook_calls_total", "Calls to the application's hook, answers from hooks.cache included."},
+	{"hook_allowed_total", "Hook answers that allowed."},
+	{"hook_denied_total", "Hook answers that refused: the client got 403 (or an error frame)."},
+	{"hook_failed_total", "Hook calls that failed (timeout, unreachable, not 200, garbage): the client got 503 (or an error frame)."},
+	{"hook_cache_hits_total", "Hook calls answered from hooks.cache."},
+	{"hook_latency_seconds", "How long the application took to answer a hook call."},
+	{"hook_waiting", "Connections and WebSocket commands waiting for a hook's answer."},
 }
 
 func newMetrics(m *Manager) *metrics {
 	mt := &metrics{m: m, desc: make(map[string]*prometheus.Desc)}
 	for _, h := range metricHelp {
 		var labels []string
-		if strings.HasPrefix(h.name, "worker_") {
+		switch {
+		case strings.HasPrefix(h.name, "worker_"):
 			labels = []string{"slot", "state"}
+		case strings.HasPrefix(h.name, "hook_") && h.name != "hook_waiting":
+			labels = []string{"hook"}
 		}
 		mt.desc[h.name] = prometheus.NewDesc("megacomet_"+h.name, h.help, labels, nil)
 	}
@@ -142,6 +153,25 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("cluster_published_total", float64(c.Published))
 		put("cluster_publish_errors_total", float64(c.PublishErrors))
 		put("cluster_disconnects_total", float64(c.Disconnects))
+	}
+	if st.Hooks != nil {
+		put("hook_waiting", float64(st.HookWaiting))
+	}
+	for name, h := range st.Hooks {
+		put("hook_calls_total", float64(h.Calls), name)
+		put("hook_allowed_total", float64(h.Allowed), name)
+		put("hook_denied_total", float64(h.Denied), name)
+		put("hook_failed_total", float64(h.Failed), name)
+		put("hook_cache_hits_total", float64(h.CacheHits), name)
+		buckets := make(map[float64]uint64, len(hooks.LatencyBounds))
+		var n uint64
+		for i, b := range hooks.LatencyBounds {
+			n += h.Latency[i]
+			buckets[b.Seconds()] = n
+		}
+		n += h.Latency[len(hooks.LatencyBounds)]
+		// The sum is not kept: the buckets carry the quantiles.
+		ch <- prometheus.MustNewConstHistogram(mt.desc["hook_latency_seconds"], n, 0, buckets, name)
 	}
 	for _, w := range st.Workers {
 		l := []string{strconv.Itoa(w.Slot), w.State}

@@ -2,12 +2,14 @@ package manager
 
 import (
 	"encoding/json"
+	"math"
 	"net"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/megacomet/megacomet/cluster"
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/megacomet/megacomet/internal/memtrim"
 	"github.com/megacomet/megacomet/internal/procfs"
 	"github.com/shirou/gopsutil/v3/load"
@@ -34,6 +36,28 @@ type Stats struct {
 	// Cluster is the link to the other nodes: absent when this node is
 	// alone.
 	Cluster *cluster.Stats `json:"cluster,omitempty"`
+	// Hooks: the application's hooks ([hooks]) by name, all workers
+	// together; absent when none is set.
+	Hooks map[string]*HookStats `json:"hooks,omitempty"`
+	// HookWaiting: connections and WebSocket commands waiting for a hook's
+	// answer now.
+	HookWaiting uint64 `json:"hook_waiting"`
+}
+
+// HookStats are one hook's calls (hooks/).
+type HookStats struct {
+	Calls     uint64 `json:"calls"`      // asked, answers from the cache included
+	Allowed   uint64 `json:"allowed"`    // answered allow
+	Denied    uint64 `json:"denied"`     // answered allow false: the client got 403
+	Failed    uint64 `json:"failed"`     // timed out, unreachable, not 200, garbage: the client got 503
+	CacheHits uint64 `json:"cache_hits"` // answered from hooks.cache
+	// LatencyMs: the application's answer time, p50 and p99, as the upper
+	// bound of the bucket they fall in (hooks.LatencyBounds; 0: no answer yet).
+	LatencyMs struct {
+		P50 float64 `json:"p50"`
+		P99 float64 `json:"p99"`
+	} `json:"latency_ms"`
+	Latency [13]uint64 `json:"-"` // the buckets, for /metrics
 }
 
 // WorkerStats describes one worker process.
@@ -268,6 +292,19 @@ func (m *Manager) Snapshot() Stats {
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
+	if h := &m.opts.Hooks; h.Deciding() {
+		st.Hooks = map[string]*HookStats{}
+		for name, url := range map[string]string{"connect": h.Connect, "subscribe": h.Subscribe, "publish": h.Publish} {
+			if url != "" {
+				st.Hooks[name] = &HookStats{}
+			}
+		}
+		defer func() {
+			for _, h := range st.Hooks {
+				h.LatencyMs.P50, h.LatencyMs.P99 = hookQuantile(h.Latency, 0.5), hookQuantile(h.Latency, 0.99)
+			}
+		}()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st.Workers = make([]WorkerStats, 0, len(m.slots)+len(m.retiring))
@@ -289,6 +326,14 @@ func (m *Manager) Snapshot() Stats {
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
 			ws.HookFailed = c.HookFailed
+			st.HookWaiting += c.HookWaiting
+			for k, h := range st.Hooks {
+				hk := &c.Hooks[hookIndex[k]]
+				h.Calls, h.Allowed, h.Denied, h.Failed, h.CacheHits = h.Calls+hk.Calls, h.Allowed+hk.Allowed, h.Denied+hk.Denied, h.Failed+hk.Failed, h.CacheHits+hk.CacheHits
+				for i, n := range hk.Latency {
+					h.Latency[i] += n
+				}
+			}
 			ws.HeapBytes, ws.GoBytes = c.HeapBytes, c.GoBytes
 			ws.MaxConns = p.hello.MaxConns
 			if p.state == stateReady {
@@ -327,4 +372,30 @@ func (m *Manager) serveStats(ln net.Listener) {
 			c.Write(append(b, '\n'))
 		}()
 	}
+}
+
+// hookIndex is each hook's place in ipc.Counts.Hooks.
+var hookIndex = map[string]hooks.Kind{"connect": hooks.Connect, "subscribe": hooks.Subscribe, "publish": hooks.Publish}
+
+// hookQuantile is the upper bound, in ms, of the latency bucket that holds
+// quantile q of the answers (past the last bound: twice it); 0 with none.
+func hookQuantile(buckets [13]uint64, q float64) float64 {
+	var total uint64
+	for _, n := range buckets {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(math.Ceil(q * float64(total)))
+	var seen uint64
+	for i, n := range buckets {
+		if seen += n; seen >= want {
+			if i < len(hooks.LatencyBounds) {
+				return float64(hooks.LatencyBounds[i]) / float64(time.Millisecond)
+			}
+			break
+		}
+	}
+	return 2 * float64(hooks.LatencyBounds[len(hooks.LatencyBounds)-1]) / float64(time.Millisecond)
 }

@@ -46,6 +46,9 @@ type statusPoint struct {
 	MemTotalBytes  uint64         `json:"mem_total_bytes"`
 	ServerPSS      uint64         `json:"server_pss_bytes"`
 	Workers        []statusWorker `json:"workers"`
+	// Hooks: the application's hooks, when any is set (stats' hooks).
+	Hooks       map[string]*HookStats `json:"hooks,omitempty"`
+	HookWaiting uint64                `json:"hook_waiting"`
 }
 
 type statusWorker struct {
@@ -170,7 +173,8 @@ func pingOnce(addr string) pingSample {
 func (m *Manager) statusPoint(st Stats) statusPoint {
 	now := time.Now()
 	p := statusPoint{T: now.UnixMilli(), Generation: st.Generation, Connections: st.Connections, Capacity: st.Capacity,
-		Load1: st.Host.Load1, MemUsedBytes: st.Host.MemUsedBytes, MemTotalBytes: st.Host.MemTotalBytes, ServerPSS: st.Manager.PSSBytes}
+		Load1: st.Host.Load1, MemUsedBytes: st.Host.MemUsedBytes, MemTotalBytes: st.Host.MemTotalBytes, ServerPSS: st.Manager.PSSBytes,
+		Hooks: st.Hooks, HookWaiting: st.HookWaiting}
 	var accepted, delivered, heartbeats uint64
 	for _, w := range st.Workers {
 		p.Workers = append(p.Workers, statusWorker{Slot: w.Slot, PID: w.PID, CPU: w.CPU, State: w.State, Connections: w.Connections,

@@ -171,6 +171,22 @@ func TestHooksAllowAndDeny(t *testing.T) {
 		"Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
 	refusedWith(t, "ws handshake", resp, 403, "banned: deny-ws")
 
+	// Counted: in stats, and in /metrics with the latency histogram.
+	s.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+		c := st.Hooks["connect"]
+		if c == nil || c.Calls != 8 || c.Allowed != 4 || c.Denied != 4 || c.Failed != 0 || c.LatencyMs.P99 == 0 {
+			return fmt.Errorf("stats hooks.connect %+v, want 8 calls, 4 allowed, 4 denied, a latency", c)
+		}
+		return nil
+	})
+	_, metrics, _ := get(t, "http://"+s.API+"/metrics")
+	for _, want := range []string{`megacomet_hook_calls_total{hook="connect"} 8`, `megacomet_hook_denied_total{hook="connect"} 4`,
+		`megacomet_hook_latency_seconds_bucket{hook="connect",le="+Inf"} 8`, `megacomet_hook_calls_total{hook="subscribe"} 0`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
+
 	// What the application was told: the id, the transport, the channels,
 	// the client's address, and the forwarded headers.
 	var sse *hookCall

@@ -613,6 +613,12 @@ func (w *Worker) queueCounts() {
 	w.lagMax = 0
 	metrics.Read(memSamples)
 	w.counts.HeapBytes, w.counts.GoBytes = memSamples[0].Value.Uint64(), memSamples[1].Value.Uint64()
+	if w.hooks != nil {
+		w.counts.HookWaiting = uint64(len(w.parked))
+		for k, s := range w.hooks.Stats() {
+			w.counts.Hooks[k] = ipc.HookCounts{Calls: s.Calls, Allowed: s.Allowed, Denied: s.Denied, Failed: s.Failed, CacheHits: s.CacheHits, Latency: s.Latency}
+		}
+	}
 	w.ipcOut = ipc.AppendCounts(w.ipcOut, &w.counts)
 }
 
