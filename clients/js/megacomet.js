@@ -34,8 +34,11 @@ export class Megacomet {
     return new Promise((res, rej) => { this.pq.push({ channel, data, res, rej }); this._pub(); });
   }
 
-  close() {
+  // close ends the client for good; reason is why, when the server said.
+  close(reason) {
+    if (this.closed) return;
     this.closed = 1;
+    this.reason = reason;
     this._stop();
     this._state("closed");
     while (this.pq.length) this._pdone(E("closed"));
@@ -45,7 +48,10 @@ export class Megacomet {
 
   _state(s) {
     const t = this.transport;
-    if (s != this.st || t != this.stt) { this.st = s; this.stt = t; this._emit("state", { state: s, transport: t }); }
+    if (s != this.st || t != this.stt) {
+      this.st = s; this.stt = t;
+      this._emit("state", this.reason == null ? { state: s, transport: t } : { state: s, transport: t, reason: this.reason });
+    }
   }
 
   _stop() {
@@ -111,6 +117,14 @@ export class Megacomet {
     this.timer = setTimeout(() => this._go(), d);
   }
 
+  // _refused: the server refused the client for good (403): it is told
+  // why, and closed.
+  _refused(g, why) {
+    if (g != this.g || this.closed) return;
+    this._emit("error", { error: why });
+    this.close(why);
+  }
+
   // _adv moves the cursor forward to c; it reports whether it did.
   _adv(c) {
     if (!(c > (this.cursor ?? 0))) return false;
@@ -155,10 +169,13 @@ export class Megacomet {
     return { s, stop: () => s.close() };
   }
 
-  // _get fetches url: the response of a 200, else it throws the server's hint.
+  // _get fetches url: the response of a 200, else it throws the server's
+  // hint, or for a 403 (refused: by the token's claims or the application)
+  // its reason, which ends the client.
   async _get(url, a, method) {
     const r = await fetch(url, { signal: a.signal, cache: "no-store", method });
     if (r.ok) return r;
+    if (r.status == 403) throw { refused: (await r.json().catch(() => null))?.error || "forbidden" };
     const ra = r.headers.get("Retry-After"), d = ra ? ra * 1000 : NaN; // seconds
     throw { d: r.status == 401 ? -1 : d >= 0 ? d : null };
   }
@@ -168,7 +185,7 @@ export class Megacomet {
     const a = new AbortController();
     let up = 0;
     f(a, () => { up = 1; this._open(g); })
-      .catch(e => e.d)
+      .catch(e => e.refused != null ? this._refused(g, e.refused) : e.d)
       .then(d => a.signal.aborted || this._lost(g, up, d ?? null));
     return { stop: () => a.abort() };
   }

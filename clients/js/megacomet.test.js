@@ -288,6 +288,17 @@ describe("4. SSE: parsing, hints, expired token, HTTP errors", () => {
     assert.equal(path(e.f().url), "/lp/a1");
   });
 
+  test("403 is final: the error and the closed state carry its reason, and nothing comes back", async t => {
+    const e = env(t);
+    const c = await e.client({ transports: ["sse", "lp"] });
+    e.f().reply(403, { "Content-Type": "application/json" }, '{"error":"log in first"}\n');
+    await flush();
+    assert.deepEqual(e.ev.error, [{ error: "log in first" }]);
+    assert.deepEqual(e.ev.state.at(-1), { state: "closed", transport: "sse", reason: "log in first" });
+    assert.equal(c.state, "closed");
+    await e.never();
+  });
+
   test("a Retry-After that is not seconds (an HTTP date) is no hint: back off", async t => {
     const e = env(t);
     await e.client({ transports: ["sse"] });
