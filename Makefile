@@ -108,7 +108,7 @@ MEGABENCH = ./$(BIN)/megabench -bin $(BIN) -transport $(or $(TRANSPORT),sse) -he
 
 bench: megabench
 	$(MEGABENCH) -kind bench -n $(or $(N),100000) -rate $(or $(RATE),20000) -hold $(or $(HOLD),15s) \
-	  -broadcast $(or $(BROADCAST),3) -auth-compare -chat-members $(or $(CHAT),10000) -out bench-report.json
+	  -broadcast $(or $(BROADCAST),3) -auth-compare -hook-compare -chat-members $(or $(CHAT),10000) -out bench-report.json
 
 soak: megabench
 	$(MEGABENCH) -kind soak -n $(or $(N),200000) -rate $(or $(RATE),15000) -hold $(or $(HOLD),30m) \

@@ -59,14 +59,19 @@ type Report struct {
 	Heartbeat string `json:"heartbeat"`
 	Workers   int    `json:"workers"`
 
-	ConnectionsHeld  uint64      `json:"connections_held"` // the most the server held at once
-	Ready            int64       `json:"ready"`            // answered, as megatest saw at the end
-	ClosedUnexpected int64       `json:"closed_unexpected"`
-	ConnectFailed    int64       `json:"connect_failed"`
-	ConnectRate      float64     `json:"connect_rate"`
-	ConnectRateAuth  float64     `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
-	AuthConnectRatio float64     `json:"auth_connect_ratio,omitempty"`
-	Chat             *ChatReport `json:"chat,omitempty"` // the -chat round
+	ConnectionsHeld  uint64  `json:"connections_held"` // the most the server held at once
+	Ready            int64   `json:"ready"`            // answered, as megatest saw at the end
+	ClosedUnexpected int64   `json:"closed_unexpected"`
+	ConnectFailed    int64   `json:"connect_failed"`
+	ConnectRate      float64 `json:"connect_rate"`
+	ConnectRateAuth  float64 `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
+	// The same N again, asking a connect hook that answers in 1 ms, and
+	// with hooks.cache on.
+	ConnectRateHook       float64     `json:"connect_rate_hook,omitempty"`
+	ConnectRateHookCached float64     `json:"connect_rate_hook_cached,omitempty"`
+	HookConnectRatio      float64     `json:"hook_connect_ratio,omitempty"`
+	AuthConnectRatio      float64     `json:"auth_connect_ratio,omitempty"`
+	Chat                  *ChatReport `json:"chat,omitempty"` // the -chat round
 
 	ServerBytesPerConn   float64 `json:"server_bytes_per_conn"` // PSS of manager and workers, (at N - at 0) / N
 	ServerPSSAt0         uint64  `json:"server_pss_bytes_at_0"`
@@ -119,6 +124,9 @@ func (r *Report) judge() {
 	if r.ConnectRateAuth > 0 {
 		add("connect rate with HS256 auth", "≥ 80 % of without", fmt.Sprintf("%.0f/s, %.0f %%", r.ConnectRateAuth, 100*r.AuthConnectRatio), r.AuthConnectRatio >= 0.8)
 	}
+	if r.ConnectRateHook > 0 {
+		add("connect rate with a 1 ms connect hook", "≥ 50 % of without", fmt.Sprintf("%.0f/s, %.0f %%", r.ConnectRateHook, 100*r.HookConnectRatio), r.HookConnectRatio >= 0.5)
+	}
 	if r.Published > 0 {
 		add("lost, duplicates", "0, 0", fmt.Sprintf("%d, %d", r.Lost, r.Duplicates), r.Lost == 0 && r.Duplicates == 0)
 	}
@@ -139,6 +147,9 @@ func (r *Report) Table(w io.Writer) {
 	row("connect rate", "%.0f/s", r.ConnectRate)
 	if r.ConnectRateAuth > 0 {
 		row("connect rate, HS256 tokens", "%.0f/s (%.0f %% of without)", r.ConnectRateAuth, 100*r.AuthConnectRatio)
+	}
+	if r.ConnectRateHook > 0 {
+		row("connect rate, 1 ms connect hook", "%.0f/s (%.0f %% of without); %.0f/s with hooks.cache", r.ConnectRateHook, 100*r.HookConnectRatio, r.ConnectRateHookCached)
 	}
 	row("server memory", "%.0f B/conn (PSS %s at %d, %s at 0)", r.ServerBytesPerConn, mib(r.ServerPSSAtN), r.N, mib(r.ServerPSSAt0))
 	row("kernel slab", "%+.0f MiB (%.0f B/conn)", float64(r.KernelSlabBytesDelta)/(1<<20), float64(r.KernelSlabBytesDelta)/float64(max(r.N, 1)))

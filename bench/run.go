@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,8 +44,11 @@ type Options struct {
 	SysctlFile    string   // applied when root, and restored after
 	FloorConns    int
 	FloorRounds   int
-	AuthSecret    string    // client tokens required, HS256 with this secret
-	AuthCompare   bool      // then connect N again with auth on: the rate it costs
+	AuthSecret    string // client tokens required, HS256 with this secret
+	AuthCompare   bool   // then connect N again with auth on: the rate it costs
+	HookCompare   bool   // then connect N again with a connect hook (1 ms), and with its cache on
+	HookURL       string // hooks.connect for the server (set by the hook rounds)
+	HookCache     time.Duration
 	ChatMembers   int       // then a -chat round: this many WebSocket members of one channel
 	ChatRate      int       // its client publishes per second
 	ClientPublish bool      // comet.client_publish (the chat round)
@@ -180,6 +186,14 @@ func Run(o Options) (*Report, error) {
 		r.AuthConnectRatio = r.ConnectRateAuth / r.ConnectRate
 		say("with HS256 tokens: %.0f connects/s, %.0f %% of %.0f without", r.ConnectRateAuth, 100*r.AuthConnectRatio, r.ConnectRate)
 	}
+	if o.HookCompare {
+		if r.ConnectRateHook, r.ConnectRateHookCached, err = connectRateWithHook(o, r.Workers); err != nil {
+			return nil, err
+		}
+		r.HookConnectRatio = r.ConnectRateHook / r.ConnectRate
+		say("with a connect hook answering in 1 ms: %.0f connects/s, %.0f %% of %.0f without; %.0f/s with hooks.cache on",
+			r.ConnectRateHook, 100*r.HookConnectRatio, r.ConnectRate, r.ConnectRateHookCached)
+	}
 	if o.ChatMembers > 0 {
 		if r.Chat, err = chatRound(o, r.Workers); err != nil {
 			return nil, err
@@ -262,23 +276,60 @@ const authBenchSecret = "megabench: HS256 secret, 32 bytes or more"
 // connectRateWithAuth connects N once more, to a server that requires a
 // token, megatest minting one per connection, and returns the rate.
 func connectRateWithAuth(o Options, workers int) (float64, error) {
-	o.AuthSecret, o.Broadcast, o.Pub, o.Sample, o.Hold = authBenchSecret, 0, 0, 0, 2*time.Second
+	o.AuthSecret = authBenchSecret
+	return connectRateAgain(o, workers, "auth")
+}
+
+// connectRateWithHook connects N again to a server that asks a connect
+// hook, served here by net/http answering {"allow":true} after 1 ms (an
+// application on the LAN), then again with hooks.cache on.
+func connectRateWithHook(o Options, workers int) (plain, cached float64, err error) {
+	var calls atomic.Int64
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		calls.Add(1)
+		time.Sleep(time.Millisecond)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"allow":true}`)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
+	}
+	go app.Serve(ln)
+	defer app.Close()
+	o.HookURL = "http://" + ln.Addr().String() + "/connect"
+	if plain, err = connectRateAgain(o, workers, "hook"); err != nil {
+		return 0, 0, err
+	}
+	if calls.Load() < int64(o.N) {
+		return 0, 0, fmt.Errorf("the connect hook was called %d times for %d connections", calls.Load(), o.N)
+	}
+	o.HookCache = time.Minute
+	cached, err = connectRateAgain(o, workers, "hook-cache")
+	return plain, cached, err
+}
+
+// connectRateAgain connects N once more, with only the connect phase, to a
+// server configured by o, and returns the rate.
+func connectRateAgain(o Options, workers int, name string) (float64, error) {
+	o.Broadcast, o.Pub, o.Sample, o.Hold = 0, 0, 0, 2*time.Second
 	o.MegatestFlags = append(o.MegatestFlags, "-ping", "0")
 	srv, err := startServer(o, workers)
 	if err != nil {
 		return 0, err
 	}
-	defer srv.stop(strings.TrimSuffix(o.Out, ".json") + "-auth-server.log")
+	defer srv.stop(strings.TrimSuffix(o.Out, ".json") + "-" + name + "-server.log")
 	if srv.wait(func(st manager.Stats) bool { return len(st.Workers) == workers && allReady(st) }, time.Minute) == nil {
-		return 0, fmt.Errorf("the workers with auth on did not become ready")
+		return 0, fmt.Errorf("the workers (%s) did not become ready", name)
 	}
-	path := strings.TrimSuffix(o.Out, ".json") + "-auth-megatest.json"
+	path := strings.TrimSuffix(o.Out, ".json") + "-" + name + "-megatest.json"
 	mt, err := startMegatest(o, path)
 	if err != nil {
 		return 0, err
 	}
 	if err := mt.Wait(); err != nil {
-		return 0, fmt.Errorf("megatest with auth: %v", err)
+		return 0, fmt.Errorf("megatest (%s): %v", name, err)
 	}
 	var s struct {
 		ConnectRate      float64 `json:"connect_rate"`
@@ -287,10 +338,10 @@ func connectRateWithAuth(o Options, workers int) (float64, error) {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil || json.Unmarshal(b, &s) != nil {
-		return 0, fmt.Errorf("megatest's summary with auth: %v", err)
+		return 0, fmt.Errorf("megatest's summary (%s): %v", name, err)
 	}
 	if s.HTTPErrors > 0 || s.ClosedUnexpected > 0 {
-		return 0, fmt.Errorf("with auth on: %d http errors, %d unexpected closes (%s)", s.HTTPErrors, s.ClosedUnexpected, path)
+		return 0, fmt.Errorf("%s: %d http errors, %d unexpected closes (%s)", name, s.HTTPErrors, s.ClosedUnexpected, path)
 	}
 	return s.ConnectRate, nil
 }
@@ -317,6 +368,9 @@ heartbeat = %q
 	}
 	if o.AuthSecret != "" {
 		cfg += fmt.Sprintf("[auth]\nsecret = %q\n", o.AuthSecret)
+	}
+	if o.HookURL != "" {
+		cfg += fmt.Sprintf("[hooks]\nconnect = %q\ncache = %q\n", o.HookURL, o.HookCache.String())
 	}
 	return s, s.launch(o.Bin, cfg)
 }

@@ -36,6 +36,7 @@ func main() {
 	fs.IntVar(&o.FloorConns, "floor-conns", 5000, "connections of the loopback floor probe")
 	fs.IntVar(&o.FloorRounds, "floor-rounds", 20, "rounds of the loopback floor probe")
 	fs.BoolVar(&o.AuthCompare, "auth-compare", false, "then connect -n again with HS256 client tokens required: the connect rate auth costs")
+	fs.BoolVar(&o.HookCompare, "hook-compare", false, "then connect -n again asking a connect hook that answers in 1 ms, and again with hooks.cache on")
 	fs.IntVar(&o.ChatMembers, "chat-members", 0, "then a chat round: this many WebSocket members of one channel publishing to it (0 = none)")
 	fs.IntVar(&o.ChatRate, "chat-rate", 2, "the chat round's client publishes per second")
 	extra := fs.String("megatest-flags", "", "more megatest flags, space-separated")
