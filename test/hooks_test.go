@@ -416,3 +416,70 @@ func TestHooksWebSocketCommands(t *testing.T) {
 		t.Errorf("the publish as the application rewrote it: %v", err)
 	}
 }
+
+// An application that takes 3 s to answer (hooks.timeout is 1 s), under a
+// burst of 1,000 connects at about 2,000 a second: every client gets a
+// 503 with Retry-After that says why, /ping answers throughout, and
+// nothing is left waiting afterwards.
+func TestHooksSlowAppUnderLoad(t *testing.T) {
+	app := startHookApp(t)
+	s := hookServer(t, app, "max_conns_per_ip = 5000")
+	const n = 1000
+	answers := make(chan string, n)
+	go func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < n; i++ {
+			if i%2 == 0 {
+				<-tick.C // two connects a millisecond
+			}
+			go func() {
+				c, err := net.Dial("tcp", s.Listen)
+				if err != nil {
+					answers <- err.Error()
+					return
+				}
+				defer c.Close()
+				fmt.Fprintf(c, "GET /sse/slow-%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+				c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					answers <- err.Error()
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				answers <- fmt.Sprintf("%d %s %s", resp.StatusCode, resp.Header.Get("Retry-After"), b)
+			}()
+		}
+	}()
+	pings := 0
+	kinds := map[string]int{}
+	for got := 0; got < n; {
+		select {
+		case a := <-answers:
+			got++
+			switch {
+			case strings.HasPrefix(a, "503 1 ") && strings.Contains(a, "(timeout)"):
+				kinds["timeout"]++
+			case strings.HasPrefix(a, "503 1 ") && strings.Contains(a, "(queue)"):
+				kinds["queue"]++
+			case strings.HasPrefix(a, "503 1 ") && strings.Contains(a, "did not answer in time"):
+				kinds["backstop"]++
+			default:
+				t.Fatalf("a client got %q, want a 503 with Retry-After saying the hook failed", a)
+			}
+		case <-time.After(100 * time.Millisecond):
+			if got := ping(t, s.Listen); got != "pong" {
+				t.Fatalf("/ping during the burst: %q", got)
+			}
+			pings++
+		}
+	}
+	t.Logf("%d clients answered 503: %v; %d pings answered meanwhile", n, kinds, pings)
+	s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+		if st.HookWaiting != 0 || st.Connections != 0 {
+			return fmt.Errorf("%d still waiting for the hook, %d connections", st.HookWaiting, st.Connections)
+		}
+		return nil
+	})
+}
