@@ -58,9 +58,14 @@ const wsHeldMax = 64 << 20
 var errWSOrigin = newHTTPError(403, "Forbidden", "origin not allowed")
 
 // wsUpgrader checks the handshake (§4.2.1) and writes the answer (§4.2.2).
-// Protocol echoes the first subprotocol the client offers: megacomet
-// speaks one protocol, whatever the application calls it.
-var wsUpgrader = ws.Upgrader{Protocol: func([]byte) bool { return true }}
+// megacomet speaks one subprotocol, wsProtocol: a client that offers it
+// (among others) is answered with it; other names are not ours to claim,
+// so a client that offers only those gets no Sec-WebSocket-Protocol, and a
+// browser then fails the connection, as §4.1 lets it.
+var wsUpgrader = ws.Upgrader{Protocol: func(p []byte) bool { return string(p) == wsProtocol }}
+
+// wsProtocol is the subprotocol megacomet speaks (docs/PROTOCOL.md).
+const wsProtocol = "megacomet.v1"
 
 // handshakeErrors are ws.Upgrader's rejections as our prebuilt answers
 // (Connection: close, no client bytes echoed).

@@ -158,7 +158,8 @@ func TestWSHandshake(t *testing.T) {
 		name, req, want string
 	}{
 		{"plain", wsRequest("/ws/a?since=17", ""), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rfcAccept + "\r\nX-Megacomet-Cursor: 17\r\n\r\n"},
-		{"protocol echoed", wsRequest("/ws/a?since=5&channels=x,y", "Sec-WebSocket-Protocol: megacomet.v1, other\r\n"), "Sec-WebSocket-Protocol: megacomet.v1\r\n"},
+		{"our protocol chosen", wsRequest("/ws/a?since=5&channels=x,y", "Sec-WebSocket-Protocol: other, megacomet.v1\r\n"), "Sec-WebSocket-Protocol: megacomet.v1\r\n"},
+		{"only other protocols: none claimed", wsRequest("/ws/a", "Sec-WebSocket-Protocol: chat, mqtt\r\n"), "Sec-WebSocket-Accept: " + rfcAccept + "\r\nX-Megacomet-Cursor: "},
 		{"allowed origin", wsRequest("/ws/a", "Origin: https://app.example\r\n"), "HTTP/1.1 101 "},
 		{"keep-alive, Upgrade", strings.Replace(wsRequest("/ws/a", ""), "Connection: Upgrade", "Connection: keep-alive, Upgrade", 1), "HTTP/1.1 101 "},
 		{"other origin", wsRequest("/ws/a", "Origin: https://evil.example\r\n"), "HTTP/1.1 403 "},
