@@ -68,6 +68,18 @@ func hookCalls(t *testing.T, app string) []hookCall {
 	return calls
 }
 
+// callsTo lists the calls the application got at path, as id:channel.
+func callsTo(t *testing.T, app, path string) string {
+	t.Helper()
+	var got []string
+	for _, c := range hookCalls(t, app) {
+		if c.Path == path {
+			got = append(got, c.ID+":"+c.Channel)
+		}
+	}
+	return strings.Join(got, " ")
+}
+
 // cometGET sends a comet request with extra header lines and reads the
 // answer's head; the body streams on.
 func cometGET(t *testing.T, addr, path string, header ...string) (*http.Response, net.Conn) {
@@ -241,13 +253,7 @@ func TestHooksChannels(t *testing.T) {
 			t.Errorf("%s: %d", c.path, resp.StatusCode)
 		}
 	}
-	var subs []string
-	for _, c := range hookCalls(t, app) {
-		if c.Path == "/subscribe" {
-			subs = append(subs, c.ID+":"+c.Channel)
-		}
-	}
-	if strings.Join(subs, " ") != "chan-2:extra chan-3:secret" {
+	if subs := callsTo(t, app, "/subscribe"); subs != "chan-2:extra chan-3:secret" {
 		t.Errorf("subscribe calls %v, want chan-2:extra and chan-3:secret only", subs)
 	}
 }
@@ -403,13 +409,7 @@ func TestHooksWebSocketCommands(t *testing.T) {
 	next(`{"error":"quiet please","channel":"news"}`)
 	send(`{"publish":"shout","data":{"text":"hi there"}}`)
 	next(`{"ack":`)
-	var pubs []string
-	for _, call := range hookCalls(t, app) {
-		if call.Path == "/publish" {
-			pubs = append(pubs, call.ID+":"+call.Channel)
-		}
-	}
-	if strings.Join(pubs, " ") != "chan-ws:news chan-ws:shout" {
+	if pubs := callsTo(t, app, "/publish"); pubs != "chan-ws:news chan-ws:shout" {
 		t.Errorf("publish calls %v", pubs)
 	}
 	if err := readUntil(listener.Body, `"channel":"shout","data":{"text":"HI THERE"}`); err != nil {

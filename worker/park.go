@@ -289,11 +289,7 @@ func headerValue(head []byte, name string) string {
 	lower := []byte(strings.ToLower(name))
 	for len(head) > 0 {
 		var line []byte
-		if i := bytes.IndexByte(head, '\n'); i >= 0 {
-			line, head = head[:i], head[i+1:]
-		} else {
-			line, head = head, nil
-		}
+		line, head = cutByte(head, '\n')
 		k, v, ok := bytes.Cut(line, []byte{':'})
 		if ok && asciiEqualFold(k, lower) {
 			out = append(out, string(trimOWS(bytes.TrimSuffix(v, []byte{'\r'}))))
