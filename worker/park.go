@@ -76,7 +76,7 @@ func (w *Worker) park(cc *conn, r *request, a *admission) {
 	p.a.channels = make([][]byte, len(a.channels))
 	for i, ch := range a.channels {
 		chans[i] = string(ch)
-		p.a.channels[i] = []byte(chans[i])
+		p.a.channels[i] = stringBytes(chans[i]) // read only
 	}
 	call := &hooks.Call{
 		Kind: hooks.Connect, ID: string(a.id), Transport: transportNames[a.tr], Channels: chans,
