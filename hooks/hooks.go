@@ -54,13 +54,32 @@ type Call struct {
 	Transport string
 	Channels  []string
 	Addr      string
-	Headers   map[string]string
+	Headers   Headers
 	Data      json.RawMessage // publish: the message's data
 	// Granted, for a connect a token already admitted: the channels its
 	// claim allows (nil: any). The connect hook is not asked then, only
 	// the subscribe hook for each channel outside it.
 	Granted  []string
 	Admitted bool
+}
+
+// Headers are forwarded request headers, name then value, in the
+// hooks.forward_headers order: a JSON object on the wire, and no map per
+// parked connection.
+type Headers []string
+
+// MarshalJSON writes the headers as one JSON object.
+func (h Headers) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i := 0; i+1 < len(h); i += 2 {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, _ := json.Marshal(h[i])
+		v, _ := json.Marshal(h[i+1])
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
 }
 
 // Verdict is the answer. Status is 0 when allowed, 403 when refused and
@@ -226,22 +245,22 @@ func (c *Caller) decide(call *Call, deadline time.Time) Verdict {
 
 // connectRequest and channelRequest are a call's JSON.
 type connectRequest struct {
-	Hook      string            `json:"hook"`
-	ID        string            `json:"id"`
-	Transport string            `json:"transport"`
-	Channels  []string          `json:"channels"`
-	Addr      string            `json:"addr"`
-	Headers   map[string]string `json:"headers"`
+	Hook      string   `json:"hook"`
+	ID        string   `json:"id"`
+	Transport string   `json:"transport"`
+	Channels  []string `json:"channels"`
+	Addr      string   `json:"addr"`
+	Headers   Headers  `json:"headers"`
 }
 
 type channelRequest struct {
-	Hook      string            `json:"hook"`
-	ID        string            `json:"id"`
-	Transport string            `json:"transport"`
-	Channel   string            `json:"channel"`
-	Data      json.RawMessage   `json:"data,omitempty"`
-	Addr      string            `json:"addr"`
-	Headers   map[string]string `json:"headers"`
+	Hook      string          `json:"hook"`
+	ID        string          `json:"id"`
+	Transport string          `json:"transport"`
+	Channel   string          `json:"channel"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	Addr      string          `json:"addr"`
+	Headers   Headers         `json:"headers"`
 }
 
 // answer is what the application says.
@@ -258,9 +277,6 @@ var errNoAllow = errors.New(`no boolean "allow"`)
 // ask calls kind's hook.
 func (c *Caller) ask(k Kind, call *Call, deadline time.Time) Verdict {
 	headers := call.Headers
-	if headers == nil {
-		headers = map[string]string{}
-	}
 	var body []byte
 	if k == Connect {
 		chans := call.Channels

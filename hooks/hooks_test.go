@@ -125,9 +125,9 @@ func TestCache(t *testing.T) {
 	cl, n := caller(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"allow":true}`) },
 		func(h *config.Hooks) { h.Cache = config.Duration(time.Minute) })
 	for range 3 {
-		ask(cl, &Call{Kind: Connect, ID: "a", Headers: map[string]string{"Cookie": "s=1"}})
+		ask(cl, &Call{Kind: Connect, ID: "a", Headers: Headers{"Cookie", "s=1"}})
 	}
-	ask(cl, &Call{Kind: Connect, ID: "a", Headers: map[string]string{"Cookie": "s=2"}})
+	ask(cl, &Call{Kind: Connect, ID: "a", Headers: Headers{"Cookie", "s=2"}})
 	if n.Load() != 2 || cl.Stats()[Connect].CacheHits != 2 {
 		t.Errorf("%d calls reached the app, %d cache hits; want 2 and 2", n.Load(), cl.Stats()[Connect].CacheHits)
 	}

@@ -26,15 +26,13 @@ import (
 // timer is a backstop past hooks.timeout (the Caller answers by then), and
 // a drain hands it over like any request not yet answered.
 
-// parked is a connection waiting for the application: a connect (a), or
-// a WebSocket command (kind Subscribe or Publish, for channel, with data)
+// parked is a connection waiting for the application: a connect (with
+// its admission), or a WebSocket command (a subscribe or publish call)
 // that holds the connection's later input until it is answered.
 type parked struct {
-	cc      *conn
-	a       admission // its slices its own, not the request's
-	kind    hooks.Kind
-	channel string
-	data    []byte
+	cc   *conn
+	call hooks.Call // what the application is asked; read by the Caller
+	a    admission  // its slices its own (the call's strings), not the request's
 }
 
 // hookResult is one answer on its way to the loop.
@@ -67,26 +65,27 @@ func (w *Worker) mustAsk(a *admission) bool {
 // park hands a's admission to the application and leaves cc waiting.
 func (w *Worker) park(cc *conn, r *request, a *admission) {
 	seq := w.nextPark()
-	p := &parked{cc: cc, a: *a}
-	p.a.id = bytes.Clone(a.id)
+	p := &parked{cc: cc, a: *a, call: hooks.Call{
+		Kind: hooks.Connect, ID: string(a.id), Transport: transportNames[a.tr],
+		Addr: w.clientAddr(cc).String(), Headers: w.forwardHeaders(r, a.tr),
+		Granted: a.grant.allowed, Admitted: a.grant.admitted,
+	}}
+	p.a.id = stringBytes(p.call.ID) // read only, as every slice here
 	p.a.origin = bytes.Clone(a.origin)
 	p.a.callback = bytes.Clone(a.callback)
 	p.a.ws101 = bytes.Clone(a.ws101)
-	chans := make([]string, len(a.channels))
-	p.a.channels = make([][]byte, len(a.channels))
-	for i, ch := range a.channels {
-		chans[i] = string(ch)
-		p.a.channels[i] = stringBytes(chans[i]) // read only
-	}
-	call := &hooks.Call{
-		Kind: hooks.Connect, ID: string(a.id), Transport: transportNames[a.tr], Channels: chans,
-		Addr: w.clientAddr(cc).String(), Headers: w.forwardHeaders(r, a.tr),
-		Granted: a.grant.allowed, Admitted: a.grant.admitted,
+	if len(a.channels) > 0 {
+		p.call.Channels = make([]string, len(a.channels))
+		p.a.channels = make([][]byte, len(a.channels))
+		for i, ch := range a.channels {
+			p.call.Channels[i] = string(ch)
+			p.a.channels[i] = stringBytes(p.call.Channels[i])
+		}
 	}
 	w.parked[seq] = p
 	cc.state, cc.token = stParked, seq
 	w.schedule(cc, w.tick+w.parkTicks)
-	if v, queued := w.hooks.Ask(call, func(v hooks.Verdict) { w.hookAnswered(seq, v) }); !queued {
+	if v, queued := w.hooks.Ask(&p.call, func(v hooks.Verdict) { w.hookAnswered(seq, v) }); !queued {
 		w.resumeParked(seq, v)
 	}
 }
@@ -131,11 +130,11 @@ func (w *Worker) hooksAnswered() {
 // input waits behind it (wsData) until resumeParked applies the answer.
 func (w *Worker) ask(cc *conn, kind hooks.Kind, channel string, data []byte) {
 	seq := w.nextPark()
-	call := &hooks.Call{Kind: kind, ID: cc.id, Transport: transportNames[trWS], Channels: []string{channel},
-		Addr: w.clientAddr(cc).String(), Data: data}
-	w.parked[seq] = &parked{cc: cc, kind: kind, channel: channel, data: bytes.Clone(data)}
+	p := &parked{cc: cc, call: hooks.Call{Kind: kind, ID: cc.id, Transport: transportNames[trWS], Channels: []string{channel},
+		Addr: w.clientAddr(cc).String(), Data: bytes.Clone(data)}}
+	w.parked[seq] = p
 	cc.extra().asking = seq
-	if v, queued := w.hooks.Ask(call, func(v hooks.Verdict) { w.hookAnswered(seq, v) }); !queued {
+	if v, queued := w.hooks.Ask(&p.call, func(v hooks.Verdict) { w.hookAnswered(seq, v) }); !queued {
 		w.resumeParked(seq, v)
 	}
 }
@@ -157,22 +156,23 @@ func (w *Worker) answered(seq uint32, p *parked, v hooks.Verdict) {
 		return // it left meanwhile
 	}
 	cc.x.asking = 0
+	channel := p.call.Channels[0]
 	switch {
 	case v.Status == 503:
 		w.counts.HookFailed++
-		w.wsError(cc, v.Reason, p.channel)
+		w.wsError(cc, v.Reason, channel)
 	case v.Status != 0:
 		w.counts.AuthRefused++
-		w.wsError(cc, v.Reason, p.channel)
-	case p.kind == hooks.Subscribe:
-		cc.x.allowed = append(slices.Clip(cc.x.allowed), p.channel) // asked once; the grant may be shared
-		w.resubscribe(cc, cc.cursor, stringBytes(p.channel), nil)
+		w.wsError(cc, v.Reason, channel)
+	case p.call.Kind == hooks.Subscribe:
+		cc.x.allowed = append(slices.Clip(cc.x.allowed), channel) // asked once; the grant may be shared
+		w.resubscribe(cc, cc.cursor, stringBytes(channel), nil)
 	default:
-		data := p.data
+		data := []byte(p.call.Data)
 		if len(v.Data) > 0 {
 			data = v.Data // the application rewrote it
 		}
-		w.sendPublish(cc, p.channel, data)
+		w.sendPublish(cc, channel, data)
 	}
 	if cc.state == stStreaming && cc.x != nil && len(cc.x.in) > 0 && cc.x.asking == 0 {
 		in := cc.x.in
@@ -188,7 +188,7 @@ func (w *Worker) resumeParked(seq uint32, v hooks.Verdict) {
 		return // it left meanwhile
 	}
 	delete(w.parked, seq)
-	if p.kind != hooks.Connect {
+	if p.call.Kind != hooks.Connect {
 		w.answered(seq, p, v)
 		return
 	}
@@ -265,14 +265,14 @@ func (w *Worker) clientAddr(cc *conn) netip.Addr {
 // request, so it goes only where a page of ours started it - the rule the
 // auth cookie follows (authz.go), and with server.allowed_origins = ["*"]
 // no Origin is one of ours.
-func (w *Worker) forwardHeaders(r *request, tr transport) map[string]string {
-	h := map[string]string{}
+func (w *Worker) forwardHeaders(r *request, tr transport) hooks.Headers {
+	var h hooks.Headers
 	for _, name := range w.opts.Hooks.ForwardHeaders {
 		if name == "Cookie" && w.ambientRefusal(r, &w.q, tr) != nil {
 			continue
 		}
 		if v := headerValue(w.head, name); v != "" {
-			h[name] = v
+			h = append(h, name, v)
 		}
 	}
 	return h

@@ -1,8 +1,7 @@
 package worker
 
 import (
-	"net/http"
-	"net/http/httptest"
+	"net"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -27,15 +26,29 @@ func BenchmarkParkedConnBytes(b *testing.B) {
 
 func parkedConnBytes(b testing.TB) (heap, allocs float64) {
 	const n = 3000 // under hooks.QueueMax, so every one waits
-	release := make(chan struct{})
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		<-release
-		w.Write([]byte(`{"allow":false}`))
-	}))
+	// The application takes each call's connection and never answers: a
+	// bare listener, so that no HTTP server's buffers in this process are
+	// counted as the worker's.
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
 	defer app.Close()
-	defer close(release)
+	go func() {
+		var held []net.Conn
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				for _, c := range held {
+					c.Close()
+				}
+				return
+			}
+			held = append(held, c)
+		}
+	}()
 	h := startWorker(b, func(o *config.Options) {
-		o.Hooks.Connect = app.URL
+		o.Hooks.Connect = "http://" + app.Addr().String()
 		o.Hooks.Timeout = config.Duration(time.Minute)
 	})
 	reqs := make([][]byte, n)
