@@ -27,20 +27,40 @@ type Hooks struct {
 	Cache Duration `toml:"cache" json:"cache"`
 	// ForwardHeaders names the client request headers a call carries.
 	ForwardHeaders []string `toml:"forward_headers" json:"forward_headers"`
+
+	// Events is the application's URL told what happened (connects,
+	// disconnects, channels occupied and vacated, presence joins and
+	// leaves), in signed batches; empty = off.
+	Events string `toml:"events" json:"events"`
+	// Secret signs each batch (HMAC-SHA256); required with Events.
+	Secret string `toml:"secret" json:"-"`
+	// EventsBatch is the most events one request carries.
+	EventsBatch int `toml:"events_batch" json:"events_batch"`
+	// EventsQueue bounds the events waiting while the application is slow
+	// or down; past it the oldest are dropped, and said so.
+	EventsQueue int `toml:"events_queue" json:"events_queue"`
+	// EventsLinger is how long an id (channel, member) must stay gone
+	// before its disconnect (vacated, leave) is told: a client that comes
+	// back within it, as after a reload or between long-polls, was never
+	// gone.
+	EventsLinger Duration `toml:"events_linger" json:"events_linger"`
+	// EventsPublish tells the application of client publishes too.
+	EventsPublish bool `toml:"events_publish" json:"events_publish"`
 }
 
 // Deciding reports whether any hook decides admissions.
 func (h *Hooks) Deciding() bool { return h.Connect != "" || h.Subscribe != "" || h.Publish != "" }
 
 func defaultHooks() Hooks {
-	return Hooks{Timeout: Duration(2 * time.Second), ForwardHeaders: []string{"Cookie", "Authorization"}}
+	return Hooks{Timeout: Duration(2 * time.Second), ForwardHeaders: []string{"Cookie", "Authorization"},
+		EventsBatch: 100, EventsQueue: 100000, EventsLinger: Duration(2 * time.Second)}
 }
 
 func (o *Options) checkHooks(bad func(key, format string, args ...any) error) error {
 	h := &o.Hooks
 	for _, k := range []struct {
 		key, u string
-	}{{"hooks.connect", h.Connect}, {"hooks.subscribe", h.Subscribe}, {"hooks.publish", h.Publish}} {
+	}{{"hooks.connect", h.Connect}, {"hooks.subscribe", h.Subscribe}, {"hooks.publish", h.Publish}, {"hooks.events", h.Events}} {
 		if k.u == "" {
 			continue
 		}
@@ -63,6 +83,18 @@ func (o *Options) checkHooks(bad func(key, format string, args ...any) error) er
 	}
 	if len(h.ForwardHeaders) > 16 {
 		return bad("hooks.forward_headers", "at most 16 headers, got %d", len(h.ForwardHeaders))
+	}
+	if h.Events != "" && len(h.Secret) < 16 {
+		return bad("hooks.secret", "hooks.events needs a secret of at least 16 bytes to sign its batches, got %d", len(h.Secret))
+	}
+	if h.EventsBatch < 1 || h.EventsBatch > 10000 {
+		return bad("hooks.events_batch", "must be 1 to 10000, got %d", h.EventsBatch)
+	}
+	if h.EventsQueue < 100 || h.EventsQueue > 10000000 {
+		return bad("hooks.events_queue", "must be 100 to 10000000, got %d", h.EventsQueue)
+	}
+	if h.EventsLinger < 0 || h.EventsLinger > Duration(time.Minute) {
+		return bad("hooks.events_linger", "must be 0 to 1m, got %s", h.EventsLinger.D())
 	}
 	return nil
 }

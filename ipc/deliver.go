@@ -85,19 +85,24 @@ type Ack struct {
 }
 
 // AppendPublish is a TypePublish payload: the worker's token for the
-// publishing connection, the channel and the message's data (JSON).
-func AppendPublish(dst []byte, token uint32, channel, data []byte) []byte {
+// publishing connection, the channel, the message's data (JSON) and the
+// publishing client's id.
+func AppendPublish(dst []byte, token uint32, channel, data, id []byte) []byte {
 	dst = AppendUvarint(dst, uint64(token))
 	dst = AppendBytes(dst, channel)
-	return AppendBytes(dst, data)
+	dst = AppendBytes(dst, data)
+	return AppendBytes(dst, id)
 }
 
 // ParsePublish reads a TypePublish payload; the slices alias it.
-func ParsePublish(p []byte) (token uint32, channel, data []byte, err error) {
+func ParsePublish(p []byte) (token uint32, channel, data, id []byte, err error) {
 	r := NewReader(p)
 	token = uint32(r.Uvarint())
 	channel, data = r.Bytes(), r.Bytes()
-	return token, channel, data, r.Err()
+	if r.Len() > 0 {
+		id = r.Bytes()
+	}
+	return token, channel, data, id, r.Err()
 }
 
 // Msg is one decoded RecMsg; its slices alias the payload.

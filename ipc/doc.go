@@ -26,5 +26,6 @@ package ipc
 // Version is this build's IPC protocol version. 2: RecReplay carries a
 // piece flag and a gap (deliver.go). 3: presence records per connection,
 // not per worker (presence.go); TypePublish and RecAck. 4: RecReplay's
-// flags byte (partial and deferred replays).
-const Version = 4
+// flags byte (partial and deferred replays). 5: OpLeave records carry why
+// the connection let go (OpBye, presence.go).
+const Version = 5

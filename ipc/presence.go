@@ -6,6 +6,7 @@ package ipc
 //	OpHas    id string       (a connection on this worker takes the id)
 //	OpSub    channel string  (a connection here joins the channel)
 //	OpLeave  id string       (a connection here lets go of the id)
+//	OpBye    reason byte, id string  (OpLeave, saying why: Reason)
 //	OpUnsub  channel string  (a connection here leaves the channel)
 //	OpJoin   token uvarint, since uvarint, id string, n uvarint, n × channel string
 //	OpMemberJoin   channel string, id string  (on a comet.presence_events channel)
@@ -29,7 +30,40 @@ const (
 	OpSub
 	OpMemberJoin
 	OpMemberLeave
+	OpBye
 )
+
+// Reason is why a connection let go of its id (OpBye), for the
+// application's disconnect events.
+type Reason uint8
+
+// The reasons a worker knows.
+const (
+	ByeClosed   Reason = iota // the client closed, or was answered and closed (long-poll)
+	ByeHandover               // handed over (reload, stop): it reconnects with its cursor
+	ByeSlow                   // a slow consumer, past comet.max_pending
+	ByeExpired                // its token expired
+	ByeTimeout                // it stopped answering (WebSocket pings, TCP keepalive)
+	ByeError                  // writing to it failed
+	ByeKicked                 // the application disconnected it
+	byeCount
+)
+
+var reasonNames = [...]string{"closed", "handover", "slow", "expired", "timeout", "error", "kicked"}
+
+// String is the reason as the events name it.
+func (r Reason) String() string {
+	if r < byeCount {
+		return reasonNames[r]
+	}
+	return "closed"
+}
+
+// AppendBye appends an OpBye record: a connection let go of id, for why.
+func AppendBye(dst []byte, why Reason, id string) []byte {
+	dst = append(dst, byte(OpBye), byte(why))
+	return AppendString(dst, id)
+}
 
 // AppendMember appends an OpMemberJoin or OpMemberLeave record: a
 // connection of id joined or left a channel whose members are announced.
@@ -81,6 +115,9 @@ type PresenceReader struct {
 	r    Reader
 	Join Join   // valid after Next returns OpJoin
 	Name []byte // valid after Next returns OpHas, OpSub, OpLeave or OpUnsub
+	// Reason is why, after Next returns OpLeave (an OpBye record reads
+	// as an OpLeave with its reason; a plain one's is ByeClosed).
+	Reason Reason
 	// Channel and Name are valid after Next returns OpMemberJoin or
 	// OpMemberLeave.
 	Channel []byte
@@ -113,11 +150,18 @@ func (pr *PresenceReader) Next() Op {
 		j.chans = NewReader(start[:len(start)-len(r.b)])
 		return op
 	case OpHas, OpSub, OpLeave, OpUnsub:
-		pr.Name = r.Bytes()
+		pr.Name, pr.Reason = r.Bytes(), ByeClosed
 		if r.err != nil {
 			return 0
 		}
 		return op
+	case OpBye:
+		pr.Reason = Reason(r.Byte())
+		pr.Name = r.Bytes()
+		if r.err != nil {
+			return 0
+		}
+		return OpLeave
 	case OpMemberJoin, OpMemberLeave:
 		pr.Channel, pr.Name = r.Bytes(), r.Bytes()
 		if r.err != nil {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"time"
 
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/megacomet/megacomet/ipc"
 )
 
@@ -25,11 +27,12 @@ type clientPub struct {
 	token   uint32
 	channel string
 	data    []byte
+	id      string // the publishing client's
 }
 
 // takeClientPublish queues a TypePublish frame.
 func (m *Manager) takeClientPublish(p *proc, payload []byte) {
-	token, ch, data, err := ipc.ParsePublish(payload)
+	token, ch, data, id, err := ipc.ParsePublish(payload)
 	if err != nil || !ipc.ValidName(ch) {
 		m.log.Error("bad publish frame from worker", "slot", p.slot.idx, "pid", p.pid, "err", err)
 		return
@@ -40,7 +43,7 @@ func (m *Manager) takeClientPublish(p *proc, payload []byte) {
 		return
 	}
 	select {
-	case p.pubs <- clientPub{token, string(ch), buf.Bytes()}:
+	case p.pubs <- clientPub{token, string(ch), buf.Bytes(), string(id)}:
 	default:
 		m.clientPubRefused.Add(1)
 		m.ack(p, token, 0, "the server is busy: retry")
@@ -60,6 +63,9 @@ func (m *Manager) runClientPublishes(p *proc) {
 			}
 			m.clientPublished.Add(1)
 			m.ack(p, cp.token, ids[0], "")
+			if m.events != nil && m.opts.Hooks.EventsPublish {
+				m.events.Add(hooks.Event{Type: "publish", Time: time.Now().UnixMilli(), ID: cp.id, Channel: cp.channel, Message: ids[0], Data: cp.data})
+			}
 		case <-p.readDone:
 			return
 		}

@@ -172,6 +172,9 @@ func (m *Manager) handOver(sock *os.File) error {
 		links[i] = p.link
 	}
 	hs, names := m.hub.snapshot(links)
+	if m.events != nil && hs.Events != nil {
+		hs.Events.Sender = m.events.Stop() // what it had not delivered, the next one sends
+	}
 	st := handoverState{Hub: hs, IPC: handoverIPC()}
 	fds := make([]int, 0, len(live))
 	m.mu.Lock()
@@ -318,13 +321,22 @@ func (m *Manager) receiveHandover(f *os.File) error {
 			"their_version", version, "ours", ipc.Version, "workers", len(st.Workers))
 	}
 	drain := ipc.AppendUvarint(nil, uint64(m.opts.Server.Drain.D()/time.Millisecond))
+	adopted := make(map[int]linkID, len(st.Workers))
 	for i, ws := range st.Workers {
 		p, err := m.adopt(ws, fds[i], foreign)
 		if err != nil {
 			m.log.Error("cannot adopt worker", "slot", ws.Slot, "pid", ws.PID, "err", err)
 			continue
 		}
+		if !foreign {
+			adopted[i] = p.link
+		}
 		m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDrain, drain) })
+	}
+	if m.events != nil && st.Hub.Events != nil {
+		m.hub.restoreEvents(st.Hub.Events, adopted)
+		m.events.Restore(st.Hub.Events.Sender)
+		m.eventsRestored = true
 	}
 	m.log.Info("took over", "workers", len(st.Workers), "messages", len(st.Hub.Messages), "last_id", st.Hub.LastID)
 	return nil

@@ -67,6 +67,8 @@ type hub struct {
 	seqIDs   bool
 	prime    *primer
 	tickedAt time.Time // the newest id last went to every worker
+	// ev counts names for hooks.events (events.go); nil when off.
+	ev *events
 	members  *members  // of the comet.presence_events channels (members.go)
 }
 
@@ -107,6 +109,9 @@ func (h *hub) dropLink(p *proc) {
 	}
 	h.ids.dropLink(p.link)
 	h.chans.dropLink(p.link)
+	if h.ev != nil {
+		h.ev.dropLink(p.link, h.now())
+	}
 	h.links[p.link] = nil
 	h.frames[p.link] = h.frames[p.link][:0]
 }
@@ -401,14 +406,34 @@ func (h *hub) presence(p *proc, payload []byte) error {
 			h.appendReplay(p.link, j, msgs, lost)
 		case ipc.OpHas:
 			h.ids.add(h.ids.hash(pr.Name), p.link)
+			if h.ev != nil {
+				h.ev.add(evIDs, pr.Name, p.link, now)
+			}
 		case ipc.OpSub:
 			h.chans.add(h.chans.hash(pr.Name), p.link)
+			if h.ev != nil {
+				h.ev.add(evChannels, pr.Name, p.link, now)
+			}
 		case ipc.OpLeave:
 			h.ids.remove(h.ids.hash(pr.Name), p.link)
+			if h.ev != nil {
+				h.ev.remove(evIDs, pr.Name, p.link, pr.Reason, now)
+			}
 		case ipc.OpUnsub:
 			h.chans.remove(h.chans.hash(pr.Name), p.link)
+			if h.ev != nil {
+				h.ev.remove(evChannels, pr.Name, p.link, 0, now)
+			}
 		case ipc.OpMemberJoin, ipc.OpMemberLeave:
 			h.members.note(string(pr.Channel), string(pr.Name), op == ipc.OpMemberJoin, now)
+			if h.ev == nil {
+				continue
+			}
+			if op == ipc.OpMemberJoin {
+				h.ev.add(evMembers, member(pr.Channel, pr.Name), p.link, now)
+			} else {
+				h.ev.remove(evMembers, member(pr.Channel, pr.Name), p.link, 0, now)
+			}
 		default:
 			h.flush()
 			return pr.Err()
@@ -463,6 +488,9 @@ type hubState struct {
 	// The announced channels' members, so a reload announces no one
 	// again (members.go).
 	Members map[string]map[string]uint32 `json:"members,omitempty"`
+	// Events: the names held and lingering, and the events not yet
+	// delivered (events.go); the workers are handoverState.Workers.
+	Events *eventsState `json:"events,omitempty"`
 }
 
 type stateKey struct {
@@ -508,6 +536,9 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	for _, l := range links {
 		names[l] = [2][]hashCount{h.ids.heldBy(l), h.chans.heldBy(l)}
 	}
+	if h.ev != nil {
+		st.Events = &eventsState{Tables: h.ev.export(links, h.now())}
+	}
 	return st, names
 }
 
@@ -532,6 +563,26 @@ func (h *hub) restore(st *hubState) {
 		h.members.conns = st.Members
 	}
 	h.hist.setDropped(st.Dropped, h.now())
+}
+
+// eventsTick tells the departures whose linger is over (all: the manager
+// stops), until the state is handed over.
+func (h *hub) eventsTick(all bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ev != nil && !h.closed {
+		h.ev.tick(h.now(), all)
+	}
+}
+
+// restoreEvents takes over a predecessor's event tables; links maps its
+// workers' indexes to the links that adopted them.
+func (h *hub) restoreEvents(st *eventsState, links map[int]linkID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ev != nil && st != nil {
+		h.ev.restore(st.Tables, links, h.now())
+	}
 }
 
 // setPresence records that link holds these ids and channels.

@@ -84,7 +84,7 @@ const historyFile = "history.json"
 // saveHistory writes the hub's state for the next start.
 func (m *Manager) saveHistory() {
 	st, _ := m.hub.snapshot(nil)
-	st.Members = nil // every connection is gone with the workers
+	st.Members, st.Events = nil, nil // every connection is gone with the workers
 	b, err := encodeState(&st)
 	if err == nil {
 		err = writeFileSync(filepath.Join(m.opts.Manager.StateDir, historyFile), b)

@@ -21,6 +21,7 @@ import (
 	"github.com/cloudflare/tableflip"
 	"github.com/megacomet/megacomet/cluster"
 	"github.com/megacomet/megacomet/config"
+	"github.com/megacomet/megacomet/hooks"
 	"github.com/megacomet/megacomet/internal/rlimit"
 	"golang.org/x/net/netutil"
 )
@@ -55,6 +56,11 @@ type Manager struct {
 	sampler *sampler
 	status  *statusFeed
 	hub     *hub
+	// events posts hooks.events (hooks/events.go; the hub's side in
+	// events.go); nil when off. eventsRestored: a predecessor's numbering
+	// and queue were taken over.
+	events         *hooks.Sender
+	eventsRestored bool
 	// cluster is the link to the other nodes ([cluster] nats), nil when
 	// alone; idMark the state_dir mark it must start a new stream above.
 	cluster *cluster.Node
@@ -134,6 +140,10 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		m.hub.maxReplay = opts.Comet.MaxReplay
 	}
 	m.hub.replayBytes = opts.Comet.MaxPending / 2
+	if opts.Hooks.Events != "" {
+		m.events = hooks.NewSender(opts.Hooks, log)
+		m.hub.ev = newEvents(m.events, opts.Hooks.EventsLinger.D(), opts.Hooks.EventsPublish)
+	}
 	if opts.Comet.HistoryMaxBytes > 0 {
 		m.hub.hist.maxBytes = opts.Comet.HistoryMaxBytes
 	}
@@ -242,6 +252,10 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		}
 		serve()
 	}
+	if m.events != nil {
+		m.startEvents(stop)
+		defer m.stopEvents()
+	}
 	m.log.Info("megacomet ready",
 		"listen", m.listen, "api", m.apiAddr, "socket", opts.Manager.Socket,
 		"workers", len(m.slots), "capacity", m.Snapshot().Capacity)
@@ -263,6 +277,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 			m.log.Info("stopping", "signal", sig.String())
 			m.shutdownAPI(api, statsLn)
 			m.stopWorkers()
+			m.flushEvents()
 			if m.cluster == nil {
 				m.saveHistory() // else the stream keeps it
 			}

@@ -83,6 +83,12 @@ var metricHelp = []struct{ name, help string }{
 	{"hook_cache_hits_total", "Hook calls answered from hooks.cache."},
 	{"hook_latency_seconds", "How long the application took to answer a hook call."},
 	{"hook_waiting", "Connections and WebSocket commands waiting for a hook's answer."},
+	{"events_queued", "Events waiting to be sent to hooks.events."},
+	{"events_sent_total", "Events the application acknowledged."},
+	{"events_batches_total", "Event batches the application acknowledged."},
+	{"events_failed_total", "Event batch requests that failed (each retry counted)."},
+	{"events_dropped_total", "Events dropped for a full hooks.events_queue."},
+	{"events_delay_seconds", "From an event happening to the application acknowledging it."},
 }
 
 func newMetrics(m *Manager) *metrics {
@@ -157,20 +163,22 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	if st.Hooks != nil {
 		put("hook_waiting", float64(st.HookWaiting))
 	}
+	if e := st.Events; e != nil {
+		put("events_queued", float64(e.Queued))
+		put("events_sent_total", float64(e.Sent))
+		put("events_batches_total", float64(e.Batches))
+		put("events_failed_total", float64(e.Failed))
+		put("events_dropped_total", float64(e.Dropped))
+		n, buckets := latencyBuckets(e.Delay)
+		ch <- prometheus.MustNewConstHistogram(mt.desc["events_delay_seconds"], n, 0, buckets)
+	}
 	for name, h := range st.Hooks {
 		put("hook_calls_total", float64(h.Calls), name)
 		put("hook_allowed_total", float64(h.Allowed), name)
 		put("hook_denied_total", float64(h.Denied), name)
 		put("hook_failed_total", float64(h.Failed), name)
 		put("hook_cache_hits_total", float64(h.CacheHits), name)
-		buckets := make(map[float64]uint64, len(hooks.LatencyBounds))
-		var n uint64
-		for i, b := range hooks.LatencyBounds {
-			n += h.Latency[i]
-			buckets[b.Seconds()] = n
-		}
-		n += h.Latency[len(hooks.LatencyBounds)]
-		// The sum is not kept: the buckets carry the quantiles.
+		n, buckets := latencyBuckets(h.Latency)
 		ch <- prometheus.MustNewConstHistogram(mt.desc["hook_latency_seconds"], n, 0, buckets, name)
 	}
 	for _, w := range st.Workers {
@@ -210,4 +218,17 @@ func (m *Manager) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newMetrics(m), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// latencyBuckets is a histogram's count and cumulative buckets from counts
+// per hooks.LatencyBounds bucket. The sum is not kept: the buckets carry
+// the quantiles.
+func latencyBuckets(counts [len(hooks.LatencyBounds) + 1]uint64) (uint64, map[float64]uint64) {
+	buckets := make(map[float64]uint64, len(hooks.LatencyBounds))
+	var n uint64
+	for i, b := range hooks.LatencyBounds {
+		n += counts[i]
+		buckets[b.Seconds()] = n
+	}
+	return n + counts[len(hooks.LatencyBounds)], buckets
 }

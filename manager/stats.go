@@ -42,6 +42,25 @@ type Stats struct {
 	// HookWaiting: connections and WebSocket commands waiting for a hook's
 	// answer now.
 	HookWaiting uint64 `json:"hook_waiting"`
+	// Events: what hooks.events told the application; absent when off.
+	Events *EventStats `json:"events,omitempty"`
+}
+
+// EventStats are hooks.events' counts (hooks.EventStats).
+type EventStats struct {
+	Queued  uint64 `json:"queued"`  // waiting to be sent now
+	Sent    uint64 `json:"sent"`    // acknowledged by the application
+	Batches uint64 `json:"batches"` // requests it acknowledged
+	Failed  uint64 `json:"failed"`  // requests that failed, each retry counted
+	Dropped uint64 `json:"dropped"` // dropped for a full hooks.events_queue
+	// DelayMs: from an event happening to its acknowledgement, p50 and
+	// p99, as the upper bound of the bucket they fall in (a departure's
+	// hooks.events_linger included).
+	DelayMs struct {
+		P50 float64 `json:"p50"`
+		P99 float64 `json:"p99"`
+	} `json:"delay_ms"`
+	Delay [13]uint64 `json:"-"`
 }
 
 // HookStats are one hook's calls (hooks/).
@@ -292,6 +311,11 @@ func (m *Manager) Snapshot() Stats {
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
+	if m.events != nil {
+		es := m.events.Stats()
+		st.Events = &EventStats{Queued: es.Queued, Sent: es.Sent, Batches: es.Batches, Failed: es.Failed, Dropped: es.Dropped, Delay: es.Delay}
+		st.Events.DelayMs.P50, st.Events.DelayMs.P99 = hookQuantile(es.Delay, 0.5), hookQuantile(es.Delay, 0.99)
+	}
 	if h := &m.opts.Hooks; h.Deciding() {
 		st.Hooks = map[string]*HookStats{}
 		for name, url := range map[string]string{"connect": h.Connect, "subscribe": h.Subscribe, "publish": h.Publish} {

@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/hooks"
+	"github.com/megacomet/megacomet/ipc"
 )
 
 // Client tokens (auth/) on the worker's side. A comet request's token is
@@ -260,6 +261,8 @@ var (
 // announced close.
 func (w *Worker) endExpired(cc *conn) {
 	w.counts.TokensExpired++
+	w.bye = ipc.ByeExpired
+	defer func() { w.bye = ipc.ByeClosed }()
 	switch cc.state {
 	case stStreaming:
 		switch {

@@ -3,6 +3,7 @@ package worker
 import (
 	"syscall"
 
+	"github.com/megacomet/megacomet/ipc"
 	"github.com/tidwall/evio"
 	"golang.org/x/sys/unix"
 )
@@ -144,7 +145,9 @@ func (w *Worker) send(cc *conn, b []byte) {
 				break
 			}
 			if err != nil {
+				w.bye = ipc.ByeError
 				w.kill(cc)
+				w.bye = ipc.ByeClosed
 				return
 			}
 			b = b[n:]
@@ -156,7 +159,9 @@ func (w *Worker) send(cc *conn, b []byte) {
 	if cc.pendingLen()+len(b) > w.opts.Comet.MaxPending {
 		w.counts.SlowConsumers++
 		w.log.Debug("slow consumer dropped", "pending", cc.pendingLen()+len(b))
+		w.bye = ipc.ByeSlow
 		w.kill(cc)
+		w.bye = ipc.ByeClosed
 		return
 	}
 	x := cc.extra()

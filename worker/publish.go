@@ -105,7 +105,7 @@ func (w *Worker) sendPublish(cc *conn, ch string, data []byte) {
 	w.pubSeq++
 	w.pubs[w.pubSeq] = pubWait{cc, ch, w.tick}
 	f, start := ipc.Begin(w.ipcOut, ipc.TypePublish)
-	w.ipcOut = ipc.End(ipc.AppendPublish(f, w.pubSeq, stringBytes(ch), data), start)
+	w.ipcOut = ipc.End(ipc.AppendPublish(f, w.pubSeq, stringBytes(ch), data, stringBytes(cc.id)), start)
 	w.flushIPC()
 }
 

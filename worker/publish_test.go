@@ -34,7 +34,7 @@ func TestWSClientPublishOverMaxData(t *testing.T) {
 	c.writeAll(text(`{"publish":"room","data":` + str(ipc.MaxData) + `}`))
 	c.writeAll(text(`{"publish":"room","data":[` + strings.Repeat(" ", ipc.MaxData) + `1]}`))
 	for _, want := range []int{ipc.MaxData, len("[1]")} {
-		_, ch, data, err := ipc.ParsePublish(h.waitFrame(ipc.TypePublish))
+		_, ch, data, _, err := ipc.ParsePublish(h.waitFrame(ipc.TypePublish))
 		if err != nil || string(ch) != "room" || len(data) != want {
 			t.Fatalf("publish frame: channel %q, %d bytes of data, %v; want room, %d bytes", ch, len(data), err, want)
 		}

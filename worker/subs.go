@@ -140,7 +140,6 @@ func (w *Worker) unsubscribe(cc *conn) {
 
 // unregister undoes register: cc leaves its id and channels.
 func (w *Worker) unregister(cc *conn) {
-	w.presOut = ipc.AppendName(w.presOut, ipc.OpLeave, cc.id)
 	if head := w.byID.getString(cc.id); head == cc {
 		if cc.inext == nil {
 			w.byID.del(cc.id)
@@ -161,10 +160,10 @@ func (w *Worker) unregister(cc *conn) {
 		for _, ch := range cc.x.channels {
 			set := w.byChan[ch]
 			delete(set, cc)
-			w.presOut = ipc.AppendName(w.presOut, ipc.OpUnsub, ch)
 			if len(w.opts.Comet.PresenceEvents) > 0 && w.opts.Comet.Announced(ch) {
 				w.presOut = ipc.AppendMember(w.presOut, ipc.OpMemberLeave, ch, id)
 			}
+			w.presOut = ipc.AppendName(w.presOut, ipc.OpUnsub, ch)
 			if len(set) == 0 {
 				delete(w.byChan, ch)
 			}
@@ -172,6 +171,9 @@ func (w *Worker) unregister(cc *conn) {
 		cc.x.channels = nil
 		cc.tidy()
 	}
+	// Last, so the manager hears a connection leave in the reverse of
+	// the order it came: member, channel, id.
+	w.presOut = ipc.AppendBye(w.presOut, w.bye, id)
 }
 
 // presenceEvery bounds how often presence records are written from the

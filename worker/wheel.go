@@ -1,6 +1,10 @@
 package worker
 
-import "time"
+import (
+	"time"
+
+	"github.com/megacomet/megacomet/ipc"
+)
 
 // The timing wheel: every connection has one timer - the request timeout
 // while reading, the next heartbeat while streaming, the poll timeout while
@@ -183,6 +187,8 @@ func (w *Worker) heartbeat(cc *conn) {
 // not answered yet - its request still coming, or an idle keep-alive
 // between requests - is answered 503 with Retry-After: never a bare FIN.
 func (w *Worker) handOff(cc *conn) {
+	w.bye = ipc.ByeHandover
+	defer func() { w.bye = ipc.ByeClosed }()
 	switch cc.state {
 	case stParked:
 		w.unpark(cc)

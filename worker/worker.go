@@ -120,6 +120,9 @@ type Worker struct {
 	fresh        bool // the subscription being made came without a cursor (route.go)
 	nextToken    uint32
 	presOut      []byte // presence records not yet framed
+	// bye is why the connection being ended now goes (its OpBye), set
+	// around the call that ends it; ByeClosed otherwise.
+	bye ipc.Reason
 	presFlushed  time.Duration
 	tickQuiet    time.Duration          // the period when quiet (tickQuiet or less)
 	ticks        atomic.Uint32          // onTick calls, for tests
@@ -467,8 +470,10 @@ func (w *Worker) closed(c evio.Conn, err error) evio.Action {
 	}
 	if err == syscall.ETIMEDOUT {
 		w.counts.KeepaliveClosed++ // TCP keepalive: the peer is gone
+		w.bye = ipc.ByeTimeout
 	}
 	w.forget(cc)
+	w.bye = ipc.ByeClosed
 	return evio.None
 }
 

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+	"github.com/megacomet/megacomet/ipc"
 )
 
 // The WebSocket transport, /ws/ID (RFC 6455), on the same loop as the
@@ -456,7 +457,9 @@ func (w *Worker) wsHeartbeat(cc *conn) {
 			return
 		}
 		w.counts.SilentClosed++ // not a bad request: counted apart
+		w.bye = ipc.ByeTimeout
 		w.wsClose(cc, errWSNoPong.frame)
+		w.bye = ipc.ByeClosed
 		return
 	}
 	if cc.flags&fPing == 0 {
