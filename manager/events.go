@@ -230,11 +230,11 @@ type eventsState struct {
 }
 
 type evEntry struct {
-	Name  string    `json:"name"`
-	Held  [][2]int  `json:"held,omitempty"` // worker index, connections
-	Gone  int64     `json:"gone,omitempty"`
-	Why   ipc.Reason `json:"why,omitempty"`
-	Lost  bool      `json:"lost,omitempty"`
+	Name string     `json:"name"`
+	Held [][2]int   `json:"held,omitempty"` // worker index, connections
+	Gone int64      `json:"gone,omitempty"`
+	Why  ipc.Reason `json:"why,omitempty"`
+	Lost bool       `json:"lost,omitempty"`
 }
 
 // export is the tables for a hand-over of links (in that order); what

@@ -68,8 +68,8 @@ type hub struct {
 	prime    *primer
 	tickedAt time.Time // the newest id last went to every worker
 	// ev counts names for hooks.events (events.go); nil when off.
-	ev *events
-	members  *members  // of the comet.presence_events channels (members.go)
+	ev      *events
+	members *members // of the comet.presence_events channels (members.go)
 }
 
 func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]byte) []byte)) *hub {

@@ -122,11 +122,11 @@ type Worker struct {
 	presOut      []byte // presence records not yet framed
 	// bye is why the connection being ended now goes (its OpBye), set
 	// around the call that ends it; ByeClosed otherwise.
-	bye ipc.Reason
-	presFlushed  time.Duration
-	tickQuiet    time.Duration          // the period when quiet (tickQuiet or less)
-	ticks        atomic.Uint32          // onTick calls, for tests
-	tickHook     atomic.Pointer[func()] // tests: runs at the start of each tick, on the loop
+	bye         ipc.Reason
+	presFlushed time.Duration
+	tickQuiet   time.Duration          // the period when quiet (tickQuiet or less)
+	ticks       atomic.Uint32          // onTick calls, for tests
+	tickHook    atomic.Pointer[func()] // tests: runs at the start of each tick, on the loop
 
 	wheel       [wheelSize]*conn // timers (wheel.go)
 	wheelAt     uint32           // last tick the wheel has fired
