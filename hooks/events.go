@@ -53,11 +53,16 @@ type Event struct {
 	// A "publish" event's message id and data.
 	Message uint64          `json:"message,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
-	// A "snapshot" event's state: every id connected, every channel
-	// occupied, and the members of each presence_events channel.
-	IDs      []string            `json:"ids,omitempty"`
-	Channels []string            `json:"channels,omitempty"`
-	Members  map[string][]string `json:"members,omitempty"`
+	// A "snapshot" event's state.
+	*Held
+}
+
+// Held is what a snapshot says is held: every id connected, every channel
+// occupied, and the members of each presence_events channel.
+type Held struct {
+	IDs      []string            `json:"ids"`
+	Channels []string            `json:"channels"`
+	Members  map[string][]string `json:"members"`
 }
 
 // batch is the body a request carries.
@@ -333,6 +338,7 @@ func (s *Sender) post(body []byte) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "megacomet-events")
 	req.Header.Set(SignatureHeader, Sign(s.secret, body))
 	resp, err := s.client.Do(req)
 	if err != nil {

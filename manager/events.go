@@ -206,7 +206,7 @@ func (e *events) tick(now time.Time, all bool) {
 
 // snapshotEvent is what is held, as a "snapshot" event.
 func (e *events) snapshotEvent(now time.Time) hooks.Event {
-	ev := hooks.Event{Type: "snapshot", Time: now.UnixMilli(), IDs: []string{}, Channels: []string{}, Members: map[string][]string{}}
+	ev := hooks.Event{Type: "snapshot", Time: now.UnixMilli(), Held: &hooks.Held{IDs: []string{}, Channels: []string{}, Members: map[string][]string{}}}
 	for name := range e.tables[evIDs] {
 		ev.IDs = append(ev.IDs, name)
 	}
