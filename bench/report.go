@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -67,11 +68,13 @@ type Report struct {
 	ConnectRateAuth  float64 `json:"connect_rate_auth,omitempty"` // the same N again, HS256 tokens required
 	// The same N again, asking a connect hook that answers in 1 ms, and
 	// with hooks.cache on.
-	ConnectRateHook       float64     `json:"connect_rate_hook,omitempty"`
-	ConnectRateHookCached float64     `json:"connect_rate_hook_cached,omitempty"`
-	HookConnectRatio      float64     `json:"hook_connect_ratio,omitempty"`
-	AuthConnectRatio      float64     `json:"auth_connect_ratio,omitempty"`
-	Chat                  *ChatReport `json:"chat,omitempty"` // the -chat round
+	ConnectRateHook       float64 `json:"connect_rate_hook,omitempty"`
+	ConnectRateHookCached float64 `json:"connect_rate_hook_cached,omitempty"`
+	HookConnectRatio      float64 `json:"hook_connect_ratio,omitempty"`
+	// Events: N connecting then leaving with hooks.events on (linger 0).
+	Events           *EventsReport `json:"events,omitempty"`
+	AuthConnectRatio float64       `json:"auth_connect_ratio,omitempty"`
+	Chat             *ChatReport   `json:"chat,omitempty"` // the -chat round
 
 	ServerBytesPerConn   float64 `json:"server_bytes_per_conn"` // PSS of manager and workers, (at N - at 0) / N
 	ServerPSSAt0         uint64  `json:"server_pss_bytes_at_0"`
@@ -127,6 +130,9 @@ func (r *Report) judge() {
 	if r.ConnectRateHook > 0 {
 		add("connect rate with a 1 ms connect hook", "≥ 50 % of without", fmt.Sprintf("%.0f/s, %.0f %%", r.ConnectRateHook, 100*r.HookConnectRatio), r.HookConnectRatio >= 0.5)
 	}
+	if e := r.Events; e != nil {
+		add("events: each connect and disconnect told", "exactly once", fmt.Sprintf("%d and %d for %d: %v", e.Connects, e.Disconnects, r.N, e.ExactlyOnce), e.ExactlyOnce)
+	}
 	if r.Published > 0 {
 		add("lost, duplicates", "0, 0", fmt.Sprintf("%d, %d", r.Lost, r.Duplicates), r.Lost == 0 && r.Duplicates == 0)
 	}
@@ -150,6 +156,10 @@ func (r *Report) Table(w io.Writer) {
 	}
 	if r.ConnectRateHook > 0 {
 		row("connect rate, 1 ms connect hook", "%.0f/s (%.0f %% of without); %.0f/s with hooks.cache", r.ConnectRateHook, 100*r.HookConnectRatio, r.ConnectRateHookCached)
+	}
+	if e := r.Events; e != nil {
+		row("events", "%d connects, %d disconnects, exactly once %v; delay p50 %.0f p99 %.0f max %.0f ms; %d requests, %.0f/s",
+			e.Connects, e.Disconnects, e.ExactlyOnce, e.DelayMs.P50, e.DelayMs.P99, e.DelayMs.Max, e.Requests, e.RequestsPerSec)
 	}
 	row("server memory", "%.0f B/conn (PSS %s at %d, %s at 0)", r.ServerBytesPerConn, mib(r.ServerPSSAtN), r.N, mib(r.ServerPSSAt0))
 	row("kernel slab", "%+.0f MiB (%.0f B/conn)", float64(r.KernelSlabBytesDelta)/(1<<20), float64(r.KernelSlabBytesDelta)/float64(max(r.N, 1)))
@@ -185,4 +195,26 @@ func (r *Report) Table(w io.Writer) {
 
 func mib(b uint64) string {
 	return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(b)/(1<<20)), ".0") + " MiB"
+}
+
+// EventsReport is the events round: what the application was told when N
+// clients connected and then left.
+type EventsReport struct {
+	Connects    int  `json:"connects"`
+	Disconnects int  `json:"disconnects"`
+	ExactlyOnce bool `json:"exactly_once"` // every id told connected once and disconnected once
+	// DelayMs: from an event happening to the application receiving it.
+	DelayMs        Quantiles `json:"delay_ms"`
+	Requests       int       `json:"requests"`
+	RequestsPerSec float64   `json:"requests_per_s"` // batches a second the application took
+}
+
+// quantiles of values (sorted in place); zero for none.
+func quantiles(v []float64) Quantiles {
+	if len(v) == 0 {
+		return Quantiles{}
+	}
+	slices.Sort(v)
+	at := func(q float64) float64 { return v[min(len(v)-1, int(q*float64(len(v))))] }
+	return Quantiles{P50: at(0.5), P99: at(0.99), Max: v[len(v)-1]}
 }

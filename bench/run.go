@@ -2,6 +2,9 @@ package bench
 
 import (
 	"bufio"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,6 +52,7 @@ type Options struct {
 	HookCompare   bool   // then connect N again with a connect hook (1 ms), and with its cache on
 	HookURL       string // hooks.connect for the server (set by the hook rounds)
 	HookCache     time.Duration
+	EventsURL     string    // hooks.events for the server (set by the events round)
 	ChatMembers   int       // then a -chat round: this many WebSocket members of one channel
 	ChatRate      int       // its client publishes per second
 	ClientPublish bool      // comet.client_publish (the chat round)
@@ -194,6 +198,13 @@ func Run(o Options) (*Report, error) {
 		say("with a connect hook answering in 1 ms: %.0f connects/s, %.0f %% of %.0f without; %.0f/s with hooks.cache on",
 			r.ConnectRateHook, 100*r.HookConnectRatio, r.ConnectRate, r.ConnectRateHookCached)
 	}
+	if o.HookCompare {
+		if r.Events, err = eventsRound(o, r.Workers); err != nil {
+			return nil, err
+		}
+		say("events: %d connects and %d disconnects told, each id exactly once: %v; delay p99 %.0f ms; %.0f requests/s at the application",
+			r.Events.Connects, r.Events.Disconnects, r.Events.ExactlyOnce, r.Events.DelayMs.P99, r.Events.RequestsPerSec)
+	}
 	if o.ChatMembers > 0 {
 		if r.Chat, err = chatRound(o, r.Workers); err != nil {
 			return nil, err
@@ -277,7 +288,7 @@ const authBenchSecret = "megabench: HS256 secret, 32 bytes or more"
 // token, megatest minting one per connection, and returns the rate.
 func connectRateWithAuth(o Options, workers int) (float64, error) {
 	o.AuthSecret = authBenchSecret
-	return connectRateAgain(o, workers, "auth")
+	return connectRateAgain(o, workers, "auth", nil)
 }
 
 // connectRateWithHook connects N again to a server that asks a connect
@@ -299,20 +310,129 @@ func connectRateWithHook(o Options, workers int) (plain, cached float64, err err
 	go app.Serve(ln)
 	defer app.Close()
 	o.HookURL = "http://" + ln.Addr().String() + "/connect"
-	if plain, err = connectRateAgain(o, workers, "hook"); err != nil {
+	if plain, err = connectRateAgain(o, workers, "hook", nil); err != nil {
 		return 0, 0, err
 	}
 	if calls.Load() < int64(o.N) {
 		return 0, 0, fmt.Errorf("the connect hook was called %d times for %d connections", calls.Load(), o.N)
 	}
 	o.HookCache = time.Minute
-	cached, err = connectRateAgain(o, workers, "hook-cache")
+	cached, err = connectRateAgain(o, workers, "hook-cache", nil)
 	return plain, cached, err
 }
 
+// eventsBenchSecret signs the events round's batches.
+const eventsBenchSecret = "megabench: the events round's secret"
+
+// eventsRound connects N once more to a server with hooks.events (linger
+// 0) posting to an application here, which checks each batch's signature
+// and numbering; once megatest has let go of them all, every id must have
+// been told connected and disconnected exactly once.
+func eventsRound(o Options, workers int) (*EventsReport, error) {
+	type tally struct{ up, down int32 }
+	var (
+		mu              sync.Mutex
+		ids             = make(map[string]*tally, o.N)
+		lastSeq         uint64
+		delays          []float64
+		requests        int
+		first, last     time.Time
+		bad             error
+		connects, downs int
+	)
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		now := time.Now()
+		mac := hmac.New(sha256.New, []byte(eventsBenchSecret))
+		mac.Write(body)
+		var b struct {
+			Events []struct {
+				Seq      uint64
+				Type, ID string
+				Time     int64
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Header.Get("X-Megacomet-Signature") != "sha256="+hex.EncodeToString(mac.Sum(nil)) || json.Unmarshal(body, &b) != nil {
+			bad = fmt.Errorf("a batch badly signed or not JSON: %.200s", body)
+			w.WriteHeader(400)
+			return
+		}
+		if requests == 0 {
+			first = now
+		}
+		requests++
+		last = now
+		for _, e := range b.Events {
+			if e.Seq <= lastSeq {
+				continue // sent again
+			}
+			if e.Seq != lastSeq+1 && bad == nil {
+				bad = fmt.Errorf("event %d after %d", e.Seq, lastSeq)
+			}
+			lastSeq = e.Seq
+			delays = append(delays, float64(now.UnixMilli()-e.Time))
+			t := ids[e.ID]
+			if t == nil && e.ID != "" {
+				t = &tally{}
+				ids[e.ID] = t
+			}
+			switch e.Type {
+			case "connect":
+				t.up++
+				connects++
+			case "disconnect":
+				t.down++
+				downs++
+			}
+		}
+		w.WriteHeader(204)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go app.Serve(ln)
+	defer app.Close()
+	o.EventsURL = "http://" + ln.Addr().String() + "/events"
+	_, err = connectRateAgain(o, workers, "events", func() error {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			mu.Lock()
+			n := downs
+			mu.Unlock()
+			if n >= o.N || time.Now().After(deadline) {
+				return nil
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if bad != nil {
+		return nil, bad
+	}
+	rep := &EventsReport{Connects: connects, Disconnects: downs, Requests: requests, ExactlyOnce: len(ids) == o.N}
+	for _, t := range ids {
+		if t.up != 1 || t.down != 1 {
+			rep.ExactlyOnce = false
+		}
+	}
+	rep.DelayMs = quantiles(delays)
+	if d := last.Sub(first).Seconds(); d > 0 {
+		rep.RequestsPerSec = float64(requests) / d
+	}
+	return rep, nil
+}
+
 // connectRateAgain connects N once more, with only the connect phase, to a
-// server configured by o, and returns the rate.
-func connectRateAgain(o Options, workers int, name string) (float64, error) {
+// server configured by o, and returns the rate; after, if not nil, runs
+// once megatest has exited, before the server stops.
+func connectRateAgain(o Options, workers int, name string, after func() error) (float64, error) {
 	o.Broadcast, o.Pub, o.Sample, o.Hold = 0, 0, 0, 2*time.Second
 	o.MegatestFlags = append(o.MegatestFlags, "-ping", "0")
 	srv, err := startServer(o, workers)
@@ -343,6 +463,11 @@ func connectRateAgain(o Options, workers int, name string) (float64, error) {
 	if s.HTTPErrors > 0 || s.ClosedUnexpected > 0 {
 		return 0, fmt.Errorf("%s: %d http errors, %d unexpected closes (%s)", name, s.HTTPErrors, s.ClosedUnexpected, path)
 	}
+	if after != nil {
+		if err := after(); err != nil {
+			return 0, err
+		}
+	}
 	return s.ConnectRate, nil
 }
 
@@ -371,6 +496,9 @@ heartbeat = %q
 	}
 	if o.HookURL != "" {
 		cfg += fmt.Sprintf("[hooks]\nconnect = %q\ncache = %q\n", o.HookURL, o.HookCache.String())
+	}
+	if o.EventsURL != "" {
+		cfg += fmt.Sprintf("[hooks]\nevents = %q\nsecret = %q\nevents_linger = \"0s\"\nevents_queue = %d\n", o.EventsURL, eventsBenchSecret, 2*o.N+1000)
 	}
 	return s, s.launch(o.Bin, cfg)
 }
