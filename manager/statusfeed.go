@@ -49,6 +49,8 @@ type statusPoint struct {
 	// Hooks: the application's hooks, when any is set (stats' hooks).
 	Hooks       map[string]*HookStats `json:"hooks,omitempty"`
 	HookWaiting uint64                `json:"hook_waiting"`
+	// Events: hooks.events, when set (stats' events).
+	Events *EventStats `json:"events,omitempty"`
 }
 
 type statusWorker struct {
@@ -174,7 +176,7 @@ func (m *Manager) statusPoint(st Stats) statusPoint {
 	now := time.Now()
 	p := statusPoint{T: now.UnixMilli(), Generation: st.Generation, Connections: st.Connections, Capacity: st.Capacity,
 		Load1: st.Host.Load1, MemUsedBytes: st.Host.MemUsedBytes, MemTotalBytes: st.Host.MemTotalBytes, ServerPSS: st.Manager.PSSBytes,
-		Hooks: st.Hooks, HookWaiting: st.HookWaiting}
+		Hooks: st.Hooks, HookWaiting: st.HookWaiting, Events: st.Events}
 	var accepted, delivered, heartbeats uint64
 	for _, w := range st.Workers {
 		p.Workers = append(p.Workers, statusWorker{Slot: w.Slot, PID: w.PID, CPU: w.CPU, State: w.State, Connections: w.Connections,

@@ -225,6 +225,14 @@ func TestEventsTellWhatHappened(t *testing.T) {
 	if _, m, _ := get(t, "http://"+s.API+"/metrics"); !strings.Contains(m, "megacomet_events_sent_total ") || !strings.Contains(m, "megacomet_events_delay_seconds_bucket") {
 		t.Errorf("/metrics lacks the events")
 	}
+	feed, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + s.API + "/status/events") // the status page's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Body.Close()
+	if err := readUntil(feed.Body, `"events":{"queued":`); err != nil {
+		t.Errorf("the status page is not told the events: %v", err)
+	}
 	a.check(t)
 }
 
