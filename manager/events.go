@@ -56,9 +56,12 @@ type evLinger struct {
 	at   int64
 }
 
+// eventSink takes events: a hooks.Sender.
+type eventSink interface{ Add(...hooks.Event) }
+
 // events is the hub's side of hooks.events; the hub's lock guards it.
 type events struct {
-	s         *hooks.Sender
+	s         eventSink
 	linger    time.Duration
 	publish   bool
 	tables    [3]map[string]*evCount
@@ -66,7 +69,7 @@ type events struct {
 	lhead     int
 }
 
-func newEvents(s *hooks.Sender, linger time.Duration, publish bool) *events {
+func newEvents(s eventSink, linger time.Duration, publish bool) *events {
 	e := &events{s: s, linger: linger, publish: publish}
 	for i := range e.tables {
 		e.tables[i] = map[string]*evCount{}
@@ -274,7 +277,9 @@ func (e *events) export(links []linkID, now time.Time) [3][]evEntry {
 // indexes to ours (a worker not adopted: its connections are lost).
 func (e *events) restore(tables [3][]evEntry, links map[int]linkID, now time.Time) {
 	at := now.UnixNano()
-	for k, entries := range tables {
+	for k := len(tables) - 1; k >= 0; k-- { // as a connection goes: member, channel, id
+		entries := slices.Clone(tables[k])
+		slices.SortFunc(entries, func(a, b evEntry) int { return strings.Compare(a.Name, b.Name) })
 		for _, en := range entries {
 			c := &evCount{gone: en.Gone, why: en.Why, lost: en.Lost}
 			for _, h := range en.Held {
