@@ -31,6 +31,7 @@ func (m *Manager) apiHandler() http.Handler {
 	mux.Handle("GET /metrics", m.metricsHandler())
 	mux.HandleFunc("GET /presence", m.handlePresence)
 	mux.HandleFunc("GET /presence/{id}", m.handlePresence)
+	mux.HandleFunc("GET /history", m.handleHistory)
 	mux.HandleFunc("GET /status/events", m.handleStatusEvents)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

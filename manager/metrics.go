@@ -28,6 +28,7 @@ var metricHelp = []struct{ name, help string }{
 	{"history_bytes", "Bytes of message bodies kept for replay."},
 	{"history_evicted_total", "Messages evicted from history before their TTL for comet.history_max_bytes."},
 	{"publish_refused_total", "Publishes answered 503 because a worker was behind on its IPC."},
+	{"history_reads_total", "GET /history answers."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
 	{"joins_total", "Subscriptions answered with a replay or deferred: one per connection, one per WebSocket command that changed what it follows."},
@@ -135,6 +136,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("history_bytes", float64(st.Manager.HistoryBytes))
 	put("history_evicted_total", float64(st.Manager.HistoryEvicted))
 	put("publish_refused_total", float64(st.Manager.PublishRefused))
+	put("history_reads_total", float64(st.Manager.HistoryReads))
 	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))

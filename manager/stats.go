@@ -179,9 +179,11 @@ type ManagerStats struct {
 	HistoryEvicted uint64 `json:"history_evicted"`
 	// PublishRefused counts publishes answered 503 because a worker was
 	// behind on its IPC; WorkersKilled, workers killed for not catching up.
-	PublishRefused uint64  `json:"publish_refused"`
-	WorkersKilled  uint64  `json:"workers_killed"`
-	UptimeS        float64 `json:"uptime_s"`
+	PublishRefused uint64 `json:"publish_refused"`
+	WorkersKilled  uint64 `json:"workers_killed"`
+	// HistoryReads counts GET /history answers.
+	HistoryReads uint64  `json:"history_reads"`
+	UptimeS      float64 `json:"uptime_s"`
 }
 
 // HostStats describes the machine.
@@ -308,6 +310,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.Joins, st.Manager.ReplaysPartial, st.Manager.JoinsDeferred = hc.Joins, hc.ReplaysPartial, hc.JoinsDeferred
 	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
+	st.Manager.HistoryReads = m.historyReads.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
