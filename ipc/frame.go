@@ -35,6 +35,9 @@ const (
 	TypeDrain
 	// Stop: close every client now and exit.
 	TypeStop
+	// Disconnect: end every connection of an id (POST /disconnect), and
+	// refuse it until a time. Payload: AppendDisconnect's.
+	TypeDisconnect
 )
 
 // TypeHooksAnswered is made inside a worker, never sent between processes:
@@ -62,6 +65,8 @@ func (t Type) String() string {
 		return "drain"
 	case TypeStop:
 		return "stop"
+	case TypeDisconnect:
+		return "disconnect"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

@@ -69,6 +69,8 @@ type Counts struct {
 	// HookWaiting is how many connections and WebSocket commands wait for
 	// the application's answer now.
 	HookWaiting uint64
+	// Disconnected counts connections ended by POST /disconnect.
+	Disconnected uint64
 	// Hooks: per hook (connect, subscribe, publish), after the fields
 	// above.
 	Hooks [3]HookCounts
@@ -90,11 +92,11 @@ func (h *HookCounts) fields() [18]*uint64 {
 	return f
 }
 
-func (c *Counts) fields() [27]*uint64 {
+func (c *Counts) fields() [28]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
 		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected,
-		&c.WSFragmentClosed, &c.HookFailed, &c.HookWaiting}
+		&c.WSFragmentClosed, &c.HookFailed, &c.HookWaiting, &c.Disconnected}
 }
 
 // AppendCounts appends a Counts frame.

@@ -176,3 +176,32 @@ func (pr *PresenceReader) Next() Op {
 
 // Err reports a corrupt payload once Next has returned 0.
 func (pr *PresenceReader) Err() error { return pr.r.err }
+
+// Disconnect is a TypeDisconnect payload: end id's connections, telling
+// them Reason; with Reconnect false they should not come back, and until
+// BanUntil (unix seconds, 0 = no ban) the id is refused.
+type Disconnect struct {
+	ID, Reason string
+	Reconnect  bool
+	BanUntil   uint64
+}
+
+// AppendDisconnect appends a TypeDisconnect payload.
+func AppendDisconnect(dst []byte, d *Disconnect) []byte {
+	dst = AppendString(dst, d.ID)
+	dst = AppendString(dst, d.Reason)
+	var flags byte
+	if d.Reconnect {
+		flags = 1
+	}
+	return AppendUvarint(append(dst, flags), d.BanUntil)
+}
+
+// ParseDisconnect reads a TypeDisconnect payload.
+func ParseDisconnect(p []byte) (Disconnect, error) {
+	r := NewReader(p)
+	d := Disconnect{ID: string(r.Bytes()), Reason: string(r.Bytes())}
+	d.Reconnect = r.Byte()&1 != 0
+	d.BanUntil = r.Uvarint()
+	return d, r.Err()
+}

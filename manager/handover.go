@@ -333,6 +333,12 @@ func (m *Manager) receiveHandover(f *os.File) error {
 		}
 		m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDrain, drain) })
 	}
+	m.mu.Lock()
+	procs := m.allProcs()
+	m.mu.Unlock()
+	for _, p := range procs {
+		m.tellBans(p) // ours started before the bans came
+	}
 	if m.events != nil && st.Hub.Events != nil {
 		m.hub.restoreEvents(st.Hub.Events, adopted)
 		m.events.Restore(st.Hub.Events.Sender)

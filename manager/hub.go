@@ -68,7 +68,9 @@ type hub struct {
 	prime    *primer
 	tickedAt time.Time // the newest id last went to every worker
 	// ev counts names for hooks.events (events.go); nil when off.
-	ev      *events
+	ev *events
+	// bans are POST /disconnect's bans in force, by id (disconnect.go).
+	bans    map[string]ipc.Disconnect
 	members *members // of the comet.presence_events channels (members.go)
 }
 
@@ -491,6 +493,9 @@ type hubState struct {
 	// Events: the names held and lingering, and the events not yet
 	// delivered (events.go); the workers are handoverState.Workers.
 	Events *eventsState `json:"events,omitempty"`
+	// Bans: POST /disconnect's bans (they outlive a reload and a
+	// restart; each ends by itself).
+	Bans []ipc.Disconnect `json:"bans,omitempty"`
 }
 
 type stateKey struct {
@@ -520,6 +525,9 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	h.closed = true // nothing is published after the snapshot (errHandingOver)
 	st := hubState{Seed: h.ids.seed, LastID: h.lastID, Published: h.published,
 		Forgotten: h.hist.forgotten, Horizon: h.hist.horizon, Dropped: h.hist.droppedMarks(), Members: h.members.conns}
+	for _, d := range h.bans {
+		st.Bans = append(st.Bans, d)
+	}
 	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
 		if m.body == nil {
 			continue // evicted from every ring
@@ -561,6 +569,12 @@ func (h *hub) restore(st *hubState) {
 	h.hist.horizon, h.hist.forgotten = st.Horizon, max(h.hist.forgotten, st.Forgotten)
 	if st.Members != nil {
 		h.members.conns = st.Members
+	}
+	for _, d := range st.Bans {
+		if h.bans == nil {
+			h.bans = make(map[string]ipc.Disconnect)
+		}
+		h.bans[d.ID] = d
 	}
 	h.hist.setDropped(st.Dropped, h.now())
 }

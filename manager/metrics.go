@@ -29,6 +29,8 @@ var metricHelp = []struct{ name, help string }{
 	{"history_evicted_total", "Messages evicted from history before their TTL for comet.history_max_bytes."},
 	{"publish_refused_total", "Publishes answered 503 because a worker was behind on its IPC."},
 	{"history_reads_total", "GET /history answers."},
+	{"disconnects_total", "POST /disconnect answers."},
+	{"worker_disconnected_total", "Client connections a worker ended for POST /disconnect."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
 	{"joins_total", "Subscriptions answered with a replay or deferred: one per connection, one per WebSocket command that changed what it follows."},
@@ -137,6 +139,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("history_evicted_total", float64(st.Manager.HistoryEvicted))
 	put("publish_refused_total", float64(st.Manager.PublishRefused))
 	put("history_reads_total", float64(st.Manager.HistoryReads))
+	put("disconnects_total", float64(st.Manager.Disconnects))
 	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))
@@ -210,6 +213,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_ws_control_limited_total", float64(w.WSControlLimited), l...)
 		put("worker_ws_fragment_closed_total", float64(w.WSFragmentClosed), l...)
 		put("worker_hook_failed_total", float64(w.HookFailed), l...)
+		put("worker_disconnected_total", float64(w.Disconnected), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

@@ -144,6 +144,8 @@ type WorkerStats struct {
 	// HookFailed: connections answered 503 because the application's hook
 	// failed, timed out or answered other than documented (hooks.*)
 	HookFailed uint64 `json:"hook_failed"`
+	// Disconnected: connections ended by POST /disconnect.
+	Disconnected uint64 `json:"disconnected"`
 }
 
 // ManagerStats describes the manager process.
@@ -181,8 +183,10 @@ type ManagerStats struct {
 	// behind on its IPC; WorkersKilled, workers killed for not catching up.
 	PublishRefused uint64 `json:"publish_refused"`
 	WorkersKilled  uint64 `json:"workers_killed"`
-	// HistoryReads counts GET /history answers.
+	// HistoryReads counts GET /history answers; Disconnects, POST
+	// /disconnect's.
 	HistoryReads uint64  `json:"history_reads"`
+	Disconnects  uint64  `json:"disconnects"`
 	UptimeS      float64 `json:"uptime_s"`
 }
 
@@ -310,7 +314,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.Joins, st.Manager.ReplaysPartial, st.Manager.JoinsDeferred = hc.Joins, hc.ReplaysPartial, hc.JoinsDeferred
 	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
-	st.Manager.HistoryReads = m.historyReads.Load()
+	st.Manager.HistoryReads, st.Manager.Disconnects = m.historyReads.Load(), m.disconnects.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
@@ -352,7 +356,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
-			ws.HookFailed = c.HookFailed
+			ws.HookFailed, ws.Disconnected = c.HookFailed, c.Disconnected
 			st.HookWaiting += c.HookWaiting
 			for k, h := range st.Hooks {
 				hk := &c.Hooks[hookIndex[k]]

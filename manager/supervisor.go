@@ -358,6 +358,7 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 			return
 		}
 		close(p.readyc)
+		m.tellBans(p)
 		m.log.Info("worker ready", "slot", p.slot.idx, "pid", p.pid, "cpu", p.slot.cpu, "max_conns", h.MaxConns)
 	case ipc.TypeCounts:
 		c, err := ipc.DecodeCounts(payload)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 
+	"github.com/megacomet/megacomet/auth"
 	"github.com/megacomet/megacomet/ipc"
 	"github.com/tidwall/evio"
 )
@@ -248,6 +249,10 @@ type admission struct {
 
 // admit answers an admitted comet request and subscribes it.
 func (w *Worker) admit(cc *conn, a *admission) {
+	if why, banned := w.banned(a.id); banned { // kick.go
+		w.refuse(cc, a.origin, &auth.Refusal{Status: 403, Reason: why}, 0)
+		return
+	}
 	w.fresh = a.fresh
 	switch {
 	case a.tr == trWS:

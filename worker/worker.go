@@ -122,7 +122,9 @@ type Worker struct {
 	presOut      []byte // presence records not yet framed
 	// bye is why the connection being ended now goes (its OpBye), set
 	// around the call that ends it; ByeClosed otherwise.
-	bye         ipc.Reason
+	bye ipc.Reason
+	// bans are the ids refused until a time (kick.go).
+	bans        map[string]ban
 	presFlushed time.Duration
 	tickQuiet   time.Duration          // the period when quiet (tickQuiet or less)
 	ticks       atomic.Uint32          // onTick calls, for tests
@@ -665,6 +667,8 @@ func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 		w.stop()
 	case ipc.TypeHooksAnswered:
 		w.hooksAnswered() // park.go
+	case ipc.TypeDisconnect:
+		w.disconnect(p) // kick.go
 	case ipc.TypeDrain:
 		r := ipc.NewReader(p)
 		ms := r.Uvarint()

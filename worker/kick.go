@@ -1,0 +1,110 @@
+package worker
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/megacomet/megacomet/auth"
+	"github.com/megacomet/megacomet/ipc"
+)
+
+// Disconnects (POST /disconnect on the manager, a TypeDisconnect frame to
+// every worker): each connection of the id ends with its transport's
+// announced close, saying why and whether it may come back. A ban refuses
+// the id's new connections, 403 with the reason, until it ends; every
+// worker gets the frame, so every worker holds the ban, and the manager
+// sends the bans in force to a worker that starts later.
+
+// The WebSocket close codes of a disconnect: the client may come back, or
+// should not (4000-4999 is for applications, RFC 6455 §7.4.2).
+const (
+	wsStatusDisconnected ws.StatusCode = 4002
+	wsStatusGone         ws.StatusCode = 4003
+)
+
+// ban is an id's refusal: until (unix seconds), and why.
+type ban struct {
+	until  int64
+	reason string
+}
+
+// disconnect applies a TypeDisconnect frame.
+func (w *Worker) disconnect(p []byte) {
+	d, err := ipc.ParseDisconnect(p)
+	if err != nil {
+		w.log.Warn("ignoring a bad disconnect frame", "err", err)
+		return
+	}
+	if int64(d.BanUntil) > time.Now().Unix() {
+		if w.bans == nil {
+			w.bans = make(map[string]ban)
+		}
+		w.bans[d.ID] = ban{int64(d.BanUntil), d.Reason}
+	}
+	var conns []*conn
+	for cc := w.byID.getString(d.ID); cc != nil; cc = cc.inext {
+		conns = append(conns, cc)
+	}
+	body := strconv.AppendQuote([]byte(`{"reason":`), d.Reason)
+	body = append(strconv.AppendBool(append(body, `,"reconnect":`...), d.Reconnect), '}')
+	w.bye = ipc.ByeKicked
+	for _, cc := range conns {
+		w.kick(cc, &d, body)
+	}
+	w.bye = ipc.ByeClosed
+	w.counts.Disconnected += uint64(len(conns))
+}
+
+// kick ends cc for d, body being {"reason":…,"reconnect":…}.
+func (w *Worker) kick(cc *conn, d *ipc.Disconnect, body []byte) {
+	switch cc.state {
+	case stStreaming:
+		switch {
+		case cc.tr == trWS:
+			code := wsStatusDisconnected
+			if !d.Reconnect {
+				code = wsStatusGone
+			}
+			w.wsClose(cc, ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, d.Reason))))
+			return
+		case cc.tr == trSSE:
+			w.send(cc, append(append([]byte("event: disconnect\ndata: "), body...), "\n\n"...))
+		default:
+			line := append(append([]byte(`{"disconnect":`), body...), "}\n"...)
+			if cc.flags&fRaw == 0 {
+				line = append(append(strconv.AppendInt(nil, int64(len(line)), 16), "\r\n"...), line...)
+				line = append(line, "\r\n0\r\n\r\n"...) // the line, then the last chunk
+			}
+			w.send(cc, line)
+		}
+		w.linger(cc)
+	case stPolling:
+		if d.Reconnect {
+			cc.flags |= fClose
+			w.startPoll(cc)
+			w.finishPoll(cc) // [] with Connection: close: it polls again
+			return
+		}
+		var origin []byte
+		if cc.x != nil {
+			origin = cc.x.origin
+		}
+		cursor := cc.cursor
+		w.unsubscribe(cc)
+		w.refuse(cc, origin, &auth.Refusal{Status: 403, Reason: d.Reason}, cursor) // final
+	}
+}
+
+// banned is why id may not connect now, if it may not.
+func (w *Worker) banned(id []byte) (string, bool) {
+	b, ok := w.bans[string(id)]
+	if !ok {
+		return "", false
+	}
+	if time.Now().Unix() >= b.until {
+		delete(w.bans, string(id))
+		return "", false
+	}
+	return b.reason, true
+}
