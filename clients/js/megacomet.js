@@ -13,7 +13,7 @@ export class Megacomet {
 		const c = o.since ?? (this.key && sessionStorage.getItem(this.key));
 		this.cursor = c == null ? null : +c;
 		this.h = {};
-		this.pq = []; // publishes, one on the wire at a time
+		this.pq = [];
 		this.g = this.ti = this.fails = this.n = 0;
 		queueMicrotask(() => this._go());
 	}
@@ -105,7 +105,7 @@ export class Megacomet {
 		if (this.pq[0]?.sent) this._pdone(E("connection lost before the publish was answered"));
 		if (d === -1) { this.tok = null; d = up ? 0 : null; }
 		else if (!up && d == null) {
-			if (this.back != null) { this.ti = this.back; d = 0; } // the better transport still fails
+			if (this.back != null) { this.ti = this.back; d = 0; }
 			else if (++this.fails > 1 && this.ti < this.tr.length - 1) { this.ti++; this.fails = 0; d = 0; }
 		}
 		this.back = null;
@@ -116,6 +116,11 @@ export class Megacomet {
 		}
 		this._state(this.opened ? "reconnecting" : "connecting");
 		this.timer = setTimeout(() => this._go(), d);
+	}
+
+	// _end: told not to come back (a 403, a disconnect): final.
+	_end(g, why) {
+		if (g == this.g && !this.closed) { this._emit("error", { error: why }); this.close(why); }
 	}
 
 	// _adv moves the cursor forward to c; it reports whether it did.
@@ -138,7 +143,7 @@ export class Megacomet {
 	_cmd(c) {
 		const s = this.link?.s;
 		if (s?.readyState == 1) s.send(JSON.stringify(c));
-		else if (this.link) this._go(); // reconnect with the new channels
+		else if (this.link) this._go();
 	}
 
 	_pub() {
@@ -157,17 +162,16 @@ export class Megacomet {
 		let up = 0;
 		s.onopen = () => { up = 1; this._open(g); };
 		s.onmessage = e => g == this.g && this._m(JSON.parse(e.data));
-		s.onclose = e => this._lost(g, up, e.code == 1012 ? 0 : e.code == 4001 ? -1 : null);
+		s.onclose = e => e.code == 4003 ? this._end(g, e.reason) : this._lost(g, up, e.code == 1012 ? 0 : e.code == 4001 ? -1 : null);
 		return { s, stop: () => s.close() };
 	}
 
-	// _get: the response of a 200; else throws the server's hint, or a
-	// 403's reason.
+	// _get: a 200's response; else throws the hint, or a 403's reason.
 	async _get(url, a, method) {
 		const r = await fetch(url, { signal: a.signal, cache: "no-store", method });
 		if (r.ok) return r;
 		if (r.status == 403) throw { refused: (await r.json().catch(() => null))?.error || "forbidden" };
-		const ra = r.headers.get("Retry-After"), d = ra ? ra * 1000 : NaN; // seconds
+		const ra = r.headers.get("Retry-After"), d = ra ? ra * 1000 : NaN;
 		throw { d: r.status == 401 ? -1 : d >= 0 ? d : null };
 	}
 
@@ -176,11 +180,7 @@ export class Megacomet {
 		const a = new AbortController();
 		let up = 0;
 		f(a, () => { up = 1; this._open(g); })
-			.catch(e => {
-				const why = e.refused; // a 403 is final
-				if (why == null) return e.d;
-				if (g == this.g && !this.closed) { this._emit("error", { error: why }); this.close(why); }
-			})
+			.catch(e => e.refused == null ? e.d : this._end(g, e.refused))
 			.then(d => a.signal.aborted || this._lost(g, up, d ?? null));
 		return { stop: () => a.abort() };
 	}
@@ -192,15 +192,21 @@ export class Megacomet {
 			let buf = "", ev = {};
 			for (;;) {
 				const { value, done } = await rd.read();
-				if (done) return this.retry; // the server's retry: field
+				if (done) return this.retry;
 				const ls = (buf + value).split("\n");
 				buf = ls.pop();
 				for (const l of ls) {
 					const [, f, v] = /^([^:\r]*):? ?([^\r]*)/.exec(l);
 					if (l == "" || l == "\r") {
 						if (ev.event == "expired") { rd.cancel(); return -1; }
+						if (ev.event == "disconnect") { // told to go: back at once, or never
+							const d = JSON.parse(ev.data);
+							rd.cancel();
+							if (d.reconnect) return 0;
+							throw { refused: d.reason };
+						}
 						if (ev.data != null) this._m(JSON.parse(ev.data));
-						else this._adv(+ev.id); // the stream's opening cursor
+						else this._adv(+ev.id);
 						ev = {};
 					} else if (f == "data") ev.data = ev.data == null ? v : ev.data + "\n" + v;
 					else if (f == "id" || f == "event") ev[f] = v;
@@ -213,7 +219,7 @@ export class Megacomet {
 	_lp(g) {
 		return this._run(g, async (a, open) => {
 			for (let i = 0; ; i++) {
-				const head = this.cursor == null; // HEAD answers at once, with the cursor
+				const head = this.cursor == null; // HEAD: the cursor at once
 				const r = await this._get(this._url("lp"), a, head ? "HEAD" : "GET");
 				if (!i) open();
 				if (!head) for (const m of await r.json()) this._m(m);

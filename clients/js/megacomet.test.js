@@ -23,7 +23,7 @@ function env(t, { random = 0, store = new Map() } = {}) {
     close() { this.closed = true; this.readyState = 3; }
     open() { this.readyState = 1; this.onopen(); }
     recv(m) { this.onmessage({ data: JSON.stringify(m) }); }
-    drop(code) { this.readyState = 3; this.onclose({ code }); }
+    drop(code, reason = "") { this.readyState = 3; this.onclose({ code, reason }); }
   };
   globalThis.fetch = (url, init) => new Promise((resolve, reject) => {
     const f = { url: String(url), init };
@@ -485,6 +485,43 @@ describe("9. close(): no reconnect ever, the link is closed", () => {
     c.close();
     await flush();
     assert.equal(e.f().aborted, true);
+    await e.never();
+  });
+});
+
+describe("10. disconnected by the server (POST /disconnect)", () => {
+  test("SSE: back at once when it may reconnect; never, with the reason, when it may not", async t => {
+    const e = env(t);
+    const c = await e.client({ transports: ["sse"] });
+    let f = e.f();
+    f.stream();
+    await flush();
+    f.push("id: 7\n\nevent: disconnect\ndata: {\"reason\":\"moved\",\"reconnect\":true}\n\n");
+    await e.next(0);
+    assert.equal(f.cancelled, true);
+    f = e.f();
+    assert.deepEqual(q(f.url), { since: "7" });
+    f.stream();
+    await flush();
+    f.push("event: disconnect\ndata: {\"reason\":\"banned\",\"reconnect\":false}\n\n");
+    await flush();
+    assert.deepEqual(e.ev.error, [{ error: "banned" }]);
+    assert.deepEqual(e.ev.state.at(-1), { state: "closed", transport: "sse", reason: "banned" });
+    assert.equal(c.state, "closed");
+    await e.never();
+  });
+
+  test("WebSocket: 4003 is final, with its reason; 4002 reconnects", async t => {
+    const e = env(t);
+    const c = await e.client();
+    e.ws().open();
+    e.ws().drop(4002, "moved");
+    await e.next(250);
+    e.ws().open();
+    e.ws().drop(4003, "banned");
+    await flush();
+    assert.deepEqual(e.ev.state.at(-1), { state: "closed", transport: "ws", reason: "banned" });
+    assert.equal(c.state, "closed");
     await e.never();
   });
 });
