@@ -116,6 +116,7 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.Unexpected += s.Unexpected
 		t.Reconnects += s.Reconnects
 		t.Expired += s.Expired
+		t.Disconnected += s.Disconnected
 		t.Gaps += s.Gaps
 		t.Msgs += s.Msgs
 		t.HB += s.HB

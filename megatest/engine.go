@@ -131,6 +131,7 @@ type stats struct {
 	closed, failed, unexpected, recon   int64
 	msgs, hb, dups, protoErrs, httpErrs int64
 	writeErrs, expired                  int64
+	disconnected                        int64 // closes the server announced for POST /disconnect
 	gaps                                int64 // gap announcements: messages the server says may be missing
 	// -chat: publishes sent, acked, refused; deliveries owed to members
 	// (acked × its channel's members) and received.
@@ -168,6 +169,7 @@ const (
 	fAnnounced              // the server announced it is closing
 	fHeard                  // heardAt is set: a heartbeat (or message) came since the open
 	fChunked                // an SSE stream in a chunked body (through a proxy): sseChunked
+	fGone                   // the server disconnected it for good (POST /disconnect, reconnect false): not reopened
 )
 
 type transport uint8
@@ -624,8 +626,12 @@ func (e *engine) closeConn(idx int32, c *conn, why closeWhy) {
 	if c.flags&fAnnounced != 0 && why == whyUnexpected {
 		why = whyAnnounced
 	}
-	c.flags &^= fReady | fAnnounced | fHeard
+	gone := c.flags&fGone != 0
+	c.flags &^= fReady | fAnnounced | fHeard | fGone
 	c.in = nil
+	if gone {
+		return // told not to come back: it stays closed
+	}
 	switch why {
 	case whyAnnounced, whyRetryAfter:
 		e.st.recon++

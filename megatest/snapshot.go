@@ -26,13 +26,16 @@ type Snapshot struct {
 	Unexpected  int64 `json:"unexpected"`
 	Reconnects  int64 `json:"reconnects"`
 	Expired     int64 `json:"expired"` // the server ended a connection because its token expired
-	Gaps        int64 `json:"gaps"`    // the server announced messages that may be missing
-	Msgs        int64 `json:"msgs"`
-	HB          int64 `json:"hb"`
-	Dups        int64 `json:"dups"`
-	ProtoErrs   int64 `json:"proto_errs"`
-	HTTPErrs    int64 `json:"http_errs"`
-	WriteErrs   int64 `json:"write_errs"`
+	// Disconnected: connections the server ended for POST /disconnect
+	// (announced, never unexpected).
+	Disconnected int64 `json:"disconnected"`
+	Gaps         int64 `json:"gaps"` // the server announced messages that may be missing
+	Msgs         int64 `json:"msgs"`
+	HB           int64 `json:"hb"`
+	Dups         int64 `json:"dups"`
+	ProtoErrs    int64 `json:"proto_errs"`
+	HTTPErrs     int64 `json:"http_errs"`
+	WriteErrs    int64 `json:"write_errs"`
 
 	Published   int64 `json:"published"`
 	PubErrors   int64 `json:"pub_errors"`

@@ -146,6 +146,8 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		// closes next, and we come back with a new token.
 		c.flags |= fAnnounced
 		e.st.expired++
+	case bytes.Equal(ev.event, sseDisconnect):
+		e.disconnected(c, ev.data)
 	case ev.dataLines > 0:
 		var m msgInfo
 		if err := scanMessage(ev.data, e.tag, &m); err != nil {
@@ -228,6 +230,11 @@ var errLine = errors.New("megatest: stream chunk does not end a line")
 var (
 	lpExpired     = []byte(`"token expired"`)
 	streamExpired = []byte(`{"error":"token expired"}`)
+	// streamDisconnect opens a stream's last line for POST /disconnect;
+	// sseDisconnect is the SSE event's name.
+	streamDisconnect = []byte(`{"disconnect":`)
+	sseDisconnect    = []byte("disconnect")
+	noReconnect      = []byte(`"reconnect":false`)
 )
 
 // chunk handles one chunk of the NDJSON stream: whole lines, each a
@@ -254,6 +261,10 @@ func (e *engine) chunk(c *conn, b []byte, now int64, idx int32) (int, error) {
 		}
 		if len(line) == 0 {
 			e.st.hb++
+			continue
+		}
+		if bytes.HasPrefix(line, streamDisconnect) {
+			e.disconnected(c, line) // the last chunk follows
 			continue
 		}
 		if bytes.Equal(line, streamExpired) {
@@ -431,7 +442,24 @@ func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
 			e.st.expired++
 			return n, errEnd
 		}
+		if code == wsDisconnected || code == wsGone {
+			e.st.disconnected++
+			if code == wsGone {
+				c.flags |= fGone
+			}
+			return n, errEnd
+		}
 		return n, errWSClosed
 	}
 	return n, nil
+}
+
+// disconnected notes the server's notice of a POST /disconnect (its JSON
+// in b): an announced close, and with reconnect false one not reopened.
+func (e *engine) disconnected(c *conn, b []byte) {
+	c.flags |= fAnnounced
+	e.st.disconnected++
+	if bytes.Contains(b, noReconnect) {
+		c.flags |= fGone
+	}
 }

@@ -29,6 +29,13 @@ const wsServiceRestart = 1012
 // back with a new one.
 const wsTokenExpired = 4001
 
+// wsDisconnected and wsGone close a connection for POST /disconnect: it may
+// come back, or should not.
+const (
+	wsDisconnected = 4002
+	wsGone         = 4003
+)
+
 var (
 	errWSFrame  = errors.New("megatest: malformed WebSocket frame")
 	errWSMasked = errors.New("megatest: masked WebSocket frame from the server")

@@ -200,3 +200,30 @@ func TestDisconnectBadRequests(t *testing.T) {
 		}
 	}
 }
+
+// megatest counts a disconnect apart, never as an unexpected close; one
+// told not to come back stays away, the other comes back.
+func TestDisconnectMegatest(t *testing.T) {
+	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
+	for _, tr := range []string{"sse", "ws", "stream"} {
+		letter := "d" + tr
+		load := runMegatest(t, s, letter, "-n", "10", "-transport", tr)
+		waitHeld(t, s, 10, time.Minute)
+		for _, body := range []string{`{"id":"` + letter + `0"}`, `{"id":"` + letter + `1","reconnect":false}`} {
+			if code, got := adminPost(t, s.API, "/disconnect", body); code != 200 || !strings.Contains(got, `"disconnected":1`) {
+				t.Fatalf("%s: %d %s", body, code, got)
+			}
+		}
+		testutil.CheckFor(t, time.Minute, func() error {
+			if load.progress("active") != 9 || !presenceOf(t, s, "/presence/"+letter+"0").Online {
+				return fmt.Errorf("%s: megatest holds %d, %s0 online %v", tr, load.progress("active"), letter, presenceOf(t, s, "/presence/"+letter+"0").Online)
+			}
+			return nil
+		})
+		_, sum := load.stop(t, time.Minute)
+		if sum.Disconnected != 2 || sum.ClosedUnexpected != 0 || sum.ConnectFailed != 0 {
+			t.Errorf("%s: megatest disconnected %d, closed_unexpected %d, connect_failed %d; want 2, 0, 0", tr, sum.Disconnected, sum.ClosedUnexpected, sum.ConnectFailed)
+		}
+		waitHeld(t, s, 0, time.Minute)
+	}
+}

@@ -180,6 +180,7 @@ type summary struct {
 	ClosedUnexpected int64   `json:"closed_unexpected"`
 	Reconnects       int64   `json:"reconnects"`
 	TokensExpired    int64   `json:"tokens_expired"`
+	Disconnected     int64   `json:"disconnected"`
 	Gaps             int64   `json:"gaps"`
 	Messages         int64   `json:"messages"`
 	Lost             int64   `json:"lost"`
