@@ -33,6 +33,7 @@ func (m *Manager) apiHandler() http.Handler {
 	mux.HandleFunc("GET /presence/{id}", m.handlePresence)
 	mux.HandleFunc("GET /history", m.handleHistory)
 	mux.HandleFunc("POST /disconnect", m.handleDisconnect)
+	mux.HandleFunc("GET /channels", m.handleChannels)
 	mux.HandleFunc("GET /status/events", m.handleStatusEvents)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -12,10 +12,10 @@ import (
 // Events (hooks.events): the manager tells the application what changed,
 // as the workers' presence records tell it (ipc.OpHas/OpBye, OpSub/OpUnsub,
 // OpMemberJoin/OpMemberLeave). The routing table keeps hashes, not names
-// (presence.go), so with events on the hub also counts connections by name,
-// per link, in three tables: ids (connect, disconnect), channels
-// (occupied, vacated) and the members of comet.presence_events channels
-// (join, leave). A name's first connection is told at once; its last one
+// (presence.go), so the hub also counts connections by name, per link, in
+// three tables: ids (connect, disconnect; kept only with events on),
+// channels (occupied, vacated; always kept, for GET /channels) and the
+// members of comet.presence_events channels (join, leave). A name's first connection is told at once; its last one
 // going is told after hooks.events_linger, and only if none came back
 // meanwhile: a reload's hand-over or a long-poll's next request is not a
 // disconnect. So the application never sees a vacated without the occupied
@@ -61,7 +61,8 @@ type eventSink interface{ Add(...hooks.Event) }
 
 // events is the hub's side of hooks.events; the hub's lock guards it.
 type events struct {
-	s         eventSink
+	s         eventSink // nil: no events, only the channel names (GET /channels)
+	ids       bool      // the ids table is kept (events on)
 	linger    time.Duration
 	publish   bool
 	tables    [3]map[string]*evCount
@@ -70,7 +71,7 @@ type events struct {
 }
 
 func newEvents(s eventSink, linger time.Duration, publish bool) *events {
-	e := &events{s: s, linger: linger, publish: publish}
+	e := &events{s: s, ids: s != nil, linger: linger, publish: publish}
 	for i := range e.tables {
 		e.tables[i] = map[string]*evCount{}
 	}
@@ -117,7 +118,9 @@ func (e *events) add(k evKind, name []byte, l linkID, now time.Time) {
 		c.gone, c.lost = 0, false // back within the linger: it never left
 		return
 	}
-	e.s.Add(e.event(k, evUp[k], string(name), now.UnixNano()))
+	if e.s != nil {
+		e.s.Add(e.event(k, evUp[k], string(name), now.UnixNano()))
+	}
 }
 
 // remove counts a connection of link on name gone, for why.
@@ -139,6 +142,10 @@ func (e *events) remove(k evKind, name []byte, l linkID, why ipc.Reason, now tim
 }
 
 func (e *events) lingerOn(k evKind, name string, c *evCount, why ipc.Reason, lost bool, at int64) {
+	if e.s == nil {
+		delete(e.tables[k], name) // nobody to tell
+		return
+	}
 	c.gone, c.why, c.lost = at, why, lost
 	e.lingering = append(e.lingering, evLinger{k, name, at})
 }
@@ -228,6 +235,7 @@ func (e *events) snapshotEvent(now time.Time) hooks.Event {
 // eventsState is what a reload hands over: every name held or lingering,
 // with its connections per worker (an index into handoverState.Workers).
 type eventsState struct {
+	On     bool              `json:"on,omitempty"` // hooks.events was on: Sender is its state
 	Sender hooks.SenderState `json:"sender"`
 	Tables [3][]evEntry      `json:"tables"`
 }
@@ -278,6 +286,9 @@ func (e *events) export(links []linkID, now time.Time) [3][]evEntry {
 func (e *events) restore(tables [3][]evEntry, links map[int]linkID, now time.Time) {
 	at := now.UnixNano()
 	for k := len(tables) - 1; k >= 0; k-- { // as a connection goes: member, channel, id
+		if k == int(evIDs) && !e.ids {
+			continue
+		}
 		entries := slices.Clone(tables[k])
 		slices.SortFunc(entries, func(a, b evEntry) int { return strings.Compare(a.Name, b.Name) })
 		for _, en := range entries {
@@ -292,6 +303,9 @@ func (e *events) restore(tables [3][]evEntry, links map[int]linkID, now time.Tim
 				c.gone, c.lost = 0, false
 			} else if c.gone == 0 {
 				c.gone, c.lost = at, true
+			}
+			if c.gone != 0 && e.s == nil {
+				continue // nobody to tell
 			}
 			e.tables[k][en.Name] = c
 			if c.gone != 0 {

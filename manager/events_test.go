@@ -130,7 +130,7 @@ func BenchmarkEventsBytesPerID(b *testing.B) {
 		for _, on := range []bool{false, true} {
 			h, _, _, ps := eventsHub()
 			if !on {
-				h.ev = nil
+				h.ev = newEvents(nil, 0, false) // channel names only
 			}
 			runtime.GC()
 			runtime.ReadMemStats(&before)

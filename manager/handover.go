@@ -173,7 +173,7 @@ func (m *Manager) handOver(sock *os.File) error {
 	}
 	hs, names := m.hub.snapshot(links)
 	if m.events != nil && hs.Events != nil {
-		hs.Events.Sender = m.events.Stop() // what it had not delivered, the next one sends
+		hs.Events.Sender, hs.Events.On = m.events.Stop(), true // what it had not delivered, the next one sends
 	}
 	st := handoverState{Hub: hs, IPC: handoverIPC()}
 	fds := make([]int, 0, len(live))
@@ -339,10 +339,12 @@ func (m *Manager) receiveHandover(f *os.File) error {
 	for _, p := range procs {
 		m.tellBans(p) // ours started before the bans came
 	}
-	if m.events != nil && st.Hub.Events != nil {
+	if st.Hub.Events != nil {
 		m.hub.restoreEvents(st.Hub.Events, adopted)
-		m.events.Restore(st.Hub.Events.Sender)
-		m.eventsRestored = true
+		if m.events != nil && st.Hub.Events.On {
+			m.events.Restore(st.Hub.Events.Sender)
+			m.eventsRestored = true
+		}
 	}
 	m.log.Info("took over", "workers", len(st.Workers), "messages", len(st.Hub.Messages), "last_id", st.Hub.LastID)
 	return nil

@@ -67,7 +67,8 @@ type hub struct {
 	seqIDs   bool
 	prime    *primer
 	tickedAt time.Time // the newest id last went to every worker
-	// ev counts names for hooks.events (events.go); nil when off.
+	// ev counts channels (and members) by name, for GET /channels, and
+	// with hooks.events on ids too, and tells the events (events.go).
 	ev *events
 	// bans are POST /disconnect's bans in force, by id (disconnect.go).
 	bans    map[string]ipc.Disconnect
@@ -82,7 +83,7 @@ func newHub(historySize int, historyTTL time.Duration, tell func(*proc, func([]b
 		idem:    newIdemKeys(historyTTL),
 		targets: make(map[linkID][]string),
 		tell:    tell, now: time.Now, maxReplay: historySize, replayBytes: defaultReplayBytes, members: newMembers(),
-		primed: make(chan struct{}),
+		primed: make(chan struct{}), ev: newEvents(nil, 0, false),
 	}
 }
 
@@ -111,9 +112,7 @@ func (h *hub) dropLink(p *proc) {
 	}
 	h.ids.dropLink(p.link)
 	h.chans.dropLink(p.link)
-	if h.ev != nil {
-		h.ev.dropLink(p.link, h.now())
-	}
+	h.ev.dropLink(p.link, h.now())
 	h.links[p.link] = nil
 	h.frames[p.link] = h.frames[p.link][:0]
 }
@@ -408,29 +407,22 @@ func (h *hub) presence(p *proc, payload []byte) error {
 			h.appendReplay(p.link, j, msgs, lost)
 		case ipc.OpHas:
 			h.ids.add(h.ids.hash(pr.Name), p.link)
-			if h.ev != nil {
+			if h.ev.ids {
 				h.ev.add(evIDs, pr.Name, p.link, now)
 			}
 		case ipc.OpSub:
 			h.chans.add(h.chans.hash(pr.Name), p.link)
-			if h.ev != nil {
-				h.ev.add(evChannels, pr.Name, p.link, now)
-			}
+			h.ev.add(evChannels, pr.Name, p.link, now)
 		case ipc.OpLeave:
 			h.ids.remove(h.ids.hash(pr.Name), p.link)
-			if h.ev != nil {
+			if h.ev.ids {
 				h.ev.remove(evIDs, pr.Name, p.link, pr.Reason, now)
 			}
 		case ipc.OpUnsub:
 			h.chans.remove(h.chans.hash(pr.Name), p.link)
-			if h.ev != nil {
-				h.ev.remove(evChannels, pr.Name, p.link, 0, now)
-			}
+			h.ev.remove(evChannels, pr.Name, p.link, 0, now)
 		case ipc.OpMemberJoin, ipc.OpMemberLeave:
 			h.members.note(string(pr.Channel), string(pr.Name), op == ipc.OpMemberJoin, now)
-			if h.ev == nil {
-				continue
-			}
 			if op == ipc.OpMemberJoin {
 				h.ev.add(evMembers, member(pr.Channel, pr.Name), p.link, now)
 			} else {
@@ -544,9 +536,7 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 	for _, l := range links {
 		names[l] = [2][]hashCount{h.ids.heldBy(l), h.chans.heldBy(l)}
 	}
-	if h.ev != nil {
-		st.Events = &eventsState{Tables: h.ev.export(links, h.now())}
-	}
+	st.Events = &eventsState{Tables: h.ev.export(links, h.now())}
 	return st, names
 }
 
@@ -584,7 +574,7 @@ func (h *hub) restore(st *hubState) {
 func (h *hub) eventsTick(all bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.ev != nil && !h.closed {
+	if !h.closed {
 		h.ev.tick(h.now(), all)
 	}
 }
@@ -594,7 +584,7 @@ func (h *hub) eventsTick(all bool) {
 func (h *hub) restoreEvents(st *eventsState, links map[int]linkID) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.ev != nil && st != nil {
+	if st != nil {
 		h.ev.restore(st.Tables, links, h.now())
 	}
 }

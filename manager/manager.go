@@ -77,6 +77,7 @@ type Manager struct {
 	publishRefused atomic.Uint64 // publishes answered 503: a worker was behind
 	historyReads   atomic.Uint64 // GET /history answers
 	disconnects    atomic.Uint64 // POST /disconnect answers
+	channelReads   atomic.Uint64 // GET /channels answers
 	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
 	// clientPublished / clientPubRefused: WebSocket client publishes
 	// published, and refused here (busy, or the publish failed).

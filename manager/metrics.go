@@ -30,6 +30,7 @@ var metricHelp = []struct{ name, help string }{
 	{"publish_refused_total", "Publishes answered 503 because a worker was behind on its IPC."},
 	{"history_reads_total", "GET /history answers."},
 	{"disconnects_total", "POST /disconnect answers."},
+	{"channel_reads_total", "GET /channels answers."},
 	{"worker_disconnected_total", "Client connections a worker ended for POST /disconnect."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
@@ -140,6 +141,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("publish_refused_total", float64(st.Manager.PublishRefused))
 	put("history_reads_total", float64(st.Manager.HistoryReads))
 	put("disconnects_total", float64(st.Manager.Disconnects))
+	put("channel_reads_total", float64(st.Manager.ChannelReads))
 	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))

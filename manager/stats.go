@@ -187,6 +187,7 @@ type ManagerStats struct {
 	// /disconnect's.
 	HistoryReads uint64  `json:"history_reads"`
 	Disconnects  uint64  `json:"disconnects"`
+	ChannelReads uint64  `json:"channel_reads"` // GET /channels answers
 	UptimeS      float64 `json:"uptime_s"`
 }
 
@@ -314,7 +315,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.Joins, st.Manager.ReplaysPartial, st.Manager.JoinsDeferred = hc.Joins, hc.ReplaysPartial, hc.JoinsDeferred
 	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
-	st.Manager.HistoryReads, st.Manager.Disconnects = m.historyReads.Load(), m.disconnects.Load()
+	st.Manager.HistoryReads, st.Manager.Disconnects, st.Manager.ChannelReads = m.historyReads.Load(), m.disconnects.Load(), m.channelReads.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
