@@ -38,6 +38,10 @@ const (
 	// Disconnect: end every connection of an id (POST /disconnect), and
 	// refuse it until a time. Payload: AppendDisconnect's.
 	TypeDisconnect
+	// Channel: add a channel to, or take one from, every live connection
+	// of an id (POST /subscribe, /unsubscribe). Payload: a byte (1
+	// subscribe, 0 unsubscribe), the id, the channel, as strings.
+	TypeChannel
 )
 
 // TypeHooksAnswered is made inside a worker, never sent between processes:
@@ -67,6 +71,8 @@ func (t Type) String() string {
 		return "stop"
 	case TypeDisconnect:
 		return "disconnect"
+	case TypeChannel:
+		return "channel"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

@@ -205,3 +205,20 @@ func ParseDisconnect(p []byte) (Disconnect, error) {
 	d.BanUntil = r.Uvarint()
 	return d, r.Err()
 }
+
+// AppendChannel appends a TypeChannel payload.
+func AppendChannel(dst []byte, subscribe bool, id, channel string) []byte {
+	var op byte
+	if subscribe {
+		op = 1
+	}
+	return AppendString(AppendString(append(dst, op), id), channel)
+}
+
+// ParseChannel reads a TypeChannel payload; the slices alias it.
+func ParseChannel(p []byte) (subscribe bool, id, channel []byte, err error) {
+	r := NewReader(p)
+	subscribe = r.Byte() == 1
+	id, channel = r.Bytes(), r.Bytes()
+	return subscribe, id, channel, r.Err()
+}

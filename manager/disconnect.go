@@ -150,3 +150,49 @@ func (m *Manager) tellBans(p *proc) {
 		m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDisconnect, frame) })
 	}
 }
+
+// POST /subscribe and /unsubscribe {"id":"alice","channel":"news"}: every
+// live connection of the id, on every worker, joins or leaves the channel
+// and is told its channels (worker/kick.go). The answer counts the id's
+// connections here; a repeat changes nothing.
+type channelRequest struct {
+	ID      string `json:"id"`
+	Channel string `json:"channel"`
+}
+
+func (m *Manager) handleChannel(subscribe bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req channelRequest
+		if !readAdmin(w, r, &req, `"id" and "channel"`) {
+			return
+		}
+		switch {
+		case !ipc.ValidName([]byte(req.ID)):
+			writeError(w, http.StatusBadRequest, "id: use 1 to 64 of A-Z a-z 0-9 _ -")
+			return
+		case !ipc.ValidName([]byte(req.Channel)):
+			writeError(w, http.StatusBadRequest, "channel: use 1 to 64 of A-Z a-z 0-9 _ -")
+			return
+		}
+		n := m.hub.connectionsOf(req.ID)
+		m.mu.Lock()
+		procs := m.allProcs()
+		m.mu.Unlock()
+		frame := ipc.AppendChannel(nil, subscribe, req.ID, req.Channel)
+		for _, p := range procs {
+			if !p.foreign {
+				m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeChannel, frame) })
+			}
+		}
+		m.channelChanges.Add(1)
+		m.log.Info("channel change", "subscribe", subscribe, "connections", n)
+		writeJSON(w, http.StatusOK, map[string]uint64{"connections": n})
+	}
+}
+
+// connectionsOf counts id's connections here.
+func (h *hub) connectionsOf(id string) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.ids.count(h.ids.hashString(id))
+}

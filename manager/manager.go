@@ -78,6 +78,7 @@ type Manager struct {
 	historyReads   atomic.Uint64 // GET /history answers
 	disconnects    atomic.Uint64 // POST /disconnect answers
 	channelReads   atomic.Uint64 // GET /channels answers
+	channelChanges atomic.Uint64 // POST /subscribe and /unsubscribe answers
 	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
 	// clientPublished / clientPubRefused: WebSocket client publishes
 	// published, and refused here (busy, or the publish failed).

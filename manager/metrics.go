@@ -31,7 +31,9 @@ var metricHelp = []struct{ name, help string }{
 	{"history_reads_total", "GET /history answers."},
 	{"disconnects_total", "POST /disconnect answers."},
 	{"channel_reads_total", "GET /channels answers."},
+	{"channel_changes_total", "POST /subscribe and /unsubscribe answers."},
 	{"worker_disconnected_total", "Client connections a worker ended for POST /disconnect."},
+	{"worker_channels_full_total", "Client connections POST /subscribe could not add a channel to: they had 16."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
 	{"replays_cut_total", "Joins that asked for more than comet.max_replay messages and got the newest, with a gap announced."},
 	{"joins_total", "Subscriptions answered with a replay or deferred: one per connection, one per WebSocket command that changed what it follows."},
@@ -142,6 +144,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("history_reads_total", float64(st.Manager.HistoryReads))
 	put("disconnects_total", float64(st.Manager.Disconnects))
 	put("channel_reads_total", float64(st.Manager.ChannelReads))
+	put("channel_changes_total", float64(st.Manager.ChannelChanges))
 	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))
@@ -216,6 +219,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_ws_fragment_closed_total", float64(w.WSFragmentClosed), l...)
 		put("worker_hook_failed_total", float64(w.HookFailed), l...)
 		put("worker_disconnected_total", float64(w.Disconnected), l...)
+		put("worker_channels_full_total", float64(w.ChannelsFull), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

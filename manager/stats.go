@@ -144,8 +144,10 @@ type WorkerStats struct {
 	// HookFailed: connections answered 503 because the application's hook
 	// failed, timed out or answered other than documented (hooks.*)
 	HookFailed uint64 `json:"hook_failed"`
-	// Disconnected: connections ended by POST /disconnect.
+	// Disconnected: connections ended by POST /disconnect; ChannelsFull,
+	// connections POST /subscribe could not add a channel to (they had 16).
 	Disconnected uint64 `json:"disconnected"`
+	ChannelsFull uint64 `json:"channels_full"`
 }
 
 // ManagerStats describes the manager process.
@@ -185,10 +187,12 @@ type ManagerStats struct {
 	WorkersKilled  uint64 `json:"workers_killed"`
 	// HistoryReads counts GET /history answers; Disconnects, POST
 	// /disconnect's.
-	HistoryReads uint64  `json:"history_reads"`
-	Disconnects  uint64  `json:"disconnects"`
-	ChannelReads uint64  `json:"channel_reads"` // GET /channels answers
-	UptimeS      float64 `json:"uptime_s"`
+	HistoryReads uint64 `json:"history_reads"`
+	Disconnects  uint64 `json:"disconnects"`
+	ChannelReads uint64 `json:"channel_reads"` // GET /channels answers
+	// ChannelChanges counts POST /subscribe and /unsubscribe answers.
+	ChannelChanges uint64  `json:"channel_changes"`
+	UptimeS        float64 `json:"uptime_s"`
 }
 
 // HostStats describes the machine.
@@ -316,6 +320,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Manager.HistoryReads, st.Manager.Disconnects, st.Manager.ChannelReads = m.historyReads.Load(), m.disconnects.Load(), m.channelReads.Load()
+	st.Manager.ChannelChanges = m.channelChanges.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
@@ -357,7 +362,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
-			ws.HookFailed, ws.Disconnected = c.HookFailed, c.Disconnected
+			ws.HookFailed, ws.Disconnected, ws.ChannelsFull = c.HookFailed, c.Disconnected, c.ChannelsFull
 			st.HookWaiting += c.HookWaiting
 			for k, h := range st.Hooks {
 				hk := &c.Hooks[hookIndex[k]]

@@ -117,6 +117,7 @@ func (a *aggregator) total(withHists bool) *totals {
 		t.Reconnects += s.Reconnects
 		t.Expired += s.Expired
 		t.Disconnected += s.Disconnected
+		t.ChannelNotices += s.ChannelNotices
 		t.Gaps += s.Gaps
 		t.Msgs += s.Msgs
 		t.HB += s.HB

@@ -132,6 +132,7 @@ type stats struct {
 	msgs, hb, dups, protoErrs, httpErrs int64
 	writeErrs, expired                  int64
 	disconnected                        int64 // closes the server announced for POST /disconnect
+	channelNotices                      int64 // notices of new channels (POST /subscribe)
 	gaps                                int64 // gap announcements: messages the server says may be missing
 	// -chat: publishes sent, acked, refused; deliveries owed to members
 	// (acked × its channel's members) and received.

@@ -44,7 +44,7 @@ func (e *engine) snapshot(final bool) {
 		Active: st.active, Ready: st.ready, Peak: st.peak,
 		Attempted: st.attempted, FirstOpened: st.firstOpened,
 		Opened: st.opened, Closed: st.closed, Failed: st.failed,
-		Unexpected: st.unexpected, Reconnects: st.recon, Expired: st.expired, Disconnected: st.disconnected, Gaps: st.gaps,
+		Unexpected: st.unexpected, Reconnects: st.recon, Expired: st.expired, Disconnected: st.disconnected, ChannelNotices: st.channelNotices, Gaps: st.gaps,
 		Msgs: st.msgs, HB: st.hb, Dups: st.dups,
 		ProtoErrs: st.protoErrs, HTTPErrs: st.httpErrs, WriteErrs: st.writeErrs,
 		RampStart: e.rampStart, RampEnd: e.rampEnd,

@@ -302,9 +302,10 @@ type Summary struct {
 	ConnectFailed    int64         `json:"connect_failed"`
 	ClosedUnexpected int64         `json:"closed_unexpected"`
 	Reconnects       int64         `json:"reconnects"`
-	TokensExpired    int64         `json:"tokens_expired"` // of the reconnects, the server's for an expired token
-	Disconnected     int64         `json:"disconnected"`   // connections the server ended for POST /disconnect (reconnect false: not reopened)
-	Gaps             int64         `json:"gaps"`           // gap announcements: ranges the server says may be missing
+	TokensExpired    int64         `json:"tokens_expired"`  // of the reconnects, the server's for an expired token
+	Disconnected     int64         `json:"disconnected"`    // connections the server ended for POST /disconnect (reconnect false: not reopened)
+	ChannelNotices   int64         `json:"channel_notices"` // notices of new channels (POST /subscribe, /unsubscribe)
+	Gaps             int64         `json:"gaps"`            // gap announcements: ranges the server says may be missing
 	Messages         int64         `json:"messages"`
 	Lost             int64         `json:"lost"`
 	Duplicates       int64         `json:"duplicates"`
@@ -390,7 +391,7 @@ func (r *runner) summary() int {
 	s := Summary{
 		Letter: r.o.Letter, Target: r.o.targets(), Transport: r.o.Transport,
 		Connections: r.o.N, PeakActive: t.peak,
-		ConnectFailed: t.Failed, ClosedUnexpected: t.Unexpected, Reconnects: t.Reconnects, TokensExpired: t.Expired, Disconnected: t.Disconnected, Gaps: t.Gaps,
+		ConnectFailed: t.Failed, ClosedUnexpected: t.Unexpected, Reconnects: t.Reconnects, TokensExpired: t.Expired, Disconnected: t.Disconnected, ChannelNotices: t.ChannelNotices, Gaps: t.Gaps,
 		Messages: t.Msgs, Lost: t.Lost, Duplicates: t.Dups, Heartbeats: t.HB,
 		LatencyMs:   latencyOf(&t.lat),
 		BroadcastMs: []BroadcastMs{},

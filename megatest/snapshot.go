@@ -29,13 +29,16 @@ type Snapshot struct {
 	// Disconnected: connections the server ended for POST /disconnect
 	// (announced, never unexpected).
 	Disconnected int64 `json:"disconnected"`
-	Gaps         int64 `json:"gaps"` // the server announced messages that may be missing
-	Msgs         int64 `json:"msgs"`
-	HB           int64 `json:"hb"`
-	Dups         int64 `json:"dups"`
-	ProtoErrs    int64 `json:"proto_errs"`
-	HTTPErrs     int64 `json:"http_errs"`
-	WriteErrs    int64 `json:"write_errs"`
+	// ChannelNotices: notices of a connection's new channels (POST
+	// /subscribe, /unsubscribe).
+	ChannelNotices int64 `json:"channel_notices"`
+	Gaps           int64 `json:"gaps"` // the server announced messages that may be missing
+	Msgs           int64 `json:"msgs"`
+	HB             int64 `json:"hb"`
+	Dups           int64 `json:"dups"`
+	ProtoErrs      int64 `json:"proto_errs"`
+	HTTPErrs       int64 `json:"http_errs"`
+	WriteErrs      int64 `json:"write_errs"`
 
 	Published   int64 `json:"published"`
 	PubErrors   int64 `json:"pub_errors"`

@@ -148,6 +148,8 @@ func (e *engine) sseEvent(c *conn, b []byte, now int64, idx int32) (int, error) 
 		e.st.expired++
 	case bytes.Equal(ev.event, sseDisconnect):
 		e.disconnected(c, ev.data)
+	case bytes.Equal(ev.event, sseChannels):
+		e.st.channelNotices++ // POST /subscribe changed its channels
 	case ev.dataLines > 0:
 		var m msgInfo
 		if err := scanMessage(ev.data, e.tag, &m); err != nil {
@@ -234,7 +236,11 @@ var (
 	// sseDisconnect is the SSE event's name.
 	streamDisconnect = []byte(`{"disconnect":`)
 	sseDisconnect    = []byte("disconnect")
-	noReconnect      = []byte(`"reconnect":false`)
+	// channelsNotice opens the notice of a connection's new channels
+	// (POST /subscribe, /unsubscribe); sseChannels is its SSE event.
+	channelsNotice = []byte(`{"channels":`)
+	sseChannels    = []byte("channels")
+	noReconnect    = []byte(`"reconnect":false`)
 )
 
 // chunk handles one chunk of the NDJSON stream: whole lines, each a
@@ -261,6 +267,10 @@ func (e *engine) chunk(c *conn, b []byte, now int64, idx int32) (int, error) {
 		}
 		if len(line) == 0 {
 			e.st.hb++
+			continue
+		}
+		if bytes.HasPrefix(line, channelsNotice) {
+			e.st.channelNotices++ // POST /subscribe changed its channels
 			continue
 		}
 		if bytes.HasPrefix(line, streamDisconnect) {
@@ -415,6 +425,10 @@ func (e *engine) wsFrame(idx int32, c *conn, b []byte, now int64) (int, error) {
 		// RFC 6455 §8.1: text that is not UTF-8 must fail the connection.
 		if !utf8.Valid(f.payload) {
 			return 0, errWSUTF8
+		}
+		if bytes.HasPrefix(f.payload, channelsNotice) {
+			e.st.channelNotices++ // POST /subscribe changed its channels
+			return n, nil
 		}
 		var m msgInfo
 		if err := scanMessage(f.payload, e.tag, &m); err != nil {

@@ -181,6 +181,7 @@ type summary struct {
 	Reconnects       int64   `json:"reconnects"`
 	TokensExpired    int64   `json:"tokens_expired"`
 	Disconnected     int64   `json:"disconnected"`
+	ChannelNotices   int64   `json:"channel_notices"`
 	Gaps             int64   `json:"gaps"`
 	Messages         int64   `json:"messages"`
 	Lost             int64   `json:"lost"`

@@ -108,3 +108,71 @@ func (w *Worker) banned(id []byte) (string, bool) {
 	}
 	return b.reason, true
 }
+
+// channelChange applies a TypeChannel frame (POST /subscribe or
+// /unsubscribe): every streaming connection of the id joins or leaves the
+// channel and is told its channels now ({"channels":[…]}: an SSE event, a
+// WebSocket text frame, a stream line). It joins again from its own
+// cursor, so what the channel had after the last message it got comes
+// first, with the usual replay and gap rules. A waiting long-poll changes
+// too (its next poll asks for its own channels again).
+func (w *Worker) channelChange(p []byte) {
+	subscribe, id, channel, err := ipc.ParseChannel(p)
+	if err != nil || !ipc.ValidName(id) || !ipc.ValidName(channel) {
+		w.log.Warn("ignoring a bad channel frame", "err", err)
+		return
+	}
+	add, drop := channel, []byte(nil)
+	if !subscribe {
+		add, drop = nil, channel
+	}
+	var conns []*conn
+	for cc := w.byID.get(id); cc != nil; cc = cc.inext {
+		conns = append(conns, cc)
+	}
+	for _, cc := range conns {
+		if cc.state != stStreaming && cc.state != stPolling {
+			continue
+		}
+		chans, change := w.channelsWith(cc, add, drop)
+		if change != chansChanged {
+			clear(w.q.chans[:])
+			if change == chansFull {
+				w.counts.ChannelsFull++
+			}
+			continue
+		}
+		w.rejoin(cc, cc.cursor, chans)
+		if cc.state == stStreaming {
+			w.tellChannels(cc)
+		}
+	}
+}
+
+// tellChannels writes cc's channels to it, in its transport's framing.
+func (w *Worker) tellChannels(cc *conn) {
+	b := append(w.body[:0], `{"channels":[`...)
+	if cc.x != nil {
+		for i, ch := range cc.x.channels {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(append(append(b, '"'), ch...), '"') // names need no escaping
+		}
+	}
+	b = append(b, "]}"...)
+	w.body = b
+	var out []byte
+	switch {
+	case cc.tr == trWS:
+		out = appendWSText(nil, b)
+	case cc.tr == trSSE:
+		out = append(append([]byte("event: channels\ndata: "), b...), "\n\n"...)
+	case cc.flags&fRaw != 0:
+		out = append(append([]byte(nil), b...), '\n')
+	default:
+		out = append(strconv.AppendInt(nil, int64(len(b)+1), 16), "\r\n"...)
+		out = append(append(out, b...), "\n\r\n"...)
+	}
+	w.send(cc, out)
+}

@@ -669,6 +669,8 @@ func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 		w.hooksAnswered() // park.go
 	case ipc.TypeDisconnect:
 		w.disconnect(p) // kick.go
+	case ipc.TypeChannel:
+		w.channelChange(p) // kick.go
 	case ipc.TypeDrain:
 		r := ipc.NewReader(p)
 		ms := r.Uvarint()

@@ -59,15 +59,40 @@ func (w *Worker) wsMessage(cc *conn, p []byte) {
 // add or drop; the manager answers with the replay after since, and live
 // messages wait for it as on a new connection (subs.go).
 func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
-	id := cc.id
-	if id == "" {
+	if cc.id == "" {
 		return
 	}
+	chans, change := w.channelsWith(cc, add, drop)
+	switch {
+	case change == chansSame:
+		return // nothing changes: no need to join again
+	case change == chansFull:
+		w.wsFail(cc, errWSChannels)
+		return
+	case !w.wsCommandAllowed(cc):
+		clear(w.q.chans[:])
+		w.wsFail(cc, errWSRate)
+		return
+	}
+	w.rejoin(cc, since, chans)
+}
+
+// What adding or dropping a channel does to a connection's set.
+const (
+	chansChanged = iota
+	chansSame
+	chansFull // past maxChannels
+)
+
+// channelsWith is cc's channels with add added or drop dropped (either
+// may be nil: the same set), in w.q.chans, the query scratch (no request
+// is being parsed).
+func (w *Worker) channelsWith(cc *conn, add, drop []byte) ([][]byte, int) {
 	var old []string
 	if cc.x != nil {
 		old = cc.x.channels
 	}
-	chans := w.q.chans[:0] // the query scratch: no request is being parsed
+	chans := w.q.chans[:0]
 	found := false
 	for _, ch := range old {
 		switch {
@@ -81,19 +106,19 @@ func (w *Worker) resubscribe(cc *conn, since uint64, add, drop []byte) {
 	}
 	switch {
 	case add != nil && found, drop != nil && !found:
-		return // nothing changes: no need to join again
+		return nil, chansSame
 	case add != nil:
 		if len(chans) == maxChannels {
-			w.wsFail(cc, errWSChannels)
-			return
+			return nil, chansFull
 		}
 		chans = append(chans, add)
 	}
-	if !w.wsCommandAllowed(cc) {
-		clear(w.q.chans[:])
-		w.wsFail(cc, errWSRate)
-		return
-	}
+	return chans, chansChanged
+}
+
+// rejoin registers cc for chans and joins again from since.
+func (w *Worker) rejoin(cc *conn, since uint64, chans [][]byte) {
+	id := cc.id
 	if cc.flags&fAwaiting != 0 {
 		// A join is on its way: change the registration now, and join
 		// again once its replay is in (subs.go, "Joins wait their turn").

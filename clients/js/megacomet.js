@@ -73,7 +73,7 @@ export class Megacomet {
 		return u.href;
 	}
 
-	// _go makes one attempt on the current transport.
+	// _go: one attempt on the current transport.
 	async _go() {
 		this._stop();
 		if (this.closed) return;
@@ -97,8 +97,8 @@ export class Megacomet {
 		this._pub();
 	}
 
-	// _lost: the link ended; up: it had opened; d: ms to wait, -1 for an
-	// expired token, null to back off.
+	// _lost: the link ended; up: it had opened; d: ms to wait, -1: the
+	// token expired, null: back off.
 	_lost(g, up, d) {
 		if (g != this.g || this.closed) return;
 		this.link = null;
@@ -131,11 +131,12 @@ export class Megacomet {
 		return true;
 	}
 
-	// _m takes one message; what is not past the cursor was delivered.
+	// _m: one message; one not past the cursor was delivered.
 	_m(m) {
 		if (m.gap) this._adv(m.gap.before - 1) && this._emit("gap", m.gap);
 		else if (m.id) this._adv(m.id) && this._emit("message", m);
 		else if ("cursor" in m) this._adv(m.cursor);
+		else if (m.channels) this.ch = new Set(m.channels);
 		else if ("ack" in m) this.pq[0]?.sent && this._pdone(null, m.ack);
 		else if (m.error) m.channel && this.pq[0]?.sent ? this._pdone(E(m.error)) : this._emit("error", m);
 	}
@@ -175,7 +176,7 @@ export class Megacomet {
 		throw { d: r.status == 401 ? -1 : d >= 0 ? d : null };
 	}
 
-	// _run starts an HTTP link: f reads until it ends, returning the hint.
+	// _run: an HTTP link; f reads until it ends, returning the hint.
 	_run(g, f) {
 		const a = new AbortController();
 		let up = 0;

@@ -525,3 +525,16 @@ describe("10. disconnected by the server (POST /disconnect)", () => {
     await e.never();
   });
 });
+
+describe("11. channels changed by the server (POST /subscribe)", () => {
+  test("the new set is kept for the reconnects", async t => {
+    const e = env(t);
+    await e.client({ channels: ["a"] });
+    e.ws().open();
+    e.ws().recv({ channels: ["a", "b"] });
+    e.ws().drop(1012);
+    await e.next(0);
+    assert.equal(q(e.ws().url).channels, "a,b");
+    assert.equal(e.ev.message.length, 0);
+  });
+});
