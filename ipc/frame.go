@@ -42,6 +42,9 @@ const (
 	// of an id (POST /subscribe, /unsubscribe). Payload: a byte (1
 	// subscribe, 0 unsubscribe), the id, the channel, as strings.
 	TypeChannel
+	// Revoke: refuse an id's tokens issued before a time, or one token
+	// (jti), until a time. Payload: AppendRevoke's.
+	TypeRevoke
 )
 
 // TypeHooksAnswered is made inside a worker, never sent between processes:
@@ -73,6 +76,8 @@ func (t Type) String() string {
 		return "disconnect"
 	case TypeChannel:
 		return "channel"
+	case TypeRevoke:
+		return "revoke"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

@@ -74,6 +74,9 @@ type Counts struct {
 	// ChannelsFull counts connections POST /subscribe could not add a
 	// channel to: they had 16.
 	ChannelsFull uint64
+	// Revoked counts connections ended because POST /revoke revoked
+	// their id's tokens.
+	Revoked uint64
 	// Hooks: per hook (connect, subscribe, publish), after the fields
 	// above.
 	Hooks [3]HookCounts
@@ -95,11 +98,11 @@ func (h *HookCounts) fields() [18]*uint64 {
 	return f
 }
 
-func (c *Counts) fields() [29]*uint64 {
+func (c *Counts) fields() [30]*uint64 {
 	return [...]*uint64{&c.Conns, &c.Accepted, &c.Refused, &c.MessagesOut, &c.SlowConsumers, &c.Heartbeats, &c.Requests, &c.BadRequests, &c.HeapBytes, &c.GoBytes,
 		&c.SilentClosed, &c.LoopLagMs, &c.TicksOverBudget, &c.FanOutPauses,
 		&c.AuthRefused, &c.TokensExpired, &c.ReplaysPaced, &c.GapsAnnounced, &c.HeadersTooLarge, &c.HeaderTimeouts, &c.PerIPRefused, &c.KeepaliveClosed, &c.WSControlLimited, &c.ProxyRejected,
-		&c.WSFragmentClosed, &c.HookFailed, &c.HookWaiting, &c.Disconnected, &c.ChannelsFull}
+		&c.WSFragmentClosed, &c.HookFailed, &c.HookWaiting, &c.Disconnected, &c.ChannelsFull, &c.Revoked}
 }
 
 // AppendCounts appends a Counts frame.

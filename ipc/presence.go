@@ -222,3 +222,36 @@ func ParseChannel(p []byte) (subscribe bool, id, channel []byte, err error) {
 	id, channel = r.Bytes(), r.Bytes()
 	return subscribe, id, channel, r.Err()
 }
+
+// Revoke is a TypeRevoke payload: with ID, the id's tokens issued before
+// Before (unix seconds); with JTI, the token of that jti; either refused
+// until Until.
+type Revoke struct {
+	ID     string `json:"id,omitempty"`
+	JTI    string `json:"jti,omitempty"`
+	Before int64  `json:"before,omitempty"`
+	Until  int64  `json:"until"`
+	// End: the id's live connections end too (POST /revoke); not when a
+	// worker that starts is told what is in force.
+	End bool `json:"-"`
+}
+
+// AppendRevoke appends a TypeRevoke payload.
+func AppendRevoke(dst []byte, r *Revoke) []byte {
+	dst = AppendString(AppendString(dst, r.ID), r.JTI)
+	dst = AppendUvarint(AppendUvarint(dst, uint64(r.Before)), uint64(r.Until))
+	var end byte
+	if r.End {
+		end = 1
+	}
+	return append(dst, end)
+}
+
+// ParseRevoke reads a TypeRevoke payload.
+func ParseRevoke(p []byte) (Revoke, error) {
+	r := NewReader(p)
+	v := Revoke{ID: string(r.Bytes()), JTI: string(r.Bytes())}
+	v.Before, v.Until = int64(r.Uvarint()), int64(r.Uvarint())
+	v.End = r.Byte() == 1
+	return v, r.Err()
+}

@@ -20,6 +20,11 @@ type WorkerConfig struct {
 	// connection starts from the newest id the worker has seen (the
 	// manager tells every worker of each new one).
 	SeqIDs bool `json:"seq_ids,omitempty"`
+	// Bans and Revocations in force (POST /disconnect, /revoke), so the
+	// worker refuses what it must from its first connection; later ones
+	// come as frames.
+	Bans        []Disconnect `json:"bans,omitempty"`
+	Revocations []Revoke     `json:"revocations,omitempty"`
 }
 
 // WorkerFD is the descriptor a worker finds its IPC socket on.

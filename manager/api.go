@@ -36,6 +36,8 @@ func (m *Manager) apiHandler() http.Handler {
 	mux.HandleFunc("GET /channels", m.handleChannels)
 	mux.HandleFunc("POST /subscribe", m.handleChannel(true))
 	mux.HandleFunc("POST /unsubscribe", m.handleChannel(false))
+	mux.HandleFunc("POST /revoke", m.handleRevoke)
+	mux.HandleFunc("GET /revoke", m.handleRevocations)
 	mux.HandleFunc("GET /status/events", m.handleStatusEvents)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -143,14 +143,6 @@ func (h *hub) bansInForce() []ipc.Disconnect {
 	return out
 }
 
-// tellBans gives a worker that just started the bans in force.
-func (m *Manager) tellBans(p *proc) {
-	for _, d := range m.hub.bansInForce() {
-		frame := ipc.AppendDisconnect(nil, &d)
-		m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDisconnect, frame) })
-	}
-}
-
 // POST /subscribe and /unsubscribe {"id":"alice","channel":"news"}: every
 // live connection of the id, on every worker, joins or leaves the channel
 // and is told its channels (worker/kick.go). The answer counts the id's

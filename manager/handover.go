@@ -334,10 +334,15 @@ func (m *Manager) receiveHandover(f *os.File) error {
 		m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDrain, drain) })
 	}
 	m.mu.Lock()
-	procs := m.allProcs()
+	var ours []*proc
+	for _, s := range m.slots {
+		if s.proc != nil && s.proc.state != stateExited {
+			ours = append(ours, s.proc)
+		}
+	}
 	m.mu.Unlock()
-	for _, p := range procs {
-		m.tellBans(p) // ours started before the bans came
+	for _, p := range ours {
+		m.tellState(p) // they started before the bans and revocations came
 	}
 	if st.Hub.Events != nil {
 		m.hub.restoreEvents(st.Hub.Events, adopted)

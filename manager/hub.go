@@ -70,8 +70,10 @@ type hub struct {
 	// ev counts channels (and members) by name, for GET /channels, and
 	// with hooks.events on ids too, and tells the events (events.go).
 	ev *events
-	// bans are POST /disconnect's bans in force, by id (disconnect.go).
+	// bans are POST /disconnect's bans in force, by id (disconnect.go);
+	// revs, POST /revoke's revocations (revoke.go).
 	bans    map[string]ipc.Disconnect
+	revs    map[string]ipc.Revoke
 	members *members // of the comet.presence_events channels (members.go)
 }
 
@@ -488,6 +490,8 @@ type hubState struct {
 	// Bans: POST /disconnect's bans (they outlive a reload and a
 	// restart; each ends by itself).
 	Bans []ipc.Disconnect `json:"bans,omitempty"`
+	// Revocations: POST /revoke's (also in manager.state_dir).
+	Revocations []ipc.Revoke `json:"revocations,omitempty"`
 }
 
 type stateKey struct {
@@ -519,6 +523,9 @@ func (h *hub) snapshot(links []linkID) (hubState, map[linkID][2][]hashCount) {
 		Forgotten: h.hist.forgotten, Horizon: h.hist.horizon, Dropped: h.hist.droppedMarks(), Members: h.members.conns}
 	for _, d := range h.bans {
 		st.Bans = append(st.Bans, d)
+	}
+	for _, v := range h.revs {
+		st.Revocations = append(st.Revocations, v)
 	}
 	for _, m := range h.hist.fifo[h.hist.fifoOff:] {
 		if m.body == nil {
@@ -565,6 +572,12 @@ func (h *hub) restore(st *hubState) {
 			h.bans = make(map[string]ipc.Disconnect)
 		}
 		h.bans[d.ID] = d
+	}
+	for _, v := range st.Revocations {
+		if h.revs == nil {
+			h.revs = make(map[string]ipc.Revoke)
+		}
+		h.revs[revocationKey(&v)] = v
 	}
 	h.hist.setDropped(st.Dropped, h.now())
 }

@@ -79,6 +79,8 @@ type Manager struct {
 	disconnects    atomic.Uint64 // POST /disconnect answers
 	channelReads   atomic.Uint64 // GET /channels answers
 	channelChanges atomic.Uint64 // POST /subscribe and /unsubscribe answers
+	revokes        atomic.Uint64 // POST /revoke answers
+	revMu          sync.Mutex    // one writer of revocations.json at a time
 	workersKilled  atomic.Uint64 // workers killed for not reading their IPC
 	// clientPublished / clientPubRefused: WebSocket client publishes
 	// published, and refused here (busy, or the publish failed).
@@ -156,6 +158,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		return err
 	}
 	if err := m.startIDs(); err != nil {
+		return err
+	}
+	if err := m.loadRevocations(); err != nil { // revoke.go
 		return err
 	}
 	if err := m.startCluster(); err != nil {

@@ -32,6 +32,8 @@ var metricHelp = []struct{ name, help string }{
 	{"disconnects_total", "POST /disconnect answers."},
 	{"channel_reads_total", "GET /channels answers."},
 	{"channel_changes_total", "POST /subscribe and /unsubscribe answers."},
+	{"revokes_total", "POST /revoke answers."},
+	{"worker_revoked_total", "Client connections a worker ended because POST /revoke revoked their id's tokens."},
 	{"worker_disconnected_total", "Client connections a worker ended for POST /disconnect."},
 	{"worker_channels_full_total", "Client connections POST /subscribe could not add a channel to: they had 16."},
 	{"workers_killed_total", "Workers killed for not reading their IPC."},
@@ -145,6 +147,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 	put("disconnects_total", float64(st.Manager.Disconnects))
 	put("channel_reads_total", float64(st.Manager.ChannelReads))
 	put("channel_changes_total", float64(st.Manager.ChannelChanges))
+	put("revokes_total", float64(st.Manager.Revokes))
 	put("workers_killed_total", float64(st.Manager.WorkersKilled))
 	put("ids", float64(st.IDs))
 	put("channels", float64(st.Channels))
@@ -220,6 +223,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("worker_hook_failed_total", float64(w.HookFailed), l...)
 		put("worker_disconnected_total", float64(w.Disconnected), l...)
 		put("worker_channels_full_total", float64(w.ChannelsFull), l...)
+		put("worker_revoked_total", float64(w.Revoked), l...)
 		put("worker_refused_total", float64(w.Refused), l...)
 	}
 }

@@ -148,6 +148,9 @@ type WorkerStats struct {
 	// connections POST /subscribe could not add a channel to (they had 16).
 	Disconnected uint64 `json:"disconnected"`
 	ChannelsFull uint64 `json:"channels_full"`
+	// Revoked: connections ended because POST /revoke revoked their id's
+	// tokens.
+	Revoked uint64 `json:"revoked"`
 }
 
 // ManagerStats describes the manager process.
@@ -191,8 +194,10 @@ type ManagerStats struct {
 	Disconnects  uint64 `json:"disconnects"`
 	ChannelReads uint64 `json:"channel_reads"` // GET /channels answers
 	// ChannelChanges counts POST /subscribe and /unsubscribe answers.
-	ChannelChanges uint64  `json:"channel_changes"`
-	UptimeS        float64 `json:"uptime_s"`
+	ChannelChanges uint64 `json:"channel_changes"`
+	// Revokes counts POST /revoke answers.
+	Revokes uint64  `json:"revokes"`
+	UptimeS float64 `json:"uptime_s"`
 }
 
 // HostStats describes the machine.
@@ -320,7 +325,7 @@ func (m *Manager) Snapshot() Stats {
 	st.Manager.PresenceAnnounced, st.Manager.PresenceHeld = hc.PresenceAnnounced, hc.PresenceHeld
 	st.Manager.PublishRefused, st.Manager.WorkersKilled = m.publishRefused.Load(), m.workersKilled.Load()
 	st.Manager.HistoryReads, st.Manager.Disconnects, st.Manager.ChannelReads = m.historyReads.Load(), m.disconnects.Load(), m.channelReads.Load()
-	st.Manager.ChannelChanges = m.channelChanges.Load()
+	st.Manager.ChannelChanges, st.Manager.Revokes = m.channelChanges.Load(), m.revokes.Load()
 	st.Listen, st.API, st.Generation = m.listen, m.apiAddr, m.gen
 	st.Cluster = m.clusterStats()
 
@@ -362,7 +367,7 @@ func (m *Manager) Snapshot() Stats {
 			ws.PerIPRefused, ws.ProxyRejected = c.PerIPRefused, c.ProxyRejected
 			ws.KeepaliveClosed = c.KeepaliveClosed
 			ws.WSControlLimited, ws.WSFragmentClosed = c.WSControlLimited, c.WSFragmentClosed
-			ws.HookFailed, ws.Disconnected, ws.ChannelsFull = c.HookFailed, c.Disconnected, c.ChannelsFull
+			ws.HookFailed, ws.Disconnected, ws.ChannelsFull, ws.Revoked = c.HookFailed, c.Disconnected, c.ChannelsFull, c.Revoked
 			st.HookWaiting += c.HookWaiting
 			for k, h := range st.Hooks {
 				hk := &c.Hooks[hookIndex[k]]

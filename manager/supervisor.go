@@ -179,7 +179,8 @@ func (m *Manager) spawn(s *slot) (*proc, error) {
 	opts := m.opts
 	opts.API.Token = "" // a worker never uses it: it does not go where it is not needed
 	cfg, _ := json.Marshal(ipc.WorkerConfig{Slot: s.idx, Generation: m.gen, CPU: s.cpu, Listen: m.listen, Options: opts,
-		LastID: max(m.hub.last(), m.clusterLast()), IDClockUs: m.skew.Microseconds(), SeqIDs: m.cluster != nil})
+		LastID: max(m.hub.last(), m.clusterLast()), IDClockUs: m.skew.Microseconds(), SeqIDs: m.cluster != nil,
+		Bans: m.hub.bansInForce(), Revocations: m.hub.revocationsInForce()})
 	p.out.Append(func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeConfig, cfg) })
 	s.proc = p
 	m.startLink(p, nil)
@@ -358,7 +359,6 @@ func (m *Manager) handleFrame(p *proc, t ipc.Type, payload []byte) {
 			return
 		}
 		close(p.readyc)
-		m.tellBans(p)
 		m.log.Info("worker ready", "slot", p.slot.idx, "pid", p.pid, "cpu", p.slot.cpu, "max_conns", h.MaxConns)
 	case ipc.TypeCounts:
 		c, err := ipc.DecodeCounts(payload)

@@ -62,6 +62,10 @@ func (w *Worker) authorize(cc *conn, r *request, q *query, id []byte, tr transpo
 		w.refuse(cc, r.origin, err.(*auth.Refusal), 0)
 		return grant{}, false
 	}
+	if w.isRevoked(id, claims) { // kick.go
+		w.refuse(cc, r.origin, errRevoked, 0)
+		return grant{}, false
+	}
 	for _, ch := range q.channels() {
 		if !claims.Allows(string(ch)) && !w.hooks.On(hooks.Subscribe) { // else the subscribe hook decides (park.go)
 			w.refuse(cc, r.origin, auth.ChannelRefused(string(ch)), 0)

@@ -37,10 +37,7 @@ func (w *Worker) disconnect(p []byte) {
 		return
 	}
 	if int64(d.BanUntil) > time.Now().Unix() {
-		if w.bans == nil {
-			w.bans = make(map[string]ban)
-		}
-		w.bans[d.ID] = ban{int64(d.BanUntil), d.Reason}
+		w.inForce([]ipc.Disconnect{d}, nil)
 	}
 	var conns []*conn
 	for cc := w.byID.getString(d.ID); cc != nil; cc = cc.inext {
@@ -175,4 +172,90 @@ func (w *Worker) tellChannels(cc *conn) {
 		out = append(append(out, b...), "\n\r\n"...)
 	}
 	w.send(cc, out)
+}
+
+// errRevoked answers a token POST /revoke revoked: 401, so a client asks
+// its application for a new one.
+var errRevoked = &auth.Refusal{Status: 401, Reason: "token revoked"}
+
+// revocations are the tokens POST /revoke refused, until they end: an id's
+// tokens issued before a time, and single tokens by jti.
+type revocations struct {
+	byID  map[string]ipc.Revoke
+	byJTI map[string]ipc.Revoke
+}
+
+// revoke applies a TypeRevoke frame: the revocation is kept, and an id's
+// live connections end as an expired token's do (their clients come back
+// with a new token, which passes if it is newer). A revoked jti's live
+// connection is not known here: it is refused from its next connect.
+func (w *Worker) revoke(p []byte) {
+	r, err := ipc.ParseRevoke(p)
+	if err != nil {
+		w.log.Warn("ignoring a bad revoke frame", "err", err)
+		return
+	}
+	w.inForce(nil, []ipc.Revoke{r})
+	if r.JTI != "" || !r.End {
+		return
+	}
+	var conns []*conn
+	for cc := w.byID.getString(r.ID); cc != nil; cc = cc.inext {
+		conns = append(conns, cc)
+	}
+	for _, cc := range conns {
+		if cc.state == stStreaming || cc.state == stPolling {
+			w.counts.Revoked++
+			w.endExpired(cc) // authz.go
+		}
+	}
+}
+
+// isRevoked reports whether a verified token for id was revoked.
+func (w *Worker) isRevoked(id []byte, c *auth.Claims) bool {
+	if w.revoked.byID == nil && w.revoked.byJTI == nil {
+		return false
+	}
+	now := time.Now().Unix()
+	if r, ok := w.revoked.byID[string(id)]; ok {
+		if now >= r.Until {
+			delete(w.revoked.byID, string(id))
+		} else if c.IssuedAt == nil || c.IssuedAt.Unix() < r.Before {
+			return true
+		}
+	}
+	if c.ID != "" {
+		if r, ok := w.revoked.byJTI[c.ID]; ok {
+			if now >= r.Until {
+				delete(w.revoked.byJTI, c.ID)
+			} else {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// inForce takes the bans and revocations the manager had when it started
+// this worker.
+func (w *Worker) inForce(bans []ipc.Disconnect, revs []ipc.Revoke) {
+	for _, d := range bans {
+		if w.bans == nil {
+			w.bans = make(map[string]ban)
+		}
+		w.bans[d.ID] = ban{int64(d.BanUntil), d.Reason}
+	}
+	for _, r := range revs {
+		if r.JTI != "" {
+			if w.revoked.byJTI == nil {
+				w.revoked.byJTI = make(map[string]ipc.Revoke)
+			}
+			w.revoked.byJTI[r.JTI] = r
+		} else {
+			if w.revoked.byID == nil {
+				w.revoked.byID = make(map[string]ipc.Revoke)
+			}
+			w.revoked.byID[r.ID] = r
+		}
+	}
 }

@@ -123,8 +123,9 @@ type Worker struct {
 	// bye is why the connection being ended now goes (its OpBye), set
 	// around the call that ends it; ByeClosed otherwise.
 	bye ipc.Reason
-	// bans are the ids refused until a time (kick.go).
+	// bans are the ids refused until a time; revoked, the tokens (kick.go).
 	bans        map[string]ban
+	revoked     revocations
 	presFlushed time.Duration
 	tickQuiet   time.Duration          // the period when quiet (tickQuiet or less)
 	ticks       atomic.Uint32          // onTick calls, for tests
@@ -271,6 +272,7 @@ func (w *Worker) initComet() {
 	w.byChan = make(map[string]map[*conn]struct{})
 	w.awaiting = make(map[uint32]awaiter)
 	w.lastSeen = w.cfg.LastID
+	w.inForce(w.cfg.Bans, w.cfg.Revocations) // kick.go
 	if o.Server.MaxConnsPerIP > 0 || o.Hooks.Deciding() {
 		// Hooks are told the client's address: kept as for the cap.
 		w.perIP = make(map[netip.Addr]uint32)
@@ -671,6 +673,8 @@ func (w *Worker) handleFrame(t ipc.Type, p []byte) {
 		w.disconnect(p) // kick.go
 	case ipc.TypeChannel:
 		w.channelChange(p) // kick.go
+	case ipc.TypeRevoke:
+		w.revoke(p) // kick.go
 	case ipc.TypeDrain:
 		r := ipc.NewReader(p)
 		ms := r.Uvarint()
