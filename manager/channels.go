@@ -3,7 +3,6 @@ package manager
 import (
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/megacomet/megacomet/ipc"
@@ -53,14 +52,9 @@ func (m *Manager) handleChannels(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "after: a channel name, 1 to 64 of A-Z a-z 0-9 _ -")
 		return
 	}
-	limit := channelsLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > channelsLimitMax {
-			writeError(w, http.StatusBadRequest, "limit must be 1 to 10000")
-			return
-		}
-		limit = n
+	limit, ok := pageLimit(w, q.Get("limit"), channelsLimit, channelsLimitMax) // historyapi.go
+	if !ok {
+		return
 	}
 	page, more := m.hub.channelsPage(prefix, after, limit)
 	if page == nil {

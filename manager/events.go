@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 	"time"
@@ -166,17 +167,7 @@ func (e *events) dropLink(l linkID, now time.Time) {
 			}
 		}
 	}
-	slices.SortStableFunc(e.lingering[e.lhead:], func(a, b evLinger) int { return compareInt64(a.at, b.at) })
-}
-
-func compareInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	slices.SortStableFunc(e.lingering[e.lhead:], func(a, b evLinger) int { return cmp.Compare(a.at, b.at) })
 }
 
 // tick tells the departures whose linger is over at now (all of them
@@ -313,7 +304,7 @@ func (e *events) restore(tables [3][]evEntry, links map[int]linkID, now time.Tim
 			}
 		}
 	}
-	slices.SortStableFunc(e.lingering[e.lhead:], func(a, b evLinger) int { return compareInt64(a.at, b.at) })
+	slices.SortStableFunc(e.lingering[e.lhead:], func(a, b evLinger) int { return cmp.Compare(a.at, b.at) })
 }
 
 // eventsEvery is how often lingering departures are looked at.

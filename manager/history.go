@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strings"
@@ -344,6 +345,12 @@ func (h *history) sweep(now time.Time) {
 // has no ring left but rings were forgotten past the cursor, or the cursor
 // is from before this history began (a restart).
 func (h *history) replay(id string, channels []string, since uint64) (out []*message, lost bool) {
+	return h.read(id, channels, true, since)
+}
+
+// read is replay's walk, of id's ring (none for ""), channels' and, with
+// bcast, the broadcasts'; GET /history reads one ring with it.
+func (h *history) read(id string, channels []string, bcast bool, since uint64) (out []*message, lost bool) {
 	lost = since < h.horizon
 	read := func(r *ring) {
 		if r == nil {
@@ -353,23 +360,19 @@ func (h *history) replay(id string, channels []string, since uint64) (out []*mes
 		lost = lost || since < r.dropped
 		out = r.after(out, since)
 	}
-	read(h.byID[id])
+	if id != "" {
+		read(h.byID[id])
+	}
 	for _, ch := range channels {
 		read(h.byChan[ch])
 		if r := h.byPres[ch]; r != nil {
 			out = r.after(out, since)
 		}
 	}
-	read(&h.bcast)
-	slices.SortFunc(out, func(a, b *message) int {
-		switch {
-		case a.id < b.id:
-			return -1
-		case a.id > b.id:
-			return 1
-		}
-		return 0
-	})
+	if bcast {
+		read(&h.bcast)
+	}
+	slices.SortFunc(out, func(a, b *message) int { return cmp.Compare(a.id, b.id) })
 	// A message to several ids the client holds, or on two of its
 	// channels, appears once.
 	return slices.CompactFunc(out, func(a, b *message) bool { return a.id == b.id }), lost

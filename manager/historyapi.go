@@ -2,8 +2,8 @@ package manager
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 
 	"github.com/megacomet/megacomet/ipc"
@@ -42,26 +42,11 @@ func (h *hub) historyOf(id, channel string, since uint64, hasSince bool, limit i
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.hist.expire(h.now())
-	hist := h.hist
-	var msgs []*message
-	lost := since < hist.horizon
-	read := func(r *ring) {
-		if r == nil {
-			lost = lost || since < hist.forgotten
-			return
-		}
-		lost = lost || since < r.dropped
-		msgs = r.after(msgs, since)
-	}
+	var chans []string
 	if channel != "" {
-		read(hist.byChan[channel])
-		if r := hist.byPres[channel]; r != nil {
-			msgs = r.after(msgs, since)
-		}
-	} else {
-		read(hist.byID[id])
+		chans = []string{channel}
 	}
-	slices.SortFunc(msgs, func(a, b *message) int { return compareUint64(a.id, b.id) })
+	msgs, lost := h.hist.read(id, chans, false, since)
 	page := historyPage{Messages: make([]json.RawMessage, 0, min(len(msgs), limit))}
 	if hasSince && lost {
 		g := &gapObject{After: since, Before: h.lastID + 1}
@@ -77,16 +62,6 @@ func (h *hub) historyOf(id, channel string, since uint64, hasSince bool, limit i
 		page.Messages = append(page.Messages, json.RawMessage(m.body))
 	}
 	return page
-}
-
-func compareUint64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // handleHistory serves GET /history.
@@ -111,15 +86,24 @@ func (m *Manager) handleHistory(w http.ResponseWriter, r *http.Request) {
 		}
 		since = n
 	}
-	limit := historyLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > historyLimitMax {
-			writeError(w, http.StatusBadRequest, "limit must be 1 to 10000")
-			return
-		}
-		limit = n
+	limit, ok := pageLimit(w, q.Get("limit"), historyLimit, historyLimitMax)
+	if !ok {
+		return
 	}
 	m.historyReads.Add(1)
 	writeJSON(w, http.StatusOK, m.hub.historyOf(id, ch, since, hasSince, limit))
+}
+
+// pageLimit reads a ?limit= (def when empty, 1 to most); it answers the
+// error itself.
+func pageLimit(w http.ResponseWriter, s string, def, most int) (int, bool) {
+	if s == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > most {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("limit must be 1 to %d", most))
+		return 0, false
+	}
+	return n, true
 }

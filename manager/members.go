@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -131,7 +132,7 @@ func (ms *members) take(now time.Time) []announcement {
 		if c := ms.pending[a].since.Compare(ms.pending[b].since); c != 0 {
 			return c
 		}
-		return compareStrings(a, b)
+		return cmp.Compare(a, b)
 	})
 	if len(ready) > maxAnnouncements {
 		ms.held += uint64(len(ready) - maxAnnouncements)
@@ -164,18 +165,8 @@ func (ms *members) take(now time.Time) []announcement {
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b announcement) int { return compareStrings(a.channel, b.channel) })
+	slices.SortFunc(out, func(a, b announcement) int { return cmp.Compare(a.channel, b.channel) })
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // presenceData is {"presence":{"join":"ID"}} for one change, and for more

@@ -20,7 +20,6 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/megacomet/megacomet/internal/testutil"
-	"github.com/megacomet/megacomet/manager"
 )
 
 // Events (hooks.events): an application of the test's own (an httptest
@@ -300,12 +299,7 @@ func TestEventsAcrossReloadAndWorkerKill(t *testing.T) {
 	st := waitHeld(t, s, n, 3*time.Minute)
 	victim := st.Workers[0]
 	syscall.Kill(victim.PID, syscall.SIGKILL)
-	s.WaitStats(t, time.Minute, func(now manager.Stats) error {
-		if w := now.Workers[0]; w.PID == victim.PID || w.State != "ready" || now.Connections != n {
-			return fmt.Errorf("slot 0 pid %d %s, %d connections", w.PID, w.State, now.Connections)
-		}
-		return nil
-	})
+	waitReplaced(t, s, victim, n)
 	_, sum := load.stop(t, 2*time.Minute)
 	if sum.Lost != 0 || sum.Duplicates != 0 {
 		t.Errorf("megatest: lost %d, duplicates %d", sum.Lost, sum.Duplicates)

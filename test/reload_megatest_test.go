@@ -73,12 +73,7 @@ func TestMegatestAcrossWorkerKill(t *testing.T) {
 	load.waitMessages(t, 300)
 	victim := st.Workers[0]
 	syscall.Kill(victim.PID, syscall.SIGKILL)
-	s.WaitStats(t, time.Minute, func(now manager.Stats) error {
-		if w := now.Workers[0]; w.PID == victim.PID || w.State != "ready" || now.Connections != n {
-			return fmt.Errorf("slot 0 pid %d %s, %d connections", w.PID, w.State, now.Connections)
-		}
-		return nil
-	})
+	waitReplaced(t, s, victim, n)
 	waitHeld(t, s, n, 3*time.Minute)
 	_, sum := load.stop(t, 2*time.Minute)
 	t.Logf("megatest: %+v", sum)
@@ -110,4 +105,16 @@ func TestReloadAcrossIPCVersions(t *testing.T) {
 		t.Errorf("the new manager did not say it met another IPC version:\n%s", log)
 	}
 	waitGone(t, first)
+}
+
+// waitReplaced waits until slot 0's killed worker (victim) is replaced
+// and the server holds n connections again.
+func waitReplaced(t *testing.T, s *testutil.Server, victim manager.WorkerStats, n uint64) {
+	t.Helper()
+	s.WaitStats(t, time.Minute, func(now manager.Stats) error {
+		if w := now.Workers[0]; w.PID == victim.PID || w.State != "ready" || now.Connections != n {
+			return fmt.Errorf("slot 0 pid %d %s, %d connections", w.PID, w.State, now.Connections)
+		}
+		return nil
+	})
 }
