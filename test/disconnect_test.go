@@ -205,10 +205,14 @@ func TestDisconnectBadRequests(t *testing.T) {
 // told not to come back stays away, the other comes back.
 func TestDisconnectMegatest(t *testing.T) {
 	s := testutil.Start(t, map[string]string{"server": "workers = 2"})
-	for _, tr := range []string{"sse", "ws", "stream"} {
-		letter := "d" + tr
-		load := runMegatest(t, s, letter, "-n", "10", "-transport", tr)
-		waitHeld(t, s, 10, time.Minute)
+	trs := []string{"sse", "ws", "stream"}
+	loads := map[string]*megatestRun{}
+	for _, tr := range trs {
+		loads[tr] = runMegatest(t, s, "d"+tr, "-n", "10", "-transport", tr)
+	}
+	waitHeld(t, s, 10*len(trs), time.Minute)
+	for _, tr := range trs {
+		letter, load := "d"+tr, loads[tr]
 		for _, body := range []string{`{"id":"` + letter + `0"}`, `{"id":"` + letter + `1","reconnect":false}`} {
 			if code, got := adminPost(t, s.API, "/disconnect", body); code != 200 || !strings.Contains(got, `"disconnected":1`) {
 				t.Fatalf("%s: %d %s", body, code, got)
@@ -220,10 +224,11 @@ func TestDisconnectMegatest(t *testing.T) {
 			}
 			return nil
 		})
-		_, sum := load.stop(t, time.Minute)
+	}
+	for _, tr := range trs {
+		_, sum := loads[tr].stop(t, time.Minute)
 		if sum.Disconnected != 2 || sum.ClosedUnexpected != 0 || sum.ConnectFailed != 0 {
 			t.Errorf("%s: megatest disconnected %d, closed_unexpected %d, connect_failed %d; want 2, 0, 0", tr, sum.Disconnected, sum.ClosedUnexpected, sum.ConnectFailed)
 		}
-		waitHeld(t, s, 0, time.Minute)
 	}
 }

@@ -272,7 +272,7 @@ func TestEventsAcrossReloadAndWorkerKill(t *testing.T) {
 	a := startEventApp(t)
 	// A client of the killed worker reconnects well within the linger,
 	// even on a slow machine: it never left.
-	s := eventServer(t, a, 2, "10s")
+	s := eventServer(t, a, 2, "6s")
 	const n = 300
 	load := runMegatest(t, s, "e", "-n", fmt.Sprint(n), "-channels", "3", "-pub", "100")
 	waitHeld(t, s, n, 3*time.Minute)
