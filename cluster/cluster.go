@@ -73,6 +73,8 @@ type Node struct {
 	ready   chan struct{} // closed once it is
 	closing chan struct{}
 
+	ctl control // control.go
+
 	mu      sync.Mutex
 	lastErr string
 	// onReconnect restarts the reader after NATS reconnects: pulls in

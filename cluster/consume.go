@@ -347,6 +347,9 @@ type Stats struct {
 	ReaderRestarts uint64 `json:"reader_restarts"` // readers started again for making no progress
 	Foreign        uint64 `json:"foreign"`         // stream messages megacomet did not write, skipped
 	LastError      string `json:"last_error,omitempty"`
+	// Peers: the other megacomet processes heard from (control.go), the
+	// answers an operator's action waits for.
+	Peers int `json:"peers"`
 }
 
 // Stats reads the link's state without I/O.
@@ -375,5 +378,6 @@ func (n *Node) Stats() Stats {
 	n.mu.Lock()
 	st.LastError = n.lastErr
 	n.mu.Unlock()
+	st.Peers = n.Peers()
 	return st
 }

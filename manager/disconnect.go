@@ -99,19 +99,16 @@ func (m *Manager) handleDisconnect(w http.ResponseWriter, r *http.Request) {
 	if req.Ban > 0 {
 		d.BanUntil = uint64(time.Now().Unix() + req.Ban)
 	}
-	n := m.hub.disconnect(&d)
-	m.mu.Lock()
-	procs := m.allProcs()
-	m.mu.Unlock()
-	frame := ipc.AppendDisconnect(nil, &d)
-	for _, p := range procs {
-		if !p.foreign {
-			m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeDisconnect, frame) })
-		}
+	out, err := m.actEverywhere(&action{Disconnect: &d}) // control.go
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
 	m.disconnects.Add(1)
-	m.log.Info("disconnect", "connections", n, "reconnect", d.Reconnect, "ban_s", req.Ban)
-	writeJSON(w, http.StatusOK, map[string]uint64{"disconnected": n})
+	m.log.Info("disconnect", "connections", out["connections"], "reconnect", d.Reconnect, "ban_s", req.Ban)
+	out["disconnected"] = out["connections"]
+	delete(out, "connections")
+	writeJSON(w, http.StatusOK, out)
 }
 
 // disconnect counts id's connections here and keeps d's ban.
@@ -166,19 +163,14 @@ func (m *Manager) handleChannel(subscribe bool) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, "channel: use 1 to 64 of A-Z a-z 0-9 _ -")
 			return
 		}
-		n := m.hub.connectionsOf(req.ID)
-		m.mu.Lock()
-		procs := m.allProcs()
-		m.mu.Unlock()
-		frame := ipc.AppendChannel(nil, subscribe, req.ID, req.Channel)
-		for _, p := range procs {
-			if !p.foreign {
-				m.tell(p, func(dst []byte) []byte { return ipc.AppendFrame(dst, ipc.TypeChannel, frame) })
-			}
+		out, err := m.actEverywhere(&action{Channel: &channelAction{ID: req.ID, Channel: req.Channel, Subscribe: subscribe}})
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
 		}
 		m.channelChanges.Add(1)
-		m.log.Info("channel change", "subscribe", subscribe, "connections", n)
-		writeJSON(w, http.StatusOK, map[string]uint64{"connections": n})
+		m.log.Info("channel change", "subscribe", subscribe, "connections", out["connections"])
+		writeJSON(w, http.StatusOK, out)
 	}
 }
 

@@ -261,6 +261,7 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 		}
 		serve()
 	}
+	m.startControl() // control.go
 	if m.events != nil {
 		m.startEvents(stop)
 		defer m.stopEvents()
@@ -306,6 +307,9 @@ func Run(opts config.Options, cfgPath string, log *slog.Logger) error {
 			}
 			if err := m.handOver(sock); err != nil {
 				m.log.Error("hand-over failed: the new manager starts without this one's workers", "err", err)
+			}
+			if m.cluster != nil {
+				m.cluster.StopControl() // the new manager answers the other nodes
 			}
 			return nil
 		}

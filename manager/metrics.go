@@ -84,6 +84,7 @@ var metricHelp = []struct{ name, help string }{
 	{"cluster_published_total", "Messages this node published into the cluster stream."},
 	{"cluster_publish_errors_total", "Publishes this node answered 503 because JetStream did not take them."},
 	{"cluster_disconnects_total", "Times this node lost its NATS connection."},
+	{"cluster_peers", "Other megacomet nodes heard from in the last 3 s: the answers an operator's action waits for."},
 	{"hook_calls_total", "Calls to the application's hook, answers from hooks.cache included."},
 	{"hook_allowed_total", "Hook answers that allowed."},
 	{"hook_denied_total", "Hook answers that refused: the client got 403 (or an error frame)."},
@@ -172,6 +173,7 @@ func (mt *metrics) Collect(ch chan<- prometheus.Metric) {
 		put("cluster_published_total", float64(c.Published))
 		put("cluster_publish_errors_total", float64(c.PublishErrors))
 		put("cluster_disconnects_total", float64(c.Disconnects))
+		put("cluster_peers", float64(c.Peers))
 	}
 	if st.Hooks != nil {
 		put("hook_waiting", float64(st.HookWaiting))

@@ -89,20 +89,28 @@ func (m *Manager) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "until: a unix time after now, within a year")
 		return
 	}
-	list, err := m.hub.revoke(&v)
+	out, err := m.actEverywhere(&action{Revoke: &v}) // control.go
 	if err != nil {
 		writeError(w, http.StatusInsufficientStorage, err.Error())
 		return
 	}
+	m.revokes.Add(1)
+	m.log.Info("revoke", "by", map[bool]string{true: "id", false: "jti"}[v.ID != ""], "until", v.Until, "connections", out["connections"])
+	out["revoked"] = v
+	writeJSON(w, http.StatusOK, out)
+}
+
+// keepRevocation keeps v (a later one never shortens an earlier: v is
+// what is kept) and writes all in force to manager.state_dir.
+func (m *Manager) keepRevocation(v *ipc.Revoke) error {
+	list, err := m.hub.revoke(v)
+	if err != nil {
+		return err
+	}
 	if err := m.storeRevocations(list); err != nil {
 		m.log.Error("revocations not written to manager.state_dir: they hold until a restart", "err", err)
 	}
-	end := v
-	end.End = true
-	m.tellAll(ipc.TypeRevoke, ipc.AppendRevoke(nil, &end))
-	m.revokes.Add(1)
-	m.log.Info("revoke", "by", map[bool]string{true: "id", false: "jti"}[v.ID != ""], "until", v.Until)
-	writeJSON(w, http.StatusOK, map[string]any{"revoked": v})
+	return nil
 }
 
 func (m *Manager) handleRevocations(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,173 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/megacomet/megacomet/internal/testutil"
+	"github.com/megacomet/megacomet/manager"
+)
+
+// waitPeers waits until a node hears n other megacomet processes: an
+// operator's action waits for their answers.
+func waitPeers(t *testing.T, s *testutil.Server, n int) {
+	t.Helper()
+	s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+		if st.Cluster == nil || st.Cluster.Peers != n {
+			return fmt.Errorf("cluster %+v: want %d peers", st.Cluster, n)
+		}
+		return nil
+	})
+}
+
+// The operator's actions on a two-node cluster (real nats-server): POST
+// /revoke, /disconnect and /subscribe on one node reach the id's clients
+// on both, the answers count both nodes' connections, and a node that
+// starts later takes the revocations and bans in force. megatest holds
+// 2,000 neighbours over both nodes, publishing all along: none of them is
+// disturbed.
+func TestClusterOperatorActions(t *testing.T) {
+	nats := testutil.StartNATS(t)
+	stream := streamName()
+	auth := map[string]string{"auth": fmt.Sprintf("secret = %q", clientSecret)}
+	a := startCometNode(t, nats.URL, "a", stream, auth)
+	b := startCometNode(t, nats.URL, "b", stream, auth)
+	waitPeers(t, a, 1)
+	waitPeers(t, b, 1)
+
+	const n = 2000
+	t.Setenv("MEGATEST_TOKEN_SECRET", clientSecret)
+	load := runMegatestOn(t, a.Listen+","+b.Listen, a.API, "q", "-n", fmt.Sprint(n), "-pub", "100")
+	waitSpread(t, n, a, b)
+	load.waitMessages(t, 100)
+
+	now := time.Now().Unix()
+	old := signedToken(t, jwt.MapClaims{"sub": "alice", "iat": now - 100})
+	fresh := signedToken(t, jwt.MapClaims{"sub": "alice", "iat": now})
+	carol := signedToken(t, jwt.MapClaims{"sub": "carol", "iat": now})
+	aliceA, _ := cometGET(t, a.Listen, "/sse/alice?token="+old)
+	aliceB, _, _, err := ws.Dial(context.Background(), "ws://"+b.Listen+"/ws/alice?token="+old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aliceB.Close()
+	carolA, _ := cometGET(t, a.Listen, "/sse/carol?token="+carol)
+	carolB, _ := cometGET(t, b.Listen, "/stream/carol?token="+carol)
+	onA, onB := &tail{r: carolA.Body}, &tail{r: carolB.Body}
+	for _, s := range []*testutil.Server{a, b} {
+		waitOnline(t, s, "alice")
+		waitOnline(t, s, "carol")
+	}
+	wsUntil := func(what string) error {
+		aliceB.SetReadDeadline(time.Now().Add(30 * time.Second))
+		for {
+			h, err := ws.ReadHeader(aliceB)
+			if err != nil {
+				return fmt.Errorf("alice's WebSocket on b, waiting for %s: %v", what, err)
+			}
+			body := make([]byte, h.Length)
+			if _, err := aliceB.Read(body); err != nil {
+				return err
+			}
+			if h.OpCode == ws.OpClose {
+				if code, reason := ws.ParseCloseFrameData(body); strings.Contains(fmt.Sprint(code, " ", reason), what) {
+					return nil
+				}
+				return fmt.Errorf("closed (%q) before %s", body, what)
+			}
+			if strings.Contains(string(body), what) {
+				return nil
+			}
+		}
+	}
+
+	// Subscribe on b: carol's connection on a joins too.
+	code, body := adminPost(t, b.API, "/subscribe", `{"id":"carol","channel":"ops"}`)
+	if code != 200 || body != "{\"connections\":2,\"nodes\":2}\n" {
+		t.Fatalf("POST /subscribe on b: %d %q, want both of carol's connections, both nodes", code, body)
+	}
+	for node, tl := range map[string]*tail{"a": onA, "b": onB} {
+		if err := tl.until(`{"channels":["ops"]}`); err != nil {
+			t.Errorf("carol on %s: %v", node, err)
+		}
+	}
+	id := publish(t, a.API, `{"channel":"ops","data":"to ops"}`)[0]
+	for node, tl := range map[string]*tail{"a": onA, "b": onB} {
+		if err := tl.until(fmt.Sprintf(`{"id":%d,"channel":"ops"`, id)); err != nil {
+			t.Errorf("carol on %s: %v", node, err)
+		}
+	}
+
+	// Revoke on a: alice's WebSocket on b ends as an expired token's does,
+	// and b refuses the old token from then on.
+	code, body = adminPost(t, a.API, "/revoke", fmt.Sprintf(`{"id":"alice","before":%d}`, now-50))
+	if code != 200 || !strings.Contains(body, `"connections":2`) || !strings.Contains(body, `"nodes":2`) {
+		t.Fatalf("POST /revoke on a: %d %s", code, body)
+	}
+	if err := readUntil(aliceA.Body, "event: expired"); err != nil {
+		t.Errorf("alice on a: %v", err)
+	}
+	if err := wsUntil("expired"); err != nil {
+		t.Error(err)
+	}
+	for _, s := range []*testutil.Server{a, b} {
+		if got := sseStatus(t, s, "alice", old); got != "401 token revoked" {
+			t.Errorf("the old token on %s: %q", s.API, got)
+		}
+		if got := sseStatus(t, s, "alice", fresh); got != "200" {
+			t.Errorf("a newer token on %s: %q", s.API, got)
+		}
+	}
+
+	// Disconnect on a with a ban: carol's stream on b ends with its last
+	// line, and b refuses her.
+	code, body = adminPost(t, a.API, "/disconnect", `{"id":"carol","reason":"banned","reconnect":false,"ban":600}`)
+	if code != 200 || body != "{\"disconnected\":2,\"nodes\":2}\n" {
+		t.Fatalf("POST /disconnect on a: %d %q", code, body)
+	}
+	for node, tl := range map[string]*tail{"a": onA, "b": onB} {
+		if err := tl.until(`"reason":"banned","reconnect":false`); err != nil {
+			t.Errorf("carol on %s: %v", node, err)
+		}
+	}
+	if got := sseStatus(t, b, "carol", carol); got != "403 banned" {
+		t.Errorf("carol coming back to b: %q", got)
+	}
+
+	// A node that starts now takes what is in force from a peer.
+	c := startCometNode(t, nats.URL, "c", stream, auth)
+	testutil.CheckFor(t, time.Minute, func() error {
+		_, body, _ := get(t, "http://"+c.API+"/revoke")
+		if !strings.Contains(body, `"id":"alice"`) {
+			return fmt.Errorf("GET /revoke on the new node: %s", body)
+		}
+		// Its workers are told just after.
+		if got := sseStatus(t, c, "alice", old); got != "401 token revoked" {
+			return fmt.Errorf("the old token on the new node: %q", got)
+		}
+		if got := sseStatus(t, c, "carol", carol); got != "403 banned" {
+			return fmt.Errorf("carol on the new node: %q", got)
+		}
+		return nil
+	})
+
+	_, sum := load.stop(t, 2*time.Minute)
+	t.Logf("megatest's neighbours over two nodes: %+v", sum)
+	if sum.Lost != 0 || sum.Duplicates != 0 || sum.ClosedUnexpected != 0 || sum.Disconnected != 0 || sum.ConnectFailed != 0 || sum.Published == 0 {
+		t.Errorf("neighbours disturbed: lost %d, duplicates %d, unexpected %d, disconnected %d, connect_failed %d (published %d)",
+			sum.Lost, sum.Duplicates, sum.ClosedUnexpected, sum.Disconnected, sum.ConnectFailed, sum.Published)
+	}
+	for _, s := range []*testutil.Server{a, b} {
+		s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+			if n := workerSum(st, func(w manager.WorkerStats) uint64 { return w.Revoked }); n != 1 {
+				return fmt.Errorf("%s: workers ended %d revoked connections, want alice's 1", st.Cluster.Node, n)
+			}
+			return nil
+		})
+	}
+}
