@@ -36,8 +36,17 @@ const (
 	// manager.worker_stall_timeout. One that reads, however slowly, is
 	// busy, not stuck.
 	ipcOutboxLimit = 256 << 20
-	ipcHighWater   = 64 << 20
 )
+
+// ipcHighWater is 64 MiB; the test knob MEGACOMET_FAULT_IPC_HIGH_WATER
+// (bytes, above joinBacklog) lowers it, for a test that must fill it on a
+// race-built manager.
+var ipcHighWater = func() int {
+	if n, err := strconv.Atoi(os.Getenv("MEGACOMET_FAULT_IPC_HIGH_WATER")); err == nil && n > joinBacklog {
+		return n
+	}
+	return 64 << 20
+}()
 
 // tableflipEnv is the variable tableflip uses to tell a process it is an
 // upgrade child. Workers must not see it: they are never tableflip children.
