@@ -348,8 +348,10 @@ type Stats struct {
 	Foreign        uint64 `json:"foreign"`         // stream messages megacomet did not write, skipped
 	LastError      string `json:"last_error,omitempty"`
 	// Peers: the other megacomet processes heard from (control.go), the
-	// answers an operator's action waits for.
-	Peers int `json:"peers"`
+	// answers an operator's action waits for; Nodes what each said of
+	// itself in its last heartbeat.
+	Peers int    `json:"peers"`
+	Nodes []Peer `json:"nodes,omitempty"`
 }
 
 // Stats reads the link's state without I/O.
@@ -378,6 +380,7 @@ func (n *Node) Stats() Stats {
 	n.mu.Lock()
 	st.LastError = n.lastErr
 	n.mu.Unlock()
-	st.Peers = n.Peers()
+	st.Nodes = n.Peers()
+	st.Peers = len(st.Nodes)
 	return st
 }

@@ -3,7 +3,10 @@ package cluster
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,18 +40,34 @@ const (
 // control is the state of the control subjects.
 type control struct {
 	self  string // this process: node name and a random suffix
+	hello func() Peer
 	mu    sync.Mutex
-	peers map[string]time.Time // origin -> last heard
+	peers map[string]peer // by origin
 	subs  []*nats.Subscription
 	stop  chan struct{}
+}
+
+// Peer is what a node says of itself in its heartbeat, for stats.
+type Peer struct {
+	Node        string `json:"node"`
+	Connections uint64 `json:"connections"`
+	IDs         int    `json:"ids"`
+	Lag         uint64 `json:"lag"`
+	// HeardMs: how long ago this node last heard it (filled by Peers).
+	HeardMs int64 `json:"heard_ms"`
+}
+
+type peer struct {
+	seen time.Time
+	Peer
 }
 
 func (n *Node) ctlSubject(what string) string { return n.cfg.Stream + "-ctl." + what }
 
 // StartControl answers the other nodes' actions with act(body) and their
-// sync requests with sync(), and starts the heartbeat. It is called once
-// this process serves (after a reload's hand-over).
-func (n *Node) StartControl(act func(body []byte) []byte, sync func() []byte) error {
+// sync requests with sync(), and starts the heartbeat, which says hello().
+// It is called once this process serves (after a reload's hand-over).
+func (n *Node) StartControl(act func(body []byte) []byte, sync func() []byte, hello func() Peer) error {
 	var rnd [6]byte
 	rand.Read(rnd[:])
 	c := &n.ctl
@@ -58,7 +77,8 @@ func (n *Node) StartControl(act func(body []byte) []byte, sync func() []byte) er
 		return nil
 	}
 	c.self = n.cfg.Node + "-" + hex.EncodeToString(rnd[:])
-	c.peers = make(map[string]time.Time)
+	c.peers = make(map[string]peer)
+	c.hello = hello
 	c.stop = make(chan struct{})
 	answer := func(f func(*nats.Msg) []byte) nats.MsgHandler {
 		return func(m *nats.Msg) {
@@ -115,6 +135,7 @@ func (n *Node) sayHello(stop chan struct{}) {
 	t := time.NewTicker(helloEvery)
 	defer t.Stop()
 	for {
+		m.Data, _ = json.Marshal(n.ctl.hello())
 		n.nc.PublishMsg(m) // fails while disconnected; the next tick tries again
 		select {
 		case <-stop:
@@ -133,36 +154,42 @@ func (n *Node) heard(m *nats.Msg) {
 	if origin == "" || origin == c.self {
 		return
 	}
+	p := peer{seen: time.Now()}
+	json.Unmarshal(m.Data, &p.Peer) // what it says of itself, for stats only
 	c.mu.Lock()
 	if m.Header.Get(headerBye) != "" {
 		delete(c.peers, origin)
 	} else {
-		c.peers[origin] = time.Now()
+		c.peers[origin] = p
 	}
 	c.mu.Unlock()
 }
 
-// Peers counts the other processes heard from within peerGone.
-func (n *Node) Peers() int {
+// Peers lists the other processes heard from within peerGone, by node
+// name; the others are forgotten.
+func (n *Node) Peers() []Peer {
 	c := &n.ctl
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	k := 0
-	for origin, seen := range c.peers {
-		if time.Since(seen) > peerGone {
+	var out []Peer
+	for origin, p := range c.peers {
+		age := time.Since(p.seen)
+		if age > peerGone {
 			delete(c.peers, origin)
 			continue
 		}
-		k++
+		p.HeardMs = age.Milliseconds()
+		out = append(out, p.Peer)
 	}
-	return k
+	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+	return out
 }
 
 // Control tells every other node of an action and returns their answers,
 // with how many peers were up: fewer answers than peers means some did not
 // answer within cluster.publish_timeout (or NATS is down: err).
 func (n *Node) Control(body []byte) (answers [][]byte, peers int, err error) {
-	peers = n.Peers()
+	peers = len(n.Peers())
 	if peers == 0 {
 		return nil, 0, nil
 	}

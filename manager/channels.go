@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -56,14 +57,10 @@ func (m *Manager) handleChannels(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	page, more := m.hub.channelsPage(prefix, after, limit)
-	if page == nil {
-		page = []channelCount{}
-	}
+	replies, extra := m.askEverywhere(&question{Channels: &channelsQuestion{Prefix: prefix, After: after, Limit: limit}}) // control.go
+	page, more := mergeChannels(replies, limit)
 	out := map[string]any{"channels": page, "more": more}
-	if m.cluster != nil {
-		out["this_node_only"] = true // the other nodes are not asked (yet)
-	}
+	maps.Copy(out, extra)
 	m.channelReads.Add(1)
 	writeJSON(w, http.StatusOK, out)
 }

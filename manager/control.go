@@ -3,8 +3,11 @@ package manager
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/megacomet/megacomet/cluster"
 	"github.com/megacomet/megacomet/ipc"
 )
 
@@ -27,6 +30,13 @@ type channelAction struct {
 	ID        string `json:"id"`
 	Channel   string `json:"channel"`
 	Subscribe bool   `json:"subscribe"`
+}
+
+// controlMessage is what one node sends the others: an action or a
+// question.
+type controlMessage struct {
+	Action   *action   `json:"action,omitempty"`
+	Question *question `json:"question,omitempty"`
 }
 
 // actionAnswer is a node's answer to an action.
@@ -90,7 +100,7 @@ func (m *Manager) actEverywhere(a *action) (out map[string]any, err error) {
 	if m.cluster == nil {
 		return out, nil
 	}
-	body, _ := json.Marshal(a)
+	body, _ := json.Marshal(controlMessage{Action: a})
 	answers, peers, cerr := m.cluster.Control(body)
 	nodes := 1
 	for _, b := range answers {
@@ -110,18 +120,28 @@ func (m *Manager) actEverywhere(a *action) (out map[string]any, err error) {
 	return out, nil
 }
 
-// answerAction is this node's answer to another node's action.
-func (m *Manager) answerAction(body []byte) []byte {
-	var a action
-	var ans actionAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
-		ans.Error = "unreadable: " + err.Error()
-	} else if n, err := m.act(&a); err != nil {
-		ans.Error = err.Error()
-	} else {
-		ans.Connections = n
+// answerControl is this node's answer to another node's action or
+// question.
+func (m *Manager) answerControl(body []byte) []byte {
+	var c controlMessage
+	var out any
+	switch err := json.Unmarshal(body, &c); {
+	case err != nil:
+		out = actionAnswer{Error: "unreadable: " + err.Error()}
+	case c.Question != nil:
+		out = m.answer(c.Question)
+	case c.Action != nil:
+		ans := actionAnswer{}
+		if n, err := m.act(c.Action); err != nil {
+			ans.Error = err.Error()
+		} else {
+			ans.Connections = n
+		}
+		out = ans
+	default:
+		out = actionAnswer{Error: "neither an action nor a question"}
 	}
-	b, _ := json.Marshal(ans)
+	b, _ := json.Marshal(out)
 	return b
 }
 
@@ -129,6 +149,16 @@ func (m *Manager) answerAction(body []byte) []byte {
 func (m *Manager) answerSync() []byte {
 	b, _ := json.Marshal(inForce{Bans: m.hub.bansInForce(), Revocations: m.hub.revocationsInForce()})
 	return b
+}
+
+// hello is what this node says of itself in its heartbeat.
+func (m *Manager) hello() cluster.Peer {
+	st := m.Snapshot()
+	p := cluster.Peer{Node: m.opts.Cluster.Node, Connections: st.Connections, IDs: st.IDs}
+	if st.Cluster != nil {
+		p.Lag = st.Cluster.Lag
+	}
+	return p
 }
 
 // syncWait bounds how long a starting node tries to reach a peer.
@@ -140,7 +170,7 @@ func (m *Manager) startControl() {
 	if m.cluster == nil {
 		return
 	}
-	if err := m.cluster.StartControl(m.answerAction, m.answerSync); err != nil {
+	if err := m.cluster.StartControl(m.answerControl, m.answerSync, m.hello); err != nil {
 		m.log.Error("this node does not take the other nodes' actions", "err", err)
 		return
 	}
@@ -171,4 +201,117 @@ func (m *Manager) syncCluster() {
 		}
 	}
 	m.log.Info("took a peer's bans and revocations", "bans", len(f.Bans), "revocations", len(f.Revocations))
+}
+
+// Questions every node answers for its own clients: GET /presence and GET
+// /channels add the other nodes' answers to this one's, so "is alice
+// online?" is right whichever node she is on.
+
+// question is a query, as the nodes ask each other.
+type question struct {
+	Presence *presenceQuestion `json:"presence,omitempty"`
+	Channels *channelsQuestion `json:"channels,omitempty"`
+}
+
+type presenceQuestion struct {
+	ID      string `json:"id,omitempty"`
+	Channel string `json:"channel,omitempty"`
+	Limit   int    `json:"limit,omitempty"`
+}
+
+type channelsQuestion struct {
+	Prefix string `json:"prefix,omitempty"`
+	After  string `json:"after,omitempty"`
+	Limit  int    `json:"limit"`
+}
+
+// reply is one node's answer to a question.
+type reply struct {
+	Connections uint64         `json:"connections,omitempty"`
+	IDs         []string       `json:"ids,omitempty"`
+	Members     int            `json:"members,omitempty"`
+	Channels    []channelCount `json:"channels,omitempty"`
+	More        bool           `json:"more,omitempty"`
+	Error       string         `json:"error,omitempty"`
+}
+
+// answer answers q for this node.
+func (m *Manager) answer(q *question) (r reply) {
+	switch {
+	case q.Presence != nil:
+		p := q.Presence
+		if p.ID != "" && !ipc.ValidName(p.ID) || p.ID == "" && !ipc.ValidName(p.Channel) || p.Limit < 0 || p.Limit > channelsLimitMax {
+			r.Error = "a bad presence question"
+			return r
+		}
+		r.Connections, r.IDs, r.Members = m.hub.presenceCounts(p.ID, p.Channel, p.Limit)
+	case q.Channels != nil:
+		c := q.Channels
+		if c.Limit < 1 || c.Limit > channelsLimitMax {
+			r.Error = "a bad channels question"
+			return r
+		}
+		r.Channels, r.More = m.hub.channelsPage(c.Prefix, c.After, c.Limit)
+	default:
+		r.Error = "an empty question"
+	}
+	return r
+}
+
+// askEverywhere answers q here and on every other node: the replies (this
+// node's first) and, for the answer, how many nodes replied and how many
+// that were up did not.
+func (m *Manager) askEverywhere(q *question) (replies []reply, extra map[string]any) {
+	replies = []reply{m.answer(q)}
+	if m.cluster == nil {
+		return replies, nil
+	}
+	body, _ := json.Marshal(controlMessage{Question: q})
+	answers, peers, err := m.cluster.Control(body)
+	for _, b := range answers {
+		var r reply
+		if json.Unmarshal(b, &r) != nil || r.Error != "" {
+			continue
+		}
+		replies = append(replies, r)
+	}
+	extra = map[string]any{"nodes": len(replies)}
+	if missing := peers + 1 - len(replies); missing > 0 || err != nil {
+		extra["nodes_missing"] = missing
+		m.log.Warn("a question was not answered by every node: the answer counts the others", "nodes", len(replies), "missing", missing, "err", err)
+	}
+	return replies, extra
+}
+
+// mergeChannels merges the nodes' pages (each in name order) into one of
+// at most limit names, adding the counts of a name held on several nodes.
+func mergeChannels(replies []reply, limit int) ([]channelCount, bool) {
+	sum := make(map[string]uint32)
+	more := false
+	// A node that had more stops being complete past its last name: the
+	// merged page may not go beyond the smallest such name.
+	bound := ""
+	for _, r := range replies {
+		for _, c := range r.Channels {
+			sum[c.Name] += c.Subscribers
+		}
+		if r.More && len(r.Channels) > 0 {
+			if last := r.Channels[len(r.Channels)-1].Name; bound == "" || last < bound {
+				bound = last
+			}
+		}
+	}
+	out := make([]channelCount, 0, len(sum))
+	for name, n := range sum {
+		if bound != "" && name > bound {
+			more = true
+			continue
+		}
+		out = append(out, channelCount{name, n})
+	}
+	slices.SortFunc(out, func(a, b channelCount) int { return strings.Compare(a.Name, b.Name) })
+	if len(out) > limit {
+		return out[:limit], true
+	}
+	return out, more || bound != ""
 }

@@ -3,6 +3,7 @@ package manager
 import (
 	"cmp"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -215,6 +216,24 @@ func (m *Manager) announceMembers(stop <-chan struct{}) {
 	})
 }
 
+// mergeMembers merges the nodes' member lists (each sorted, each of at
+// most limit ids): the first limit ids of their union, and the members in
+// all - an id on several nodes counted once, exactly when every node's
+// list was whole, else counted once as far as the lists show.
+func mergeMembers(replies []reply, limit int) ([]string, int) {
+	var ids []string
+	listed, members := 0, 0
+	for _, r := range replies {
+		ids = append(ids, r.IDs...)
+		listed += len(r.IDs)
+		members += r.Members
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	members -= listed - len(ids)
+	return ids[:min(len(ids), limit)], members
+}
+
 // presenceCounts is the hub's side of GET /presence.
 func (h *hub) presenceCounts(id, channel string, limit int) (n uint64, ids []string, members int) {
 	h.mu.Lock()
@@ -242,8 +261,14 @@ func (m *Manager) handlePresence(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "bad id: use 1 to 64 of A-Z a-z 0-9 _ -")
 			return
 		}
-		n, _, _ := m.hub.presenceCounts(id, "", 0)
-		writeJSON(w, http.StatusOK, map[string]any{"id": id, "online": n > 0, "connections": n})
+		replies, extra := m.askEverywhere(&question{Presence: &presenceQuestion{ID: id}}) // control.go
+		var n uint64
+		for _, r := range replies {
+			n += r.Connections
+		}
+		out := map[string]any{"id": id, "online": n > 0, "connections": n}
+		maps.Copy(out, extra)
+		writeJSON(w, http.StatusOK, out)
 		return
 	}
 	q := r.URL.Query()
@@ -268,8 +293,14 @@ func (m *Manager) handlePresence(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	n, ids, members := m.hub.presenceCounts("", ch, limit)
+	replies, extra := m.askEverywhere(&question{Presence: &presenceQuestion{Channel: ch, Limit: limit}})
+	var n uint64
+	for _, r := range replies {
+		n += r.Connections
+	}
+	ids, members := mergeMembers(replies, limit)
 	out := map[string]any{"channel": ch, "subscribers": n}
+	maps.Copy(out, extra)
 	if limit > 0 {
 		if ids == nil {
 			ids = []string{}

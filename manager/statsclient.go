@@ -47,6 +47,9 @@ func PrintStats(w io.Writer, raw []byte) error {
 	if c := st.Cluster; c != nil {
 		fmt.Fprintf(w, "cluster node %s, stream %s: NATS %s %s, last id %d, delivered %d, lag %d, publish errors %d\n",
 			c.Node, c.Stream, c.State, c.Server, c.LastID, c.DeliveredID, c.Lag, c.PublishErrors)
+		for _, p := range c.Nodes {
+			fmt.Fprintf(w, "  peer %s: %d connections, %d ids, lag %d, heard %d ms ago\n", p.Node, p.Connections, p.IDs, p.Lag, p.HeardMs)
+		}
 	}
 	fmt.Fprintf(w, "host load1 %.2f, memory %s used of %s\n\n",
 		st.Host.Load1, bytesIEC(st.Host.MemUsedBytes), bytesIEC(st.Host.MemTotalBytes))

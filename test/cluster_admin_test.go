@@ -171,3 +171,75 @@ func TestClusterOperatorActions(t *testing.T) {
 		})
 	}
 }
+
+// On a two-node cluster every node answers for both: GET /presence of an
+// id and of a channel (with its member ids), GET /channels paged across
+// the nodes' names, and stats name the other node. A node killed drops out
+// of the answers once its heartbeat is missed, leaving no ghost.
+func TestClusterAnswersForEveryNode(t *testing.T) {
+	nats := testutil.StartNATS(t)
+	stream := streamName()
+	room := map[string]string{"comet": `presence_events = ["room*"]`}
+	a := startCometNode(t, nats.URL, "a", stream, room)
+	b := startCometNode(t, nats.URL, "b", stream, room)
+	waitPeers(t, a, 1)
+	waitPeers(t, b, 1)
+	for _, c := range []struct {
+		s    *testutil.Server
+		path string
+	}{
+		{a, "/sse/alice?channels=c1,c3,room1"}, {b, "/sse/alice?channels=c2"},
+		{b, "/sse/bob?channels=c4,room1"}, {a, "/sse/carol?channels=room1"},
+	} {
+		cometGET(t, c.s.Listen, c.path)
+	}
+	waitIDs(t, a, 2)
+	waitIDs(t, b, 2)
+
+	for _, s := range []*testutil.Server{a, b} {
+		if p := presenceOf(t, s, "/presence/alice"); !p.Online || p.Connections != 2 {
+			t.Errorf("%s: alice %+v, want her 2 connections, one on each node", s.API, p)
+		}
+		if p := presenceOf(t, s, "/presence/bob"); !p.Online || p.Connections != 1 {
+			t.Errorf("%s: bob %+v, want online", s.API, p)
+		}
+		p := presenceOf(t, s, "/presence?channel=room1&ids=1")
+		if p.Subscribers != 3 || p.Members != 3 || strings.Join(p.IDs, ",") != "alice,bob,carol" {
+			t.Errorf("%s: room1 %+v, want 3 subscribers, members alice, bob and carol", s.API, p)
+		}
+	}
+	first, got := channelsOf(t, a, "prefix=c&limit=2")
+	if got != "c1:1 c2:1" || !first.More {
+		t.Errorf("GET /channels?prefix=c&limit=2 on a: %q more %v, want c1:1 c2:1 and more", got, first.More)
+	}
+	rest, got := channelsOf(t, b, "prefix=c&limit=2&after=c2")
+	if got != "c3:1 c4:1" || rest.More {
+		t.Errorf("the next page, from b: %q more %v, want c3:1 c4:1 and no more", got, rest.More)
+	}
+	if _, got := channelsOf(t, b, "prefix=room"); got != "room1:3" {
+		t.Errorf("room1 from b: %q, want its 3 subscribers over both nodes", got)
+	}
+	code, body, _ := get(t, "http://"+a.API+"/presence/alice")
+	if code != 200 || !strings.Contains(body, `"nodes":2`) {
+		t.Errorf("GET /presence/alice: %d %s, want the nodes that answered", code, body)
+	}
+	// What b says of itself comes with its next heartbeats.
+	a.WaitStats(t, 30*time.Second, func(st manager.Stats) error {
+		if n := st.Cluster.Nodes; len(n) != 1 || n[0].Node != "b" || n[0].Connections != 2 || n[0].IDs != 2 {
+			return fmt.Errorf("a's stats name its peers %+v, want b with its 2 connections of 2 ids", n)
+		}
+		return nil
+	})
+
+	b.Cmd.Process.Kill()
+	testutil.CheckFor(t, time.Minute, func() error {
+		code, body, _ := get(t, "http://"+a.API+"/presence/bob")
+		if code != 200 || !strings.Contains(body, `"nodes":1,"online":false`) {
+			return fmt.Errorf("bob after his node was killed: %d %s", code, body)
+		}
+		return nil
+	})
+	if p := presenceOf(t, a, "/presence/alice"); p.Connections != 1 {
+		t.Errorf("alice after b was killed: %+v, want her 1 connection on a", p)
+	}
+}
