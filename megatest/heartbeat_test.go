@@ -169,9 +169,13 @@ func TestHeartbeatLatenessAgainstTheFake(t *testing.T) {
 			})
 		}
 	}
+	// The median, not the tail: a machine that stalls the test for a
+	// moment (a CPU quota's throttling) makes a few gaps late for real.
+	// Lateness that did not take the interval off would put the median at
+	// ~200 ms.
 	onTime := func(t *testing.T, h *HeartbeatLatenessMs) {
-		if h.P50 > 50 || h.P99 >= 100 {
-			t.Errorf("on time: lateness %+v; want p50 ≤ 50 ms, p99 < 100 ms (a gap not less the interval is ~200 ms)", *h)
+		if h.P50 > 50 {
+			t.Errorf("on time: lateness %+v; want p50 ≤ 50 ms (a gap not less the interval is ~200 ms)", *h)
 		}
 	}
 	late := func(t *testing.T, h *HeartbeatLatenessMs) {
