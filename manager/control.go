@@ -211,6 +211,14 @@ func (m *Manager) syncCluster() {
 type question struct {
 	Presence *presenceQuestion `json:"presence,omitempty"`
 	Channels *channelsQuestion `json:"channels,omitempty"`
+	// Members asks which of these (channel, id) a node holds, and since
+	// when (onceInTheCluster).
+	Members []memberKey `json:"members,omitempty"`
+}
+
+type memberKey struct {
+	Channel string `json:"c"`
+	ID      string `json:"i"`
 }
 
 type presenceQuestion struct {
@@ -227,6 +235,8 @@ type channelsQuestion struct {
 
 // reply is one node's answer to a question.
 type reply struct {
+	Node        string         `json:"node,omitempty"`
+	Held        []int64        `json:"held,omitempty"` // Members: since when (unix ns), -1 not held
 	Connections uint64         `json:"connections,omitempty"`
 	IDs         []string       `json:"ids,omitempty"`
 	Members     int            `json:"members,omitempty"`
@@ -252,6 +262,12 @@ func (m *Manager) answer(q *question) (r reply) {
 			return r
 		}
 		r.Channels, r.More = m.hub.channelsPage(c.Prefix, c.After, c.Limit)
+	case q.Members != nil:
+		if len(q.Members) > maxMembersAsked {
+			r.Error = "too many members asked"
+			return r
+		}
+		r.Node, r.Held = m.opts.Cluster.Node, m.hub.memberSince(q.Members)
 	default:
 		r.Error = "an empty question"
 	}
@@ -314,4 +330,87 @@ func mergeChannels(replies []reply, limit int) ([]channelCount, bool) {
 		return out[:limit], true
 	}
 	return out, more || bound != ""
+}
+
+// maxMembersAsked bounds the (channel, id) pairs one window asks the other
+// nodes about; past it (a flood of joins) each node announces its own.
+const maxMembersAsked = 10000
+
+// onceInTheCluster keeps, of this window's presence announcements, what
+// no other node says: a join is announced by the node that has had the
+// member longest (ties by node name), a leave only when no other node
+// still holds the member. Alone, it changes nothing.
+func (m *Manager) onceInTheCluster(ann []announcement) []announcement {
+	if m.cluster == nil || len(ann) == 0 || m.cluster.Peers() == nil {
+		return ann
+	}
+	var keys []memberKey
+	for _, a := range ann {
+		for _, id := range a.joins {
+			keys = append(keys, memberKey{a.channel, id})
+		}
+		for _, id := range a.leaves {
+			keys = append(keys, memberKey{a.channel, id})
+		}
+	}
+	if len(keys) > maxMembersAsked {
+		return ann
+	}
+	replies, _ := m.askEverywhere(&question{Members: keys})
+	var others []reply
+	for _, r := range replies[1:] { // replies[0] is this node's
+		if len(r.Held) == len(keys) {
+			others = append(others, r)
+		}
+	}
+	self := m.opts.Cluster.Node
+	elsewhere := func(k int, at int64) bool { // held by another node, from before at (at < 0: at all)
+		for _, r := range others {
+			h := r.Held[k]
+			if h >= 0 && (at < 0 || h < at || h == at && r.Node < self) {
+				return true
+			}
+		}
+		return false
+	}
+	k := 0
+	out := ann[:0]
+	for _, a := range ann {
+		var joins, leaves []string
+		for j, id := range a.joins {
+			if !elsewhere(k, a.joinedAt[j]) {
+				joins = append(joins, id)
+			}
+			k++
+		}
+		for _, id := range a.leaves {
+			if !elsewhere(k, -1) {
+				leaves = append(leaves, id)
+			}
+			k++
+		}
+		if len(joins)+len(leaves) == 0 {
+			continue
+		}
+		if len(joins) != len(a.joins) || len(leaves) != len(a.leaves) {
+			a.joins, a.leaves, a.data = joins, leaves, presenceData(joins, leaves)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// memberSince answers a Members question: since when this node holds each
+// (channel, id), -1 for those it does not.
+func (h *hub) memberSince(keys []memberKey) []int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]int64, len(keys))
+	for i, k := range keys {
+		out[i] = -1
+		if h.members.conns[k.Channel][k.ID] > 0 {
+			out[i] = h.members.since[k.Channel+"\x00"+k.ID]
+		}
+	}
+	return out
 }

@@ -48,6 +48,10 @@ const maxAnnounced = 100
 // members is the announced channels' members. The hub's lock guards it.
 type members struct {
 	conns   map[string]map[string]uint32 // channel → id → connections
+	// since is when each member's first connection here joined, by
+	// channel + "\x00" + id (unix ns; 0: before this manager), so that on
+	// a cluster the node that had a member first is the one to announce it.
+	since   map[string]int64
 	pending map[string]*change           // channel → what changed since its last announcement
 	pace    map[string]pace              // channel → when it may speak next, for channels that spoke lately
 	swept   time.Time                    // when pace was last swept of quiet channels
@@ -69,7 +73,7 @@ type pace struct {
 }
 
 func newMembers() *members {
-	return &members{conns: map[string]map[string]uint32{}, pending: map[string]*change{}, pace: map[string]pace{}}
+	return &members{conns: map[string]map[string]uint32{}, since: map[string]int64{}, pending: map[string]*change{}, pace: map[string]pace{}}
 }
 
 // note counts a connection of id joining (or leaving) channel at now.
@@ -85,10 +89,12 @@ func (ms *members) note(channel, id string, join bool, now time.Time) {
 	switch {
 	case join:
 		if m[id]++; m[id] == 1 {
+			ms.since[channel+"\x00"+id] = now.UnixNano()
 			ms.mark(channel, id, 1, now)
 		}
 	case m[id] > 0:
 		if m[id]--; m[id] == 0 {
+			delete(ms.since, channel+"\x00"+id)
 			delete(m, id)
 			if len(m) == 0 {
 				delete(ms.conns, channel)
@@ -111,9 +117,13 @@ func (ms *members) mark(channel, id string, d int8, now time.Time) {
 
 // announcement is the presence message for one channel's changes.
 type announcement struct {
-	channel string
-	data    []byte
+	channel       string
+	data          []byte
+	joins, leaves []string // sorted
+	joinedAt      []int64  // joins[i]'s since (members.since)
 }
+
+func (a announcement) String() string { return a.channel + " " + string(a.data) }
 
 // take returns the announcements due at now: each channel whose window
 // is over, the longest waiting first, at most maxAnnouncements.
@@ -150,7 +160,13 @@ func (ms *members) take(now time.Time) []announcement {
 			}
 		}
 		delete(ms.pending, ch)
-		out = append(out, announcement{ch, presenceData(joins, leaves)})
+		slices.Sort(joins)
+		slices.Sort(leaves)
+		at := make([]int64, len(joins))
+		for i, id := range joins {
+			at[i] = ms.since[ch+"\x00"+id]
+		}
+		out = append(out, announcement{channel: ch, data: presenceData(joins, leaves), joins: joins, leaves: leaves, joinedAt: at})
 		p, gap := ms.pace[ch], memberWindow
 		if now.Sub(p.last) < 2*p.gap+memberWindow/2 {
 			gap = min(2*p.gap, maxMemberGap) // it spoke in its last window too
@@ -203,6 +219,7 @@ func (m *Manager) announceMembers(stop <-chan struct{}) {
 		m.hub.mu.Lock()
 		ann := m.hub.members.take(m.hub.now())
 		m.hub.mu.Unlock()
+		ann = m.onceInTheCluster(ann) // control.go
 		if len(ann) == 0 {
 			return
 		}

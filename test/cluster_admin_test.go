@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"strings"
@@ -241,5 +242,78 @@ func TestClusterAnswersForEveryNode(t *testing.T) {
 	})
 	if p := presenceOf(t, a, "/presence/alice"); p.Connections != 1 {
 		t.Errorf("alice after b was killed: %+v, want her 1 connection on a", p)
+	}
+}
+
+// Presence on a cluster is announced once: alice joining on two nodes is
+// one join (by the node that had her first), leaving one of them is no
+// leave, and leaving the last is one leave. Each step ends with a join
+// announced by the node that would have said too much, so what it did
+// not say is seen.
+func TestClusterPresenceOnce(t *testing.T) {
+	nats := testutil.StartNATS(t)
+	stream := streamName()
+	room := map[string]string{"comet": `presence_events = ["room*"]`}
+	a := startCometNode(t, nats.URL, "a", stream, room)
+	b := startCometNode(t, nats.URL, "b", stream, room)
+	waitPeers(t, a, 1)
+	waitPeers(t, b, 1)
+	watch, wc := cometGET(t, a.Listen, "/sse/w?channels=room1")
+	wc.SetReadDeadline(time.Now().Add(5 * time.Minute))
+	events := bufio.NewReader(watch.Body)
+	// upTo reads the presence messages until one says want, and returns
+	// them all.
+	upTo := func(want string) string {
+		t.Helper()
+		var seen strings.Builder
+		for {
+			line, err := events.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %s: %v; got %s", want, err, seen.String())
+			}
+			if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"presence"`) {
+				seen.WriteString(line)
+				if strings.Contains(line, want) {
+					return seen.String()
+				}
+			}
+		}
+	}
+	connections := func(id string, n uint64) {
+		t.Helper()
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if p := presenceOf(t, a, "/presence/"+id); p.Connections != n {
+				return fmt.Errorf("%s has %d connections, want %d", id, p.Connections, n)
+			}
+			return nil
+		})
+	}
+	upTo(`"join":"w"`)
+
+	_, onA := cometGET(t, a.Listen, "/sse/alice?channels=room1")
+	if got := upTo(`"alice"`); !strings.Contains(got, `{"presence":{"join":"alice"}}`) {
+		t.Fatalf("alice joining on a: %s", got)
+	}
+	_, onB := cometGET(t, b.Listen, "/sse/alice?channels=room1")
+	connections("alice", 2)
+	cometGET(t, b.Listen, "/sse/bob?channels=room1")
+	if got := upTo(`"bob"`); strings.Contains(got, "alice") {
+		t.Errorf("alice joining on b too was announced again: %s", got)
+	}
+
+	onA.Close()
+	connections("alice", 1)
+	cometGET(t, a.Listen, "/sse/carol?channels=room1")
+	if got := upTo(`"carol"`); strings.Contains(got, "alice") {
+		t.Errorf("alice leaving a while on b was announced: %s", got)
+	}
+
+	onB.Close()
+	if got := upTo(`"alice"`); !strings.Contains(got, `{"presence":{"leave":"alice"}}`) {
+		t.Errorf("alice leaving her last node: %s", got)
+	}
+	cometGET(t, b.Listen, "/sse/dave?channels=room1")
+	if got := upTo(`"dave"`); strings.Contains(got, "alice") {
+		t.Errorf("alice's leave was announced twice: %s", got)
 	}
 }
