@@ -47,14 +47,14 @@ const maxAnnounced = 100
 
 // members is the announced channels' members. The hub's lock guards it.
 type members struct {
-	conns   map[string]map[string]uint32 // channel → id → connections
+	conns map[string]map[string]uint32 // channel → id → connections
 	// since is when each member's first connection here joined, by
 	// channel + "\x00" + id (unix ns; 0: before this manager), so that on
 	// a cluster the node that had a member first is the one to announce it.
 	since   map[string]int64
-	pending map[string]*change           // channel → what changed since its last announcement
-	pace    map[string]pace              // channel → when it may speak next, for channels that spoke lately
-	swept   time.Time                    // when pace was last swept of quiet channels
+	pending map[string]*change // channel → what changed since its last announcement
+	pace    map[string]pace    // channel → when it may speak next, for channels that spoke lately
+	swept   time.Time          // when pace was last swept of quiet channels
 	// announced and held count the messages published and the windows a
 	// due channel waited for maxAnnouncements, for stats.
 	announced, held uint64
