@@ -669,7 +669,8 @@ func nonReaders(t *testing.T, s *testutil.Server) {
 		return nil
 	})
 	publishMany(t, s.API, `"channel":"nr"`, 128, 64<<10)
-	s.WaitStats(t, time.Minute, func(st manager.Stats) error {
+	// 8 MiB offered to each of 100 sockets: minutes on a slow machine.
+	s.WaitStats(t, 5*time.Minute, func(st manager.Stats) error {
 		if n := workerSum(st, func(w manager.WorkerStats) uint64 { return w.SlowConsumers }) - before; n < 100 {
 			return fmt.Errorf("%d of 100 non-readers dropped as slow consumers", n)
 		}
