@@ -173,18 +173,26 @@ func TestClusterOperatorActions(t *testing.T) {
 	}
 }
 
+// twoRoomNodes starts two nodes of one cluster that announce the presence
+// of room* channels, each hearing the other.
+func twoRoomNodes(t *testing.T) (a, b *testutil.Server) {
+	t.Helper()
+	nats := testutil.StartNATS(t)
+	stream := streamName()
+	room := map[string]string{"comet": `presence_events = ["room*"]`}
+	a = startCometNode(t, nats.URL, "a", stream, room)
+	b = startCometNode(t, nats.URL, "b", stream, room)
+	waitPeers(t, a, 1)
+	waitPeers(t, b, 1)
+	return a, b
+}
+
 // On a two-node cluster every node answers for both: GET /presence of an
 // id and of a channel (with its member ids), GET /channels paged across
 // the nodes' names, and stats name the other node. A node killed drops out
 // of the answers once its heartbeat is missed, leaving no ghost.
 func TestClusterAnswersForEveryNode(t *testing.T) {
-	nats := testutil.StartNATS(t)
-	stream := streamName()
-	room := map[string]string{"comet": `presence_events = ["room*"]`}
-	a := startCometNode(t, nats.URL, "a", stream, room)
-	b := startCometNode(t, nats.URL, "b", stream, room)
-	waitPeers(t, a, 1)
-	waitPeers(t, b, 1)
+	a, b := twoRoomNodes(t)
 	for _, c := range []struct {
 		s    *testutil.Server
 		path string
@@ -251,13 +259,7 @@ func TestClusterAnswersForEveryNode(t *testing.T) {
 // announced by the node that would have said too much, so what it did
 // not say is seen.
 func TestClusterPresenceOnce(t *testing.T) {
-	nats := testutil.StartNATS(t)
-	stream := streamName()
-	room := map[string]string{"comet": `presence_events = ["room*"]`}
-	a := startCometNode(t, nats.URL, "a", stream, room)
-	b := startCometNode(t, nats.URL, "b", stream, room)
-	waitPeers(t, a, 1)
-	waitPeers(t, b, 1)
+	a, b := twoRoomNodes(t)
 	watch, wc := cometGET(t, a.Listen, "/sse/w?channels=room1")
 	wc.SetReadDeadline(time.Now().Add(5 * time.Minute))
 	events := bufio.NewReader(watch.Body)
