@@ -29,8 +29,15 @@ func stored(h uint64) uint64 {
 }
 
 // slot maps a hash onto [0, len) without a power-of-two size (Lemire's
-// multiply-shift).
+// multiply-shift, which takes the high bits), after mixing them: FNV-1a's
+// high bits barely change with a name's last characters, so ids like
+// user-0000001 … user-0001000 crowded into a few runs of slots and a
+// lookup at a thousand ids took 514 ns against 24 at a million
+// (BenchmarkDisconnectLookup).
 func (t *hashTable) slot(h uint64) int {
+	h ^= h >> 31
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 29
 	hi, _ := bits.Mul64(h, uint64(len(t.keys)))
 	return int(hi)
 }
