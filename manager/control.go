@@ -112,12 +112,20 @@ func (m *Manager) actEverywhere(a *action) (out map[string]any, err error) {
 		n += ans.Connections
 		nodes++
 	}
-	out["connections"], out["nodes"] = n, nodes
-	if missing := peers + 1 - nodes; missing > 0 || cerr != nil {
-		out["nodes_missing"] = missing
-		m.log.Warn("an action did not reach every node: repeat it (it is idempotent)", "nodes", nodes, "missing", missing, "err", cerr)
-	}
+	out["connections"] = n
+	m.countNodes(out, nodes, peers, cerr, "an action did not reach every node: repeat it (it is idempotent)")
 	return out, nil
+}
+
+// countNodes puts into an answer how many nodes did their part ("nodes")
+// and, when some that were up did not or NATS failed, how many did not
+// ("nodes_missing"), logged in one line as warn says.
+func (m *Manager) countNodes(out map[string]any, nodes, peers int, err error, warn string) {
+	out["nodes"] = nodes
+	if missing := peers + 1 - nodes; missing > 0 || err != nil {
+		out["nodes_missing"] = missing
+		m.log.Warn(warn, "nodes", nodes, "missing", missing, "err", err)
+	}
 }
 
 // answerControl is this node's answer to another node's action or
@@ -291,11 +299,8 @@ func (m *Manager) askEverywhere(q *question) (replies []reply, extra map[string]
 		}
 		replies = append(replies, r)
 	}
-	extra = map[string]any{"nodes": len(replies)}
-	if missing := peers + 1 - len(replies); missing > 0 || err != nil {
-		extra["nodes_missing"] = missing
-		m.log.Warn("a question was not answered by every node: the answer counts the others", "nodes", len(replies), "missing", missing, "err", err)
-	}
+	extra = map[string]any{}
+	m.countNodes(extra, len(replies), peers, err, "a question was not answered by every node: the answer counts the others")
 	return replies, extra
 }
 
